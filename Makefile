@@ -1,0 +1,38 @@
+# efflab: every target bootstraps .venv idempotently first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOK ?= notebooks/00_tour.ipynb
+
+.PHONY: setup lab test report checkpoint benchmarks lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (efflab)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(NOTEBOOK)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+report: $(STAMP)
+	$(BIN)/efflab report --out reports
+
+checkpoint: $(STAMP)
+	$(BIN)/efflab train --preset cpu-small --minutes 15 --out data/checkpoints
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/run_benchmarks.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check efflab tests benchmarks
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

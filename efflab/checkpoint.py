@@ -1,0 +1,96 @@
+"""Checkpoints: safetensors weights plus a JSON record beside them. Loading never unpickles.
+
+``data/checkpoints/<preset>.safetensors`` holds the tensors; ``<preset>.json`` holds the
+training record (config, corpus hash, steps, tokens, time, val loss, bits per byte). The model
+config travels inside the safetensors metadata too, so a weights file alone is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from efflab.config import ModelConfig
+from efflab.model import GPT
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def _config_to_meta(cfg: ModelConfig) -> dict[str, str]:
+    return {"efflab_model_config": json.dumps(cfg.__dict__)}
+
+
+def save_checkpoint(model: GPT, path: str | os.PathLike, record: dict | None = None) -> Path:
+    """Write weights (and the record as ``.json`` beside them) atomically: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the tied lm_head shares wte's storage; safetensors refuses shared tensors, so drop it
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k != "lm_head.weight"}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata=_config_to_meta(model.cfg))
+    os.replace(tmp, path)
+    if record is not None:
+        rec_tmp = path.with_suffix(".json.tmp")
+        rec_tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(rec_tmp, path.with_suffix(".json"))
+    return path
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint's metadata."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+    if "efflab_model_config" not in meta:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no efflab model config in its metadata")
+    return ModelConfig(**json.loads(meta["efflab_model_config"]))
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> GPT:
+    """A GPT with the weights of ``path``; a corrupt or mismatched file raises CheckpointError."""
+    path = Path(path)
+    cfg = read_config(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {e}") from e
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match preset {cfg.name!r}: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, t in state.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite values in {name}")
+    return model.to(device)
+
+
+def shipped_checkpoint(preset: str) -> Path | None:
+    """The checkpoint shipped in ``data/checkpoints`` for ``preset``, if there is one."""
+    p = CHECKPOINT_DIR / f"{preset}.safetensors"
+    return p if p.exists() else None
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    p = Path(path).with_suffix(".json")
+    if not p.exists():
+        raise CheckpointError(f"no training record {str(p)!r} beside the checkpoint")
+    return json.loads(p.read_text())

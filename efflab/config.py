@@ -1,0 +1,178 @@
+"""Checked configuration: model presets and the learner's toggles (``Knobs``).
+
+Both are frozen dataclasses, so they are hashable (a result cache keys on them) and a
+measurement can never mutate the settings it was given. Every field is validated in
+``__post_init__``; a bad value raises :class:`ConfigError` naming the field, the value and
+what is allowed — never a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Workload = Literal["train", "eval", "prefill", "decode"]
+WORKLOADS: tuple[str, ...] = get_args(Workload)
+
+
+class ConfigError(ValueError):
+    """A setting is outside what efflab allows. The message names field, value and allowed set."""
+
+    def __init__(self, field_name: str, value, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}={value!r} is not allowed; {field_name} must be {allowed}")
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and value >= lo and (hi is None or value <= hi):
+        return
+    span = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    raise ConfigError(name, value, span)
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a GPT. ``vocab_size`` is 256: efflab models read raw bytes."""
+
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int  # the longest context the position table covers
+    vocab_size: int = 256
+    needs_gpu: bool = False  # presets too large for a laptop CPU are refused there
+
+    def __post_init__(self):
+        _check_int("n_layer", self.n_layer, 1)
+        _check_int("n_head", self.n_head, 1)
+        _check_int("n_embd", self.n_embd, 1)
+        _check_int("block_size", self.block_size, 1)
+        _check_int("vocab_size", self.vocab_size, 2)
+        if self.n_embd % self.n_head:
+            raise ConfigError("n_embd", self.n_embd, f"a multiple of n_head={self.n_head}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def n_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count from the shape alone (matches ``GPT.num_params``)."""
+        d, L = self.n_embd, self.n_layer
+        per_block = (
+            2 * 2 * d  # two LayerNorms (weight + bias)
+            + d * 3 * d + 3 * d  # qkv projection
+            + d * d + d  # attention output projection
+            + d * 4 * d + 4 * d  # MLP up
+            + 4 * d * d + d  # MLP down
+        )
+        n = L * per_block + 2 * d  # final LayerNorm
+        if include_embeddings:
+            n += self.vocab_size * d + self.block_size * d  # tied token table + positions
+        return n
+
+
+PRESETS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        ModelConfig("cpu-tiny", n_layer=2, n_head=2, n_embd=64, block_size=64),
+        ModelConfig("cpu-small", n_layer=4, n_head=4, n_embd=128, block_size=128),
+        ModelConfig("cpu-medium", n_layer=8, n_head=8, n_embd=256, block_size=256),
+        ModelConfig("gpu-small", n_layer=10, n_head=8, n_embd=512, block_size=512, needs_gpu=True),
+        ModelConfig("gpu-gpt2", n_layer=12, n_head=12, n_embd=768, block_size=1024, needs_gpu=True),
+    )
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called ``name``; an unknown name raises ConfigError listing the presets."""
+    if name not in PRESETS:
+        raise ConfigError("preset", name, "one of " + ", ".join(repr(p) for p in PRESETS))
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------- knobs
+
+@dataclass(frozen=True)
+class Knobs:
+    """The toggles a learner flips. Run settings only; later techniques add their fields here.
+
+    ``seq_len=None`` means the preset's full context. ``threads=None`` means every core.
+    ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
+    """
+
+    batch_size: int = 8
+    seq_len: int | None = None
+    workload: Workload = "train"
+    seed: int = 0
+    threads: int | None = None
+    gen_tokens: int = 32
+
+    def __post_init__(self):
+        _check_int("batch_size", self.batch_size, 1, 65536)
+        if self.seq_len is not None:
+            _check_int("seq_len", self.seq_len, 1, 1 << 20)
+        _check_choice("workload", self.workload, WORKLOADS)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1, 1024)
+        _check_int("gen_tokens", self.gen_tokens, 1, 1 << 16)
+
+    def replace(self, **changes) -> Knobs:
+        """A copy with ``changes`` applied (validated); unknown names raise ConfigError."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for k in changes:
+            if k not in names:
+                raise ConfigError("knob", k, "one of " + ", ".join(sorted(names)))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Knobs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            k = sorted(unknown)[0]
+            raise ConfigError("knob", k, "one of " + ", ".join(sorted(names)))
+        return cls(**d)
+
+    def resolve_seq_len(self, cfg: ModelConfig) -> int:
+        """The context length this run uses, checked against the preset's position table."""
+        T = cfg.block_size if self.seq_len is None else self.seq_len
+        if T > cfg.block_size:
+            raise ConfigError("seq_len", T, f"an integer in [1, {cfg.block_size}] for preset {cfg.name!r}")
+        if self.workload == "decode" and T + self.gen_tokens > cfg.block_size:
+            raise ConfigError(
+                "gen_tokens", self.gen_tokens,
+                f"at most block_size - seq_len = {cfg.block_size - T} for preset {cfg.name!r}",
+            )
+        return T
+
+
+def knob_fields() -> list[dict]:
+    """Describe each Knobs field for UIs: name, default, kind and allowed choices."""
+    hints = typing.get_type_hints(Knobs)
+    out = []
+    for f in dataclasses.fields(Knobs):
+        hint = hints[f.name]
+        choices = get_args(hint) if typing.get_origin(hint) is Literal else None
+        out.append({"name": f.name, "default": f.default, "choices": choices,
+                    "optional": f.default is None})
+    return out
+
+
+__all__ = ["ConfigError", "ModelConfig", "PRESETS", "get_preset", "Knobs", "WORKLOADS",
+           "knob_fields"]

@@ -1,0 +1,194 @@
+"""This machine: what it is (fingerprint), which device to use, and how fast it really is.
+
+``calibrate()`` measures peak matmul FLOP/s per dtype and copy bandwidth with microbenchmarks
+and caches the result per machine fingerprint, so MFU is always against the peak measured on the
+machine at hand — never against a vendor table. A dtype whose matmul is pathologically slow here
+(fp16 on most CPUs) is measured on a small size so calibration cannot hang.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from efflab.config import ConfigError, ModelConfig
+
+CACHE_DIR = Path(os.environ.get("EFFLAB_CACHE", Path.home() / ".cache" / "efflab"))
+CALIBRATION_SCHEMA = "efflab.calibration/1"
+
+
+class RefusedError(RuntimeError):
+    """A configuration this machine should not run (too large, pathologically slow)."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def efflab_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:  # not installed, or broken on this platform
+        return None
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def environment(device: str | torch.device = "cpu") -> dict:
+    """What a record was measured on: CPU, threads, GPU, library versions, efflab commit."""
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": gpu_name(),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "efflab": efflab_commit(),
+    }
+
+
+def fingerprint(threads: int | None = None) -> str:
+    """A short id of (CPU, GPU, threads, torch): calibrations are cached under it."""
+    key = json.dumps([cpu_name(), gpu_name(), threads or torch.get_num_threads(), torch.__version__])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def pick_device(cfg: ModelConfig, device: str | None = None) -> str:
+    """CUDA when present, else CPU; a preset that needs a GPU is refused on a CPU-only machine."""
+    if device is not None and device not in ("cpu", "cuda"):
+        raise ConfigError("device", device, "'cpu', 'cuda' or None (automatic)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RefusedError("device='cuda' was asked for, but this machine has no CUDA GPU")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.needs_gpu and dev == "cpu":
+        raise RefusedError(
+            f"preset {cfg.name!r} ({cfg.n_params() / 1e6:.0f}M parameters) needs a GPU; this "
+            "machine has none. Use 'cpu-tiny', 'cpu-small' or 'cpu-medium' here.")
+    return dev
+
+
+def synchronize(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn, device, repeats: int, budget_s: float) -> float:
+    fn()  # warm-up
+    synchronize(device)
+    times = []
+    t_end = time.perf_counter() + budget_s
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() > t_end:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+def matmul_flops(n: int, dtype: torch.dtype, device="cpu", repeats: int = 5,
+                 budget_s: float = 3.0) -> float:
+    """Achieved FLOP/s of an (n x n) @ (n x n) matmul: 2n³ operations per product."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sec = _median_seconds(lambda: a @ b, device, repeats, budget_s)
+    return 2 * n**3 / sec
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, device="cpu", repeats: int = 5) -> float:
+    """Bytes/s of a large copy (each byte read once and written once: 2·nbytes moved)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    sec = _median_seconds(lambda: dst.copy_(src), device, repeats, budget_s=5.0)
+    return 2 * nbytes / sec
+
+
+def calibrate(device: str | None = None, force: bool = False, quick: bool = False,
+              cache_dir: Path | None = None) -> dict:
+    """Peak matmul FLOP/s per dtype and memory bandwidth of this machine (cached per machine).
+
+    The peak of a dtype is the best of a few square sizes, so it is what this machine can
+    actually reach. ``quick`` uses smaller sizes (for tests); quick results are not cached.
+    """
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cache = (cache_dir or CACHE_DIR) / f"calibration-{dev}-{fingerprint()}.json"
+    if not force and not quick and cache.exists():
+        try:
+            cal = json.loads(cache.read_text())
+            if cal.get("schema") == CALIBRATION_SCHEMA:
+                return cal
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged cache is measured again
+    if dev == "cpu":
+        sizes = {torch.float32: [512, 1024, 2048], torch.bfloat16: [512, 1024, 2048],
+                 torch.float16: [128]}
+        bw_bytes = 256 << 20
+    else:
+        sizes = {torch.float32: [2048, 4096, 8192], torch.bfloat16: [4096, 8192],
+                 torch.float16: [4096, 8192]}
+        bw_bytes = 1 << 30
+    if quick:
+        sizes = {dt: [min(s) // 2] for dt, s in sizes.items()}
+        bw_bytes = 16 << 20
+    peaks = {}
+    for dt, ns in sizes.items():
+        best = max(matmul_flops(n, dt, dev) for n in ns)
+        peaks[str(dt).removeprefix("torch.")] = {"flops_per_s": best, "sizes": ns}
+    cal = {
+        "schema": CALIBRATION_SCHEMA,
+        "device": dev,
+        "fingerprint": fingerprint(),
+        "threads": torch.get_num_threads(),
+        "matmul": peaks,
+        "bandwidth_bytes_per_s": copy_bandwidth(bw_bytes, dev),
+        "quick": quick,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "env": environment(dev),
+    }
+    if not quick:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(cal, indent=1))
+    return cal
+
+
+def peak_flops(cal: dict, dtype: str = "float32") -> float:
+    return cal["matmul"][dtype]["flops_per_s"]

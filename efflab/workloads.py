@@ -1,0 +1,138 @@
+"""The four things a GPT is asked to do, each prepared as a repeatable unit of work.
+
+``prepare(workload, model, corpus, knobs)`` returns a :class:`Prepared`: a ``step()`` closure
+the timer calls again and again, how many tokens one step processes, and the tensors the memory
+tracker should know by name. Every step works on fixed inputs drawn once from the corpus, so a
+timing measures compute, not data loading.
+
+- ``train``: forward, backward, AdamW step (gradients set to None between steps).
+- ``eval``: forward with no gradients over a fixed held-out batch; ``eval_loss`` averages the
+  loss over a fixed held-out slice (deterministic: same windows every call).
+- ``prefill``: forward over a prompt batch that fills a fresh KV cache.
+- ``decode``: one new token per sequence against a filled KV cache; cycles back to the prompt
+  end when the cache is full, so every step costs the same on average.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from efflab.config import Knobs, ModelConfig
+from efflab.data import Corpus, fixed_batches, random_batch
+from efflab.model import GPT, KVCache
+
+LN2 = math.log(2)
+
+
+@dataclass
+class Prepared:
+    """A workload ready to run: ``step()`` does one unit of work on ``tokens_per_step`` tokens."""
+
+    workload: str
+    step: Callable[[], None]
+    tokens_per_step: int
+    unit: str  # what one step is: "step" (train/eval/prefill) or "token" (decode)
+    tagged: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # category -> tensors
+    optimizer: torch.optim.Optimizer | None = None
+    cache: KVCache | None = None
+    inputs: list[torch.Tensor] = field(default_factory=list)
+
+
+def make_optimizer(model: GPT, lr: float = 1e-3, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not biases, LayerNorms or position vectors)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
+
+
+def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu") -> Prepared:
+    cfg: ModelConfig = model.cfg
+    T = knobs.resolve_seq_len(cfg)
+    B = knobs.batch_size
+    g = torch.Generator().manual_seed(knobs.seed)
+
+    if workload == "train":
+        model.train()
+        opt = make_optimizer(model)
+        x, y = random_batch(corpus.train, B, T, g, device)
+
+        def step():
+            _, loss = model(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return Prepared("train", step, B * T, "step", optimizer=opt, inputs=[x, y])
+
+    if workload == "eval":
+        model.eval()
+        x, y = fixed_batches(corpus.val, 1, B, T, device)[0]
+
+        def step():
+            with torch.no_grad():
+                model(x, y)
+
+        return Prepared("eval", step, B * T, "step", inputs=[x, y])
+
+    if workload == "prefill":
+        model.eval()
+        x, _ = random_batch(corpus.val, B, T, g, device)
+        p = next(model.parameters())
+        cache = KVCache(cfg, B, T, device, p.dtype)
+
+        def step():
+            cache.pos = 0
+            with torch.no_grad():
+                model(x, cache=cache)
+
+        return Prepared("prefill", step, B * T, "step", tagged={"kv_cache": cache.k + cache.v},
+                        cache=cache, inputs=[x])
+
+    if workload == "decode":
+        model.eval()
+        x, _ = random_batch(corpus.val, B, T, g, device)
+        p = next(model.parameters())
+        cache = KVCache(cfg, B, T + knobs.gen_tokens, device, p.dtype)
+        with torch.no_grad():
+            logits, _ = model(x, cache=cache)
+        state = {"next": logits[:, -1:, :].argmax(-1)}  # (B, 1) greedy: deterministic
+
+        def step():
+            if cache.pos >= cache.max_len:
+                cache.pos = T  # start the generation over from the end of the prompt
+            with torch.no_grad():
+                logits, _ = model(state["next"], cache=cache)
+            state["next"] = logits[:, -1:, :].argmax(-1)
+
+        return Prepared("decode", step, B, "token", tagged={"kv_cache": cache.k + cache.v},
+                        cache=cache, inputs=[x])
+
+    raise ValueError(f"workload={workload!r} is not one of 'train', 'eval', 'prefill', 'decode'")
+
+
+@torch.no_grad()
+def eval_loss(model: GPT, corpus: Corpus, seq_len: int | None = None, batch_size: int = 8,
+              n_batches: int = 8, device="cpu") -> dict:
+    """Mean next-byte cross-entropy over a fixed held-out slice, and bits per byte.
+
+    Bits per byte = loss / ln 2: how many bits the model needs, on average, to encode each
+    byte of unseen text (8 would be no better than uniform over 256 bytes).
+    """
+    was_training = model.training
+    model.eval()
+    T = seq_len or model.cfg.block_size
+    n_batches = max(1, min(n_batches, (corpus.val.size - 1) // max(1, batch_size * T)))
+    losses = []
+    for x, y in fixed_batches(corpus.val, n_batches, batch_size, T, device):
+        _, loss = model(x, y)
+        losses.append(loss.item())
+    model.train(was_training)
+    val = float(np.mean(losses))
+    return {"val_loss": val, "bits_per_byte": val / LN2, "eval_tokens": n_batches * batch_size * T}
