@@ -89,8 +89,40 @@ def shipped_checkpoint(preset: str) -> Path | None:
     return p if p.exists() else None
 
 
+def weights_source(preset: str, checkpoint="auto") -> Path | None:
+    """Where a preset's weights come from: ``"auto"`` = the shipped checkpoint when there is
+    one; ``None``/``"random"`` = fresh random weights; anything else is a path."""
+    if checkpoint == "auto":
+        return shipped_checkpoint(preset)
+    if checkpoint in (None, False, "none", "random"):
+        return None
+    return Path(checkpoint)
+
+
+def load_model(preset: str = "cpu-small", checkpoint="auto", seed: int = 0, device="cpu") -> GPT:
+    """The preset's model: trained weights when ``checkpoint`` finds some, else seeded random."""
+    from efflab.config import get_preset
+    from efflab.model import build_model
+
+    cfg = get_preset(preset)
+    src = weights_source(preset, checkpoint)
+    if src is None:
+        return build_model(cfg, seed, device)
+    model = load_checkpoint(src, device)
+    if model.cfg != cfg:
+        raise CheckpointError(f"checkpoint {str(src)!r} holds preset {model.cfg.name!r}, "
+                              f"not {preset!r}")
+    return model
+
+
 def read_record(path: str | os.PathLike) -> dict:
     p = Path(path).with_suffix(".json")
     if not p.exists():
         raise CheckpointError(f"no training record {str(p)!r} beside the checkpoint")
     return json.loads(p.read_text())
+
+
+def training_record(preset: str) -> dict | None:
+    """The training record of the shipped checkpoint of ``preset``, or None if none is shipped."""
+    path = shipped_checkpoint(preset)
+    return read_record(path) if path is not None else None

@@ -108,7 +108,8 @@ def get_preset(name: str) -> ModelConfig:
 class Knobs:
     """The toggles a learner flips. Run settings only; later techniques add their fields here.
 
-    ``seq_len=None`` means the preset's full context. ``threads=None`` means every core.
+    ``seq_len=None`` means the preset's full context (for ``decode``: the prompt that leaves
+    room for ``gen_tokens``). ``threads=None`` means every core.
     ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
     """
 
@@ -151,7 +152,12 @@ class Knobs:
 
     def resolve_seq_len(self, cfg: ModelConfig) -> int:
         """The context length this run uses, checked against the preset's position table."""
-        T = cfg.block_size if self.seq_len is None else self.seq_len
+        if self.seq_len is not None:
+            T = self.seq_len
+        elif self.workload == "decode":  # leave room in the context for the generated tokens
+            T = max(1, cfg.block_size - self.gen_tokens)
+        else:
+            T = cfg.block_size
         if T > cfg.block_size:
             raise ConfigError("seq_len", T, f"an integer in [1, {cfg.block_size}] for preset {cfg.name!r}")
         if self.workload == "decode" and T + self.gen_tokens > cfg.block_size:

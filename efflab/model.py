@@ -212,3 +212,14 @@ def build_model(cfg: ModelConfig, seed: int = 0, device="cpu") -> GPT:
         torch.manual_seed(seed)
         model = GPT(cfg)
     return model.to(device)
+
+
+def sample(model: GPT, prompt: str, new_tokens: int = 200, temperature: float = 0.8,
+           top_k: int | None = 40, seed: int = 0) -> str:
+    """Continue ``prompt`` with ``new_tokens`` sampled bytes; returns prompt + continuation."""
+    p = next(model.parameters())
+    ids = torch.tensor([list(prompt.encode("utf-8")) or [10]], device=p.device)  # (1, T)
+    room = model.cfg.block_size - ids.size(1)
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    out = model.generate(ids, max(0, min(new_tokens, room)), temperature, top_k, g)
+    return bytes(out[0].tolist()).decode("utf-8", errors="replace")

@@ -66,10 +66,12 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
     curve: list[dict] = []
     done = 0
     if steps is None:  # time a few steps, then fix the step count so the schedule is exact
-        probe = 5
-        for i in range(probe):
+        probe = 6
+        curve.append({"step": 0, "train_loss": one_step(0, 10**9)})  # first step: warm-up
+        t1 = time.perf_counter()
+        for i in range(1, probe):
             curve.append({"step": i, "train_loss": one_step(i, 10**9)})
-        per_step = (time.perf_counter() - t0) / probe
+        per_step = (time.perf_counter() - t1) / (probe - 1)
         steps = max(probe + 1, int(minutes * 60 / per_step))
         done = probe
     status = "complete"

@@ -142,6 +142,19 @@ def copy_bandwidth(nbytes: int = 256 << 20, device="cpu", repeats: int = 5) -> f
     return 2 * nbytes / sec
 
 
+def _climb(dtype: torch.dtype, ladder: list[int], device, step_budget_s: float = 0.5) -> dict:
+    """Best FLOP/s over growing square sizes, never starting a size predicted to take longer
+    than ``step_budget_s`` per product — so a dtype this hardware runs pathologically slowly
+    (fp16 or bf16 without native support: well under 1 GFLOP/s) cannot hang calibration."""
+    best, sizes = 0.0, []
+    for n in ladder:
+        if best and 2 * n**3 / best > step_budget_s:
+            break
+        best = max(best, matmul_flops(n, dtype, device, budget_s=2.0))
+        sizes.append(n)
+    return {"flops_per_s": best, "sizes": sizes}
+
+
 def calibrate(device: str | None = None, force: bool = False, quick: bool = False,
               cache_dir: Path | None = None) -> dict:
     """Peak matmul FLOP/s per dtype and memory bandwidth of this machine (cached per machine).
@@ -159,20 +172,14 @@ def calibrate(device: str | None = None, force: bool = False, quick: bool = Fals
         except (OSError, json.JSONDecodeError):
             pass  # a damaged cache is measured again
     if dev == "cpu":
-        sizes = {torch.float32: [512, 1024, 2048], torch.bfloat16: [512, 1024, 2048],
-                 torch.float16: [128]}
-        bw_bytes = 256 << 20
+        ladder, bw_bytes = [256, 512, 1024, 2048], 256 << 20
     else:
-        sizes = {torch.float32: [2048, 4096, 8192], torch.bfloat16: [4096, 8192],
-                 torch.float16: [4096, 8192]}
-        bw_bytes = 1 << 30
+        ladder, bw_bytes = [1024, 2048, 4096, 8192], 1 << 30
     if quick:
-        sizes = {dt: [min(s) // 2] for dt, s in sizes.items()}
-        bw_bytes = 16 << 20
+        ladder, bw_bytes = ladder[:2], 16 << 20
     peaks = {}
-    for dt, ns in sizes.items():
-        best = max(matmul_flops(n, dt, dev) for n in ns)
-        peaks[str(dt).removeprefix("torch.")] = {"flops_per_s": best, "sizes": ns}
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        peaks[str(dt).removeprefix("torch.")] = _climb(dt, ladder, dev)
     cal = {
         "schema": CALIBRATION_SCHEMA,
         "device": dev,

@@ -1,0 +1,193 @@
+"""``measure``: one configuration, measured end to end, as one schema-versioned record.
+
+The path: build the model fresh from (preset, seed, checkpoint) -> prepare the workload ->
+time it (warm-up, repeats, median with spread) -> track memory by category in a separate
+pass -> count FLOPs in another -> MFU against this machine's calibrated peak -> quality on a
+fixed held-out slice -> energy from a real counter or "unavailable" -> the environment.
+
+A failure never escapes as a traceback from inside torch: a configuration that cannot run here
+comes back with ``status`` "refused" (before any work), "oom" or "error" and a ``message``.
+Invalid knobs raise :class:`efflab.config.ConfigError` before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import traceback
+
+import torch
+
+from efflab.checkpoint import load_model, weights_source
+from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
+from efflab.data import load_corpus
+from efflab.measure.energy import EnergyMeter
+from efflab.measure.flops import count_flops, estimate_6n
+from efflab.measure.hardware import RefusedError, calibrate, environment, peak_flops, pick_device
+from efflab.measure.memory import measure_memory, predict_memory
+from efflab.measure.theory import bytes_moved, roofline
+from efflab.measure.timing import summarize, time_steps
+from efflab.model import build_model
+from efflab.workloads import eval_loss, prepare
+
+SCHEMA = "efflab.record/1"
+STATUSES = ("ok", "oom", "error", "refused")
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=64)
+def _quality(cfg: ModelConfig, ckpt: str | None, mtime: float, corpus_path: str | None,
+             seed: int, device: str) -> dict:
+    """Held-out loss of the model as built; cached (it depends on the weights, not the knobs)."""
+    data = load_corpus(corpus_path)
+    model = load_model(cfg.name, ckpt or None, seed, device)
+    T = min(cfg.block_size, 128)
+    return eval_loss(model, data, T, batch_size=8, n_batches=4, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _flops(cfg: ModelConfig, knobs: Knobs, device: str, corpus_path: str | None) -> dict:
+    """FLOPs of one step depend only on shapes: counted once per (preset, knobs)."""
+    data = load_corpus(corpus_path)
+    model = build_model(cfg, knobs.seed, device)
+    prep = prepare(knobs.workload, model, data, knobs, device)
+    T = knobs.resolve_seq_len(cfg)
+    q_len, k_len = (1, T + knobs.gen_tokens // 2) if knobs.workload == "decode" else (T, T)
+    return count_flops(prep.step, cfg, knobs.batch_size, q_len, k_len,
+                       backward=knobs.workload == "train")
+
+
+def _base_record(preset: str, knobs: Knobs, budget_bytes: int | None) -> dict:
+    return {"schema": SCHEMA, "status": "ok", "message": None, "preset": preset,
+            "workload": knobs.workload, "knobs": knobs.to_dict(), "budget_bytes": budget_bytes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str | None = None,
+            *, checkpoint="auto", corpus: str | None = None, device: str | None = None,
+            budget_bytes: int | None = None, target_s: float = 1.0, memory: bool = True,
+            quality: bool = True, calibration: dict | None = None) -> dict:
+    """Measure one configuration and return its record (a plain, JSON-ready dict).
+
+    ``knobs`` defaults to ``Knobs()``; ``workload`` overrides ``knobs.workload``.
+    ``checkpoint="auto"`` loads the shipped checkpoint of the preset when there is one (else
+    random weights; the record says which). ``budget_bytes`` refuses, before any work, a run
+    whose predicted peak memory exceeds it. ``target_s`` is how long the timing pass samples.
+    """
+    knobs = knobs or Knobs()
+    if not isinstance(knobs, Knobs):
+        raise ConfigError("knobs", knobs, "an efflab.Knobs instance")
+    if workload is not None:
+        knobs = knobs.replace(workload=workload)
+    cfg = get_preset(preset)
+    T = knobs.resolve_seq_len(cfg)  # raises ConfigError naming seq_len / gen_tokens
+    if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes <= 0):
+        raise ConfigError("budget_bytes", budget_bytes, "a positive integer number of bytes")
+    rec = _base_record(preset, knobs, budget_bytes)
+    predicted = predict_memory(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens)
+    rec["theory"] = {"memory": predicted}
+    try:
+        dev = pick_device(cfg, device)
+    except RefusedError as e:
+        return {**rec, "status": "refused", "message": str(e)}
+    if budget_bytes is not None and predicted["peak_bytes"] > budget_bytes:
+        return {**rec, "status": "refused",
+                "message": f"predicted peak {predicted['peak_bytes'] / 2**20:.1f} MiB exceeds the "
+                           f"budget of {budget_bytes / 2**20:.1f} MiB; not run"}
+    ckpt = weights_source(preset, checkpoint)
+    rec["model"] = {"preset": preset, "n_params": cfg.n_params(), "config": cfg.__dict__,
+                    "weights": str(ckpt.name) if ckpt else "random-init", "device": dev,
+                    "dtype": "float32"}
+    try:
+        with _threads(knobs.threads):
+            rec["env"] = environment(dev)
+            cal = calibration or calibrate(dev)
+            rec.update(_measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory,
+                                     quality, cal))
+            if memory and budget_bytes is not None and rec["memory"]["peak_bytes"] > budget_bytes:
+                rec["status"] = "oom"
+                rec["message"] = (f"measured peak {rec['memory']['peak_bytes'] / 2**20:.1f} MiB "
+                                  f"exceeds the budget of {budget_bytes / 2**20:.1f} MiB")
+    except ConfigError:
+        raise
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        rec.update(status="oom", message=f"out of memory: {e}".strip())
+    except Exception as e:  # recorded, never lost: a sweep goes on past it
+        rec.update(status="error", message=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc(limit=8))
+    finally:
+        if str(device or "").startswith("cuda") or torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rec
+
+
+def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, cal) -> dict:
+    out: dict = {}
+    data = load_corpus(corpus)
+    model = load_model(cfg.name, ckpt, knobs.seed, dev)
+    prep = prepare(knobs.workload, model, data, knobs, dev)
+
+    # 1) timing, with energy read around exactly the timed steps
+    meter = EnergyMeter(dev)
+    meter.start()
+    samples = time_steps(prep.step, dev, warmup=2, target_s=target_s)
+    energy = meter.stop()
+    lat = summarize(samples)
+    step_s = lat["median"] / 1e3
+    out["latency_ms"] = {**lat, "unit": prep.unit}
+    out["throughput"] = {"tokens_per_s": prep.tokens_per_step / step_s,
+                         "tokens_per_step": prep.tokens_per_step,
+                         "steps_per_s": 1.0 / step_s}
+    if energy["joules"] is not None:
+        energy["joules_per_token"] = energy["joules"] / (prep.tokens_per_step * len(samples))
+    out["energy"] = energy
+
+    # 2) memory by category: a separate, tracked step (tracking is slow; never timed)
+    if memory:
+        mem = measure_memory(prep.step, model, prep.optimizer, prep.tagged, prep.inputs)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            prep.step()
+            torch.cuda.synchronize()
+            mem["device_peak_bytes"] = torch.cuda.max_memory_allocated()
+        out["memory"] = mem
+    else:
+        out["memory"] = {"peak_bytes": None, "by_category": None}
+
+    # 3) FLOPs (counted on a fresh copy: shapes only) and MFU against this machine's peak
+    fl = dict(_flops(cfg, knobs, dev, corpus))
+    peak = peak_flops(cal, "float32")
+    fl["estimate_6n"] = estimate_6n(cfg, prep.tokens_per_step, knobs.workload == "train")
+    fl["achieved_per_s"] = fl["per_step"] / step_s
+    fl["peak_per_s"] = peak
+    fl["peak_source"] = f"calibrated float32 matmul on this machine ({cal['fingerprint']})"
+    fl["mfu"] = fl["achieved_per_s"] / peak
+    out["flops"] = fl
+
+    # 4) what theory says this step could at best do here
+    nbytes = bytes_moved(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens)
+    out["theory"] = {
+        "memory": predict_memory(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens),
+        "roofline": roofline(fl["per_step"], nbytes, prep.tokens_per_step, peak,
+                             cal["bandwidth_bytes_per_s"]),
+    }
+
+    # 5) quality of the model as built (cached: it does not depend on the run settings)
+    if quality:
+        mtime = ckpt.stat().st_mtime if ckpt else 0.0
+        out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None, mtime, corpus,
+                                       knobs.seed, dev))
+    else:
+        out["quality"] = {"val_loss": None, "bits_per_byte": None}
+    return out

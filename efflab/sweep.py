@@ -1,0 +1,69 @@
+"""Sweeps are declared, not hand-looped: ``sweep(base, vary={"batch_size": [1, 2, 4]})``.
+
+Every configuration of the grid is validated before any work, then measured fresh (its own
+model built from preset and seed) and committed to the store as it completes. A failure (error,
+OOM, over the memory budget) is recorded with its status and message and the sweep goes on.
+Re-running a sweep skips what the store already holds, so a killed sweep resumes where it
+stopped and loses nothing it finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from efflab.config import ConfigError, Knobs, get_preset
+from efflab.measure.core import measure
+from efflab.store import Store, config_key, to_frame
+
+
+def grid(base: Knobs, vary: dict[str, list]) -> list[Knobs]:
+    """Every combination of ``vary`` applied to ``base``, in the order the lists give."""
+    if not isinstance(vary, dict):
+        raise ConfigError("vary", vary, 'a dict like {"batch_size": [1, 2, 4]}')
+    for name, values in vary.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"vary[{name!r}]", values, "a non-empty list of values")
+    names = list(vary)
+    return [base.replace(**dict(zip(names, combo)))
+            for combo in itertools.product(*(vary[n] for n in names))]
+
+
+def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
+          preset: str = "cpu-small", store: Store | str | None = None,
+          budget_bytes: int | None = None, checkpoint="auto", corpus: str | None = None,
+          device: str | None = None, target_s: float = 1.0, resume: bool = True,
+          progress: bool = True, on_record: Callable[[dict], None] | None = None,
+          name: str | None = None, calibration: dict | None = None) -> pd.DataFrame:
+    """Measure every configuration of the grid; return this sweep's records as a DataFrame.
+
+    ``on_record(record)`` is called after each configuration (skipped ones included), which is
+    how a live chart gets its points as they arrive. ``resume=False`` measures everything again.
+    """
+    base = base or Knobs()
+    configs = grid(base, vary or {})
+    cfg = get_preset(preset)
+    for k in configs:  # refuse a bad grid before any work, naming the field
+        k.resolve_seq_len(cfg)
+    st = store if isinstance(store, Store) else Store(store)
+    extra = {"budget_bytes": budget_bytes, "checkpoint": str(checkpoint), "corpus": corpus}
+    keys = []
+    bar = tqdm(configs, desc=f"sweep {preset}", disable=not progress)
+    for k in bar:
+        key = config_key(preset, k.to_dict(), extra)
+        keys.append(key)
+        if resume and st.has(key):
+            rec = st.get(key)
+        else:
+            bar.set_postfix_str(", ".join(f"{n}={getattr(k, n)}" for n in (vary or {})))
+            rec = measure(k, preset=preset, checkpoint=checkpoint, corpus=corpus,
+                          device=device, budget_bytes=budget_bytes, target_s=target_s,
+                          calibration=calibration)
+            rec["key"] = key
+            st.append(rec, key=key, sweep=name)
+        if on_record is not None:
+            on_record(rec)
+    return to_frame([st.get(key) for key in keys])
