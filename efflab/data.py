@@ -9,6 +9,7 @@ Prepared tokens are cached under ``data/cache/<hash>/`` as raw uint8 files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,18 +48,19 @@ def stdlib_root() -> Path:
 def _corpus_files(root: Path, default: bool) -> list[Path]:
     if root.is_file():
         return [root]
+    skip = {"__pycache__", ".git"} | ({"site-packages", "dist-packages"} if default else set())
     files = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.is_symlink():
-            continue
-        rel = p.relative_to(root).parts
-        if default:  # the standard library's own sources, not installed third-party packages
-            if p.suffix != ".py" or "site-packages" in rel or "__pycache__" in rel:
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in skip)  # prune: never walk installed packages
+        for n in sorted(names):
+            p = Path(folder) / n
+            if p.is_symlink():
                 continue
-        elif p.suffix.lower() not in TEXT_SUFFIXES:
-            continue
-        files.append(p)
-    return files
+            suffix = p.suffix if default else p.suffix.lower()
+            if (default and suffix != ".py") or (not default and suffix not in TEXT_SUFFIXES):
+                continue
+            files.append(p)
+    return sorted(files)
 
 
 def _is_val(rel: str) -> bool:
@@ -76,6 +78,10 @@ class Corpus:
     val: np.ndarray
     n_files: int
 
+    def __post_init__(self):
+        for a in (self.train, self.val):  # shared between callers in a process: never mutated
+            a.flags.writeable = False
+
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "sha256": self.sha256,
                 "n_files": self.n_files, "train_bytes": int(self.train.size),
@@ -84,6 +90,23 @@ class Corpus:
 
 def load_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                 max_bytes: int | None = None) -> Corpus:
+    """Read (or reuse) a corpus; within one process the same arguments return the same object.
+
+    See :func:`prepare_corpus` for what is read and how it is split.
+    """
+    root = None if path is None else str(Path(path).expanduser().resolve())
+    cache = None if cache_dir is None else str(Path(cache_dir).resolve())
+    return _load_corpus_memo(root, cache, max_bytes)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_corpus_memo(path, cache_dir, max_bytes) -> Corpus:
+    return prepare_corpus(path, cache_dir, max_bytes)
+
+
+def prepare_corpus(path: str | os.PathLike | None = None,
+                   cache_dir: str | os.PathLike | None = None,
+                   max_bytes: int | None = None) -> Corpus:
     """Read (or reuse the cached preparation of) a corpus.
 
     ``path=None`` reads the standard library. A folder reads its text files recursively; a
