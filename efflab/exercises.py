@@ -29,7 +29,7 @@ def check_throughput(answer, df: pd.DataFrame, batch_size: int, rel_tol: float =
         value = float(answer)
     except (TypeError, ValueError):
         return _verdict(False, f"expected a number, got {answer!r}")
-    ok = abs(value - truth) <= rel_tol * truth
+    ok = bool(abs(value - truth) <= rel_tol * truth)
     hint = ("" if ok else
             f" (hint: latency is in milliseconds; {int(tokens)} tokens / "
             f"({row['latency_ms.median']:.3f} / 1000) s)")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from efflab.measure.core import SCHEMA
+from efflab.records import SCHEMA
+from efflab.records import records_frame as to_frame
 
 # results/ at the top of the checkout, wherever the notebook or command runs from;
 # EFFLAB_RESULTS points it elsewhere (tests and reports keep their records apart)
@@ -101,14 +102,6 @@ class Store:
 
     def dataframe(self, sweep: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
         return to_frame(self.records(sweep, keys))
-
-
-def to_frame(records: list[dict]) -> pd.DataFrame:
-    """Records -> one row each, nested keys flattened with dots; curves and tracebacks dropped."""
-    if not records:
-        return pd.DataFrame()
-    slim = [{k: v for k, v in r.items() if k not in ("traceback", "curve")} for r in records]
-    return pd.json_normalize(slim, sep=".")
 
 
 def results(path: str | os.PathLike | None = None, sweep: str | None = None) -> pd.DataFrame:

@@ -29,10 +29,8 @@ from efflab.measure.memory import measure_memory, predict_memory
 from efflab.measure.theory import bytes_moved, roofline
 from efflab.measure.timing import summarize, time_steps
 from efflab.model import build_model
+from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
 from efflab.workloads import eval_loss, prepare
-
-SCHEMA = "efflab.record/1"
-STATUSES = ("ok", "oom", "error", "refused")
 
 
 @contextlib.contextmanager

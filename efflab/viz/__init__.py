@@ -1,0 +1,34 @@
+"""Charts and live views of measurement records (altair only; nothing here imports torch).
+
+* :mod:`efflab.viz.charts` — chart builders over the records DataFrame (throughput, latency,
+  memory, quality, training curves, a dashboard) and offline rendering to SVG/PNG/HTML.
+* :mod:`efflab.viz.live` — :class:`LiveChart`, a chart that redraws as records arrive: an
+  offline ``alt.JupyterChart`` widget in JupyterLab, a static SVG+PNG image headless.
+
+Importing this package makes altair draw offline (:func:`use_offline_renderer`): a chart shown
+the plain way (``display(chart)``) becomes static SVG+PNG when ``EFFLAB_STATIC_CHARTS=1``
+(papermill, the HTML report) and an offline JupyterChart otherwise — altair's default renderer
+would fetch Vega from a CDN and draw nothing without a network.
+"""
+
+from efflab.viz.charts import (
+    dashboard,
+    latency_chart,
+    memory_chart,
+    quality_chart,
+    records_frame,
+    save_chart,
+    static_bundle,
+    throughput_chart,
+    to_html,
+    to_png,
+    to_svg,
+    training_curve_chart,
+)
+from efflab.viz.live import LiveChart, show, static_mode, use_offline_renderer
+
+use_offline_renderer()
+
+__all__ = ["dashboard", "latency_chart", "memory_chart", "quality_chart", "records_frame",
+           "save_chart", "static_bundle", "throughput_chart", "to_html", "to_png", "to_svg",
+           "training_curve_chart", "LiveChart", "show", "static_mode", "use_offline_renderer"]
