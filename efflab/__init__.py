@@ -8,10 +8,30 @@ theory's prediction beside each measurement.
     df = efflab.sweep(efflab.Knobs(), vary={"batch_size": [1, 2, 4, 8]})
 """
 
-from efflab.analysis import batching_table, calibration_table, saturation
+import os as _os
+
+import torch as _torch
+
+if not _torch.cuda.is_available():
+    # Triton kernels can only run interpreted on a CPU, and the switch must be set before
+    # triton decorates anything (torch's FLOP counter imports triton early).
+    _os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from efflab.analysis import (
+    add_costs,
+    batching_table,
+    best_under_budget,
+    budget_answer,
+    calibration_table,
+    curve_gaps,
+    pareto_front,
+    saturation,
+    technique_table,
+)
 from efflab.checkpoint import load_model, training_record
+from efflab.compare import compare_gradients
 from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
-from efflab.exercises import check_throughput
+from efflab.exercises import check_online_softmax, check_throughput
 from efflab.explain import explain
 from efflab.measure import SCHEMA, measure
 from efflab.measure.hardware import calibrate
@@ -19,6 +39,8 @@ from efflab.measure.memory import largest_batch, predict_memory
 from efflab.model import sample
 from efflab.store import Store, results
 from efflab.sweep import sweep
+from efflab.techniques import build
+from efflab.train import train_curves
 
 __version__ = "0.1.0"
 
@@ -34,4 +56,6 @@ def __getattr__(name):  # the lab panel pulls in ipywidgets and altair: load it 
 __all__ = ["PRESETS", "ConfigError", "Knobs", "ModelConfig", "get_preset", "SCHEMA", "measure",
            "Store", "results", "sweep", "Lab", "calibrate", "calibration_table", "load_model",
            "training_record", "sample", "explain", "batching_table", "saturation",
-           "largest_batch", "predict_memory", "check_throughput", "__version__"]
+           "largest_batch", "predict_memory", "check_throughput", "train_curves", "curve_gaps",
+           "pareto_front", "best_under_budget", "technique_table", "compare_gradients",
+           "check_online_softmax", "build", "add_costs", "budget_answer", "__version__"]

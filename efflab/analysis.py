@@ -8,9 +8,11 @@ import pandas as pd
 def calibration_table(cal: dict) -> pd.DataFrame:
     """One row per number format: peak matmul GFLOP/s, and the machine balance it implies."""
     bw = cal["bandwidth_bytes_per_s"]
+    read = cal.get("read_bandwidth_bytes_per_s", bw)
     rows = [{"dtype": dt, "peak GFLOP/s": v["flops_per_s"] / 1e9,
              "matmul sizes": ", ".join(str(n) for n in v["sizes"]),
-             "bandwidth GB/s": bw / 1e9, "balance FLOP/byte": v["flops_per_s"] / bw}
+             "copy GB/s": bw / 1e9, "read GB/s": read / 1e9,
+             "balance FLOP/byte": v["flops_per_s"] / bw}
             for dt, v in cal["matmul"].items()]
     return pd.DataFrame(rows).round(2)
 
@@ -56,3 +58,102 @@ def saturation(df: pd.DataFrame, fraction: float = 0.9) -> dict:
             f"{bal:.1f}: the step is {'compute' if ai >= bal else 'memory'}-bound, running at "
             f"{first['flops.mfu']:.0%} of the measured peak.")
     return {"batch": b, "best_tokens_per_s": float(best), "gain": float(gain), "text": text}
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The configurations no other beats on both ``x`` and ``y`` (lower is better on both),
+    sorted by ``x``. Only successful records take part."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    ok = ok.dropna(subset=[x, y]).sort_values([x, y])
+    keep, best_y = [], float("inf")
+    for idx, row in ok.iterrows():
+        if row[y] < best_y:  # better quality than everything at lower or equal cost
+            keep.append(idx)
+            best_y = row[y]
+    return ok.loc[keep]
+
+
+def best_under_budget(df: pd.DataFrame, cost: str, budget: float, quality: str) -> pd.DataFrame:
+    """The single best-``quality`` (lowest) configuration whose ``cost`` fits the budget (empty
+    if none fits); ties go to the cheaper one."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    fits = ok[ok[cost] <= budget].dropna(subset=[quality])
+    if fits.empty:
+        return fits
+    return fits.sort_values([quality, cost]).head(1)
+
+
+def curve_gaps(curves: pd.DataFrame, reference: str = "fp32") -> str:
+    """Markdown: how far each variant's training loss strayed from the reference run's, step by
+    step (same batches, so the gap is the technique's alone), and the last held-out losses."""
+    ok = curves[curves["status"] == "ok"]
+    if ok.empty or reference not in set(ok["variant"]):
+        return f"no successful {reference!r} run to compare against"
+    loss = ok.pivot_table(index="step", columns="variant", values="train_loss")
+    lines = [f"| variant | max \\|loss − {reference}\\| | mean gap | last held-out loss |",
+             "|---|---|---|---|"]
+    val = ok.dropna(subset=["val_loss"]) if "val_loss" in ok else ok.iloc[0:0]
+    for variant in loss.columns:
+        gap = (loss[variant] - loss[reference]).abs()
+        last = val[val["variant"] == variant]["val_loss"]
+        last_txt = f"{last.iloc[-1]:.4f}" if len(last) else "—"
+        lines.append(f"| {variant} | {gap.max():.4f} | {gap.mean():.4f} | {last_txt} |")
+    refused = curves[curves["status"] == "refused"]
+    for _, r in refused.iterrows():
+        lines.append(f"| {r['variant']} | refused | | {r['message']} |")
+    return "\n".join(lines)
+
+
+def technique_table(df: pd.DataFrame, knob: str) -> pd.DataFrame:
+    """One row per value of ``knob`` (a technique toggle): status, step latency with spread,
+    slowdown against the first row, tokens/s, measured vs predicted peak memory, the largest
+    activation footprint, and quality. Refused or failed rows keep their message."""
+    col = f"knobs.{knob}"
+    rows = []
+    base = None
+    for _, r in df.iterrows():
+        row = {knob: r[col], "status": r["status"]}
+        if r["status"] != "ok":
+            row["message"] = r.get("message")
+            rows.append(row)
+            continue
+        lat = r["latency_ms.median"]
+        base = lat if base is None else base
+        row.update({
+            "latency ms": lat,
+            "p25–p75 ms": f"{r['latency_ms.p25']:.2f}–{r['latency_ms.p75']:.2f}",
+            "n": r["latency_ms.n"],
+            "× first": lat / base,
+            "tokens/s": r["throughput.tokens_per_s"],
+            "peak MiB": r.get("memory.peak_bytes", float("nan")) / 2**20,
+            "predicted MiB": r.get("theory.memory.peak_bytes", float("nan")) / 2**20,
+            "activations MiB (max)": r.get("memory.max_by_category.activations",
+                                           float("nan")) / 2**20,
+            "bits/byte": r.get("quality.bits_per_byte"),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows).round(3)
+
+
+def add_costs(df: pd.DataFrame, vary: list[str] | None = None) -> pd.DataFrame:
+    """The sweep with the columns a frontier compares: ``config`` (a label from the varied
+    knobs), ``ms per token`` (1000 / tokens per second) and ``peak MiB``."""
+    out = df.copy()
+    names = vary or []
+    out["config"] = [", ".join(f"{n}={r[f'knobs.{n}']}" for n in names) or str(i)
+                     for i, r in out.iterrows()]
+    if "throughput.tokens_per_s" in out:
+        out["ms per token"] = 1000.0 / out["throughput.tokens_per_s"]
+    if "memory.peak_bytes" in out:
+        out["peak MiB"] = out["memory.peak_bytes"] / 2**20
+    return out
+
+
+def budget_answer(best: pd.DataFrame, cost: str, budget: float,
+                  quality: str = "quality.bits_per_byte") -> str:
+    """One sentence (Markdown) naming the best configuration under the budget, or saying none fits."""
+    if best is None or best.empty:
+        return f"**No measured configuration fits** {cost} ≤ {budget:g}: loosen the budget."
+    r = best.iloc[0]
+    return (f"**Best under {cost} ≤ {budget:g}:** `{r['config']}` — {cost} {r[cost]:.3f}, "
+            f"{quality} {r[quality]:.4f}.")

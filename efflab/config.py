@@ -15,6 +15,15 @@ from typing import Literal, get_args
 
 Workload = Literal["train", "eval", "prefill", "decode"]
 WORKLOADS: tuple[str, ...] = get_args(Workload)
+Precision = Literal["fp32", "bf16", "fp16", "bf16-pure"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+Attention = Literal["naive", "sdpa", "triton"]
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+Checkpointing = Literal["none", "blocks", "selective"]
+CHECKPOINTINGS: tuple[str, ...] = get_args(Checkpointing)
+Quantization = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+GROUP_SIZES = (32, 64, 128, 256)
 
 
 class ConfigError(ValueError):
@@ -33,6 +42,13 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
         return
     span = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
     raise ConfigError(name, value, span)
+
+
+def _check_float(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and (value > lo if lo_open else value >= lo) and value <= hi:
+        return
+    raise ConfigError(name, value, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -89,6 +105,9 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig("cpu-tiny", n_layer=2, n_head=2, n_embd=64, block_size=64),
         ModelConfig("cpu-small", n_layer=4, n_head=4, n_embd=128, block_size=128),
         ModelConfig("cpu-medium", n_layer=8, n_head=8, n_embd=256, block_size=256),
+        # few layers, very wide: 229 MB of fp32 weights, ~7x a 32 MiB last-level cache, so
+        # decoding at batch 1 is bound by memory bandwidth (the quantization lesson's model)
+        ModelConfig("cpu-wide", n_layer=2, n_head=12, n_embd=1536, block_size=128),
         ModelConfig("gpu-small", n_layer=10, n_head=8, n_embd=512, block_size=512, needs_gpu=True),
         ModelConfig("gpu-gpt2", n_layer=12, n_head=12, n_embd=768, block_size=1024, needs_gpu=True),
     )
@@ -106,11 +125,19 @@ def get_preset(name: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class Knobs:
-    """The toggles a learner flips. Run settings only; later techniques add their fields here.
+    """The toggles a learner flips: run settings, then the techniques that transform the model.
 
     ``seq_len=None`` means the preset's full context (for ``decode``: the prompt that leaves
     room for ``gen_tokens``). ``threads=None`` means every core.
     ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
+    ``precision``: fp32, autocast bf16 / fp16 (with loss scaling), or bf16-pure weights.
+    ``attention``: naive (materialises T×T), sdpa (PyTorch's fused kernel), triton (efflab's).
+    ``checkpointing``: none, blocks (every ``checkpoint_every``-th block recomputed in
+    backward) or selective (only the MLP's wide hidden activations recomputed).
+    ``quantization``: post-training weight formats for inference workloads (``group_size`` for
+    int4). ``moe_experts`` > 0 replaces the MLPs by that many experts, each token routed to
+    ``moe_top_k`` of them, ``moe_capacity`` the capacity factor, ``moe_balance`` the weight of
+    the load-balancing loss.
     """
 
     batch_size: int = 8
@@ -119,6 +146,16 @@ class Knobs:
     seed: int = 0
     threads: int | None = None
     gen_tokens: int = 32
+    precision: Precision = "fp32"
+    attention: Attention = "sdpa"
+    checkpointing: Checkpointing = "none"
+    checkpoint_every: int = 1
+    quantization: Quantization = "none"
+    group_size: int = 64
+    moe_experts: int = 0
+    moe_top_k: int = 1
+    moe_capacity: float = 1.25
+    moe_balance: float = 0.01
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1, 65536)
@@ -129,6 +166,29 @@ class Knobs:
         if self.threads is not None:
             _check_int("threads", self.threads, 1, 1024)
         _check_int("gen_tokens", self.gen_tokens, 1, 1 << 16)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("checkpointing", self.checkpointing, CHECKPOINTINGS)
+        _check_int("checkpoint_every", self.checkpoint_every, 1, 1024)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        _check_choice("group_size", self.group_size, GROUP_SIZES)
+        _check_int("moe_experts", self.moe_experts, 0, 256)
+        _check_int("moe_top_k", self.moe_top_k, 1, 256)
+        _check_float("moe_capacity", self.moe_capacity, 0.0, 64.0, lo_open=True)
+        _check_float("moe_balance", self.moe_balance, 0.0, 100.0)
+        # combinations that cannot work, named before any work
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            raise ConfigError("moe_top_k", self.moe_top_k,
+                              f"at most moe_experts={self.moe_experts} (each token picks "
+                              "moe_top_k of the moe_experts experts)")
+        if self.quantization != "none" and self.workload == "train":
+            raise ConfigError("quantization", self.quantization,
+                              "'none' when workload='train' (quantization is post-training: "
+                              "use workload 'eval', 'prefill' or 'decode')")
+        if self.quantization != "none" and self.precision != "fp32":
+            raise ConfigError("precision", self.precision,
+                              f"'fp32' with quantization={self.quantization!r} (the quantized "
+                              "layers choose their own compute format)")
 
     def replace(self, **changes) -> Knobs:
         """A copy with ``changes`` applied (validated); unknown names raise ConfigError."""

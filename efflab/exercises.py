@@ -34,3 +34,37 @@ def check_throughput(answer, df: pd.DataFrame, batch_size: int, rel_tol: float =
             f" (hint: latency is in milliseconds; {int(tokens)} tokens / "
             f"({row['latency_ms.median']:.3f} / 1000) s)")
     return _verdict(ok, f"you said {value:,.0f} tokens/s{hint}")
+
+
+def check_online_softmax(update, trials: int = 5, block: int = 7, seed: int = 0):
+    """Does ``update(m, l, acc, scores, v) -> (m, l, acc)`` implement the online-softmax step?
+
+    Feeds random score/value blocks through the learner's function one block at a time and
+    compares ``acc / l`` with softmax(all scores) · V computed in one go.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for trial in range(trials):
+        n, d = block * 4 + trial, 8
+        scores = torch.randn(n, generator=g, dtype=torch.float64) * (1 + 3 * trial)
+        values = torch.randn(n, d, generator=g, dtype=torch.float64)
+        want = torch.softmax(scores, 0) @ values  # (d,)
+        m = torch.tensor(float("-inf"), dtype=torch.float64)
+        lsum = torch.tensor(0.0, dtype=torch.float64)
+        acc = torch.zeros(d, dtype=torch.float64)
+        try:
+            for start in range(0, n, block):
+                out = update(m, lsum, acc, scores[start:start + block], values[start:start + block])
+                if out is None:
+                    return _verdict(None, "update returns None: return the new (m, l, acc)")
+                m, lsum, acc = out
+            got = acc / lsum
+        except Exception as e:  # the learner's code: report, never crash the notebook
+            return _verdict(False, f"your update raised {type(e).__name__}: {e}")
+        if not torch.allclose(torch.as_tensor(got, dtype=torch.float64), want, atol=1e-9):
+            return _verdict(False, f"after {n} scores acc / l differs from softmax · V by "
+                                   f"{(torch.as_tensor(got) - want).abs().max().item():.2e} "
+                                   "(did you rescale l and acc by exp(m_old - m_new)?)")
+    return _verdict(True, f"{trials} random rows of up to {block * 4 + trials - 1} scores, "
+                          f"blocks of {block}: acc / l equals softmax · V")

@@ -126,13 +126,16 @@ def _parse_scalar(field: dict, text: str):
     return s
 
 
-def _make_control(field: dict, value) -> widgets.Widget:
-    """The widget for one ``knob_fields()`` entry, showing ``value``."""
+def _make_control(field: dict, value, notes: dict | None = None) -> widgets.Widget:
+    """The widget for one ``knob_fields()`` entry, showing ``value``. ``notes`` labels choices
+    this machine refuses (``{"bf16": "refused here: ..."}``) so the learner sees why up front."""
     name, default, choices = field["name"], field["default"], field["choices"]
     common = {"description": name, "style": {"description_width": "initial"},
               "layout": widgets.Layout(width="220px")}
     if choices:
-        return widgets.Dropdown(options=list(choices), value=value, **common)
+        options = ([(f"{c} ({notes[c]})" if notes.get(c) else c, c) for c in choices]
+                   if notes else list(choices))
+        return widgets.Dropdown(options=options, value=value, **common)
     if field["optional"]:
         return widgets.Text(value=AUTO if value is None else str(value), placeholder=AUTO,
                             tooltip=f"{name}: a number, or '{AUTO}' for the default", **common)
@@ -204,7 +207,8 @@ class Lab:
             value=preset, description="preset", layout=widgets.Layout(width="260px"), **wide)
         # one control per Knobs field, generated from knob_fields()
         self.controls: dict[str, widgets.Widget] = {
-            name: _make_control(f, getattr(initial, name)) for name, f in self._fields.items()}
+            name: _make_control(f, getattr(initial, name), self._choice_notes(preset, name))
+            for name, f in self._fields.items()}
         self.vary_control = widgets.Dropdown(options=list(self._fields), value=vary,
                                              description="vary", layout=widgets.Layout(width="200px"),
                                              **wide)
@@ -230,6 +234,16 @@ class Lab:
         self._sync_vary(vary, reset_values=False)
         self._show_refusal_if_any(preset)
         self._widget: widgets.Widget | None = None
+
+    def _choice_notes(self, preset: str, name: str) -> dict:
+        """Short reasons shown beside choices this machine refuses (needs a calibration)."""
+        if name != "precision" or self.calibration is None:
+            return {}
+        from efflab.techniques.precision import availability_table
+
+        table = availability_table(get_preset(preset), Knobs(batch_size=8), self.calibration)
+        return {r["precision"]: f"refused here: {r['measured peak GFLOP/s']:.1f} GFLOP/s"
+                for _, r in table.iterrows() if not r["runs here"]}
 
     @property
     def widget(self) -> widgets.Widget:

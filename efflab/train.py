@@ -117,3 +117,96 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
     save_checkpoint(model, path, record)
     record["path"] = str(path)
     return record
+
+
+def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
+                 batch_size: int = 8, seq_len: int | None = None, lr: float = 2e-3,
+                 warmup: int = 10, seed: int = 0, eval_every: int = 20, corpus: str | None = None,
+                 device: str | None = None, calibration: dict | None = None,
+                 on_point=None, progress: bool = True):
+    """Train one fresh model per variant on the same batches, side by side; return a long table.
+
+    ``variants`` maps a label to the Knobs whose techniques the model gets (precision, MoE,
+    checkpointing ...). Every variant starts from the same seed and sees the same batches in
+    the same order, so the curves differ only by the technique. Rows: variant, step, tokens,
+    flops (counted model FLOPs so far), seconds (wall, training only), train_loss or val_loss,
+    and — for MoE variants — the expert load. A variant this machine would run far too slowly
+    is refused up front (a row with status "refused" and the measured reason).
+    ``on_point(row)`` is called for every row as it is produced (a live chart's hook).
+    """
+    import pandas as pd
+
+    from efflab.config import Knobs
+    from efflab.measure.flops import step_flops_estimate
+    from efflab.measure.hardware import calibrate
+    from efflab.techniques import apply_techniques, auxiliary_loss, technique_configs
+    from efflab.techniques.precision import autocast, grad_scaler, refusal
+
+    cfg = get_preset(preset)
+    dev = pick_device(cfg, device)
+    T = seq_len or cfg.block_size
+    data = load_corpus(corpus)
+    cal = calibration or calibrate(dev)
+    rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if on_point is not None:
+            on_point(row)
+
+    for label, knobs in variants.items():
+        if not isinstance(knobs, Knobs):
+            raise ConfigError(f"variants[{label!r}]", knobs, "an efflab.Knobs")
+        knobs = knobs.replace(batch_size=batch_size, seq_len=T, workload="train")
+        techniques = technique_configs(knobs, cfg)
+        step_flops = step_flops_estimate(cfg, knobs)
+        why = refusal(techniques.precision, step_flops, cal)
+        if why:
+            emit({"variant": label, "status": "refused", "message": why, "step": 0})
+            continue
+        model = apply_techniques(build_model(cfg, seed, dev), knobs)
+        opt = make_optimizer(model, lr=lr)
+        scaler = grad_scaler(techniques.precision, dev)
+        g = torch.Generator().manual_seed(seed)  # the same batches for every variant
+        seconds = 0.0
+        bar = tqdm(range(steps), desc=f"train {label}", disable=not progress, leave=False)
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps, lr, warmup)
+            x, y = random_batch(data.train, batch_size, T, g, dev)
+            t0 = time.perf_counter()
+            with autocast(techniques.precision, dev):
+                _, loss = model(x, y)
+            aux = auxiliary_loss(model)
+            total = loss if aux is None else loss + aux
+            if scaler is None:
+                total.backward()
+                opt.step()
+            else:
+                scaler.scale(total).backward()
+                scaler.step(opt)
+                scaler.update()
+            opt.zero_grad(set_to_none=True)
+            seconds += time.perf_counter() - t0
+            done = step + 1
+            row = {"variant": label, "status": "ok", "step": done,
+                   "tokens": done * batch_size * T, "flops": done * step_flops,
+                   "seconds": seconds, "train_loss": loss.item()}
+            if eval_every and (done % eval_every == 0 or done == steps):
+                with autocast(techniques.precision, dev):
+                    ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
+                row["val_loss"] = ev["val_loss"]
+                load = _expert_load(model)
+                if load:
+                    row["expert_load"] = load
+            emit(row)
+    return pd.DataFrame(rows)
+
+
+def _expert_load(model) -> list | None:
+    try:
+        from efflab.techniques.moe import expert_load
+    except ImportError:
+        return None
+    load = expert_load(model)
+    return load or None

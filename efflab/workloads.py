@@ -25,6 +25,8 @@ import torch
 from efflab.config import Knobs, ModelConfig
 from efflab.data import Corpus, fixed_batches, random_batch
 from efflab.model import GPT, KVCache
+from efflab.techniques import auxiliary_loss
+from efflab.techniques.precision import PrecisionConfig, autocast, grad_scaler
 
 LN2 = math.log(2)
 
@@ -53,20 +55,38 @@ def make_optimizer(model: GPT, lr: float = 1e-3, weight_decay: float = 0.1) -> t
 
 
 def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu") -> Prepared:
+    """The workload as a repeatable ``step()`` on fixed inputs, run in ``knobs.precision``.
+
+    The model must already carry the knobs' techniques (``efflab.techniques.apply_techniques``).
+    """
     cfg: ModelConfig = model.cfg
     T = knobs.resolve_seq_len(cfg)
     B = knobs.batch_size
     g = torch.Generator().manual_seed(knobs.seed)
+    prec = PrecisionConfig(knobs.precision)
+
+    def forward(*args, **kwargs):
+        with autocast(prec, device):
+            return model(*args, **kwargs)
 
     if workload == "train":
         model.train()
         opt = make_optimizer(model)
+        scaler = grad_scaler(prec, device)
         x, y = random_batch(corpus.train, B, T, g, device)
 
         def step():
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
+            _, loss = forward(x, y)
+            aux = auxiliary_loss(model)  # e.g. MoE load balancing; None for most models
+            if aux is not None:
+                loss = loss + aux
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # fp16: scale the loss so small gradients survive, unscale before the step
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             opt.zero_grad(set_to_none=True)
 
         return Prepared("train", step, B * T, "step", optimizer=opt, inputs=[x, y])
@@ -77,7 +97,7 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
 
         def step():
             with torch.no_grad():
-                model(x, y)
+                forward(x, y)
 
         return Prepared("eval", step, B * T, "step", inputs=[x, y])
 
@@ -90,7 +110,7 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
         def step():
             cache.pos = 0
             with torch.no_grad():
-                model(x, cache=cache)
+                forward(x, cache=cache)
 
         return Prepared("prefill", step, B * T, "step", tagged={"kv_cache": cache.k + cache.v},
                         cache=cache, inputs=[x])
@@ -101,14 +121,14 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
         p = next(model.parameters())
         cache = KVCache(cfg, B, T + knobs.gen_tokens, device, p.dtype)
         with torch.no_grad():
-            logits, _ = model(x, cache=cache)
+            logits, _ = forward(x, cache=cache)
         state = {"next": logits[:, -1:, :].argmax(-1)}  # (B, 1) greedy: deterministic
 
         def step():
             if cache.pos >= cache.max_len:
                 cache.pos = T  # start the generation over from the end of the prompt
             with torch.no_grad():
-                logits, _ = model(state["next"], cache=cache)
+                logits, _ = forward(state["next"], cache=cache)
             state["next"] = logits[:, -1:, :].argmax(-1)
 
         return Prepared("decode", step, B, "token", tagged={"kv_cache": cache.k + cache.v},

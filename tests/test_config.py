@@ -83,3 +83,27 @@ def test_preset_sizes_match_the_promises():
     assert 25e6 < PRESETS["gpu-small"].n_params() < 40e6
     g = PRESETS["gpu-gpt2"]
     assert (g.n_layer, g.n_embd, g.n_head, g.block_size) == (12, 768, 12, 1024)
+
+
+def test_impossible_combinations_are_refused_naming_the_fields():
+    with pytest.raises(ConfigError) as e:
+        Knobs(moe_experts=2, moe_top_k=3)
+    assert e.value.field == "moe_top_k" and "moe_experts=2" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        Knobs(quantization="int4-weight")  # workload defaults to train
+    assert e.value.field == "quantization" and "workload" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        Knobs(workload="decode", quantization="int8-weight", precision="bf16")
+    assert e.value.field == "precision"
+    with pytest.raises(ConfigError) as e:
+        Knobs(group_size=48)
+    assert "32, 64, 128, 256" in str(e.value)
+
+
+def test_group_size_that_does_not_divide_the_width_is_refused_before_work():
+    from efflab.measure import measure
+
+    with pytest.raises(ConfigError) as e:  # cpu-tiny is 64 wide: groups of 128 cannot fit
+        measure(Knobs(workload="decode", quantization="int4-weight", group_size=128),
+                preset="cpu-tiny")
+    assert e.value.field == "group_size" and "64" in str(e.value)

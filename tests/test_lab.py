@@ -254,3 +254,15 @@ def test_importing_efflab_does_not_load_the_lab():
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "efflab.lab"
+
+
+def test_precisions_this_machine_refuses_are_labelled_with_the_measured_reason(tmp_path):
+    cal = {"fingerprint": "t", "bandwidth_bytes_per_s": 10e9,
+           "matmul": {"float32": {"flops_per_s": 100e9, "sizes": [256]},
+                      "bfloat16": {"flops_per_s": 0.5e9, "sizes": [256]},
+                      "float16": {"flops_per_s": 500e9, "sizes": [256]}}}
+    lab = Lab(preset="cpu-small", store=tmp_path, static=True, calibration=cal)
+    labels = dict((v, label) for label, v in lab.controls["precision"].options)
+    assert labels["fp32"] == "fp32" and labels["fp16"] == "fp16"
+    assert "refused here: 0.5 GFLOP/s" in labels["bf16"]
+    assert "refused here" in labels["bf16-pure"]

@@ -23,14 +23,20 @@ from efflab.checkpoint import load_model, weights_source
 from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
 from efflab.data import load_corpus
 from efflab.measure.energy import EnergyMeter
-from efflab.measure.flops import count_flops, estimate_6n
+from efflab.measure.flops import count_flops, estimate_6n, step_flops_estimate
 from efflab.measure.hardware import RefusedError, calibrate, environment, peak_flops, pick_device
-from efflab.measure.memory import measure_memory, predict_memory
+from efflab.measure.memory import measure_memory, predict_for
 from efflab.measure.theory import bytes_moved, roofline
 from efflab.measure.timing import summarize, time_steps
 from efflab.model import build_model
 from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
+from efflab.techniques import apply_techniques, technique_configs
+from efflab.techniques.attention import interpreted_refusal
+from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast, refusal
 from efflab.workloads import eval_loss, prepare
+
+INTERPRETED_NOTE = ("Triton kernel interpreted on CPU (TRITON_INTERPRET=1): correctness only; "
+                    "this timing is not meaningful")
 
 
 @contextlib.contextmanager
@@ -46,17 +52,34 @@ def _threads(n: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _quality(cfg: ModelConfig, ckpt: str | None, mtime: float, corpus_path: str | None,
-             seed: int, device: str) -> dict:
-    """Held-out loss of the model as built; cached (it depends on the weights, not the knobs)."""
+             device: str, knobs: Knobs) -> dict:
+    """Held-out loss of the model as built — weights, number format, quantization, experts —
+    cached: it does not depend on batch size, attention kernel or checkpointing, which do not
+    change the mathematics (``_quality_knobs`` keeps only what does)."""
     data = load_corpus(corpus_path)
-    model = load_model(cfg.name, ckpt or None, seed, device)
+    model = apply_techniques(load_model(cfg.name, ckpt or None, knobs.seed, device), knobs)
     T = min(cfg.block_size, 128)
-    return eval_loss(model, data, T, batch_size=8, n_batches=4, device=device)
+    with autocast(PrecisionConfig(knobs.precision), device):
+        return eval_loss(model, data, T, batch_size=8, n_batches=4, device=device)
+
+
+def _quality_knobs(knobs: Knobs) -> Knobs:
+    return knobs.replace(workload="eval", batch_size=8, seq_len=None, threads=None,
+                         gen_tokens=32, attention="sdpa", checkpointing="none",
+                         checkpoint_every=1)
+
+
+def _shape_knobs(knobs: Knobs) -> Knobs:
+    """The knobs that decide a step's model FLOPs: shapes and workload only. Attention kernel and
+    precision do not change the FLOPs; checkpointing's recomputation is, by the definition of
+    MFU, not counted as model FLOPs."""
+    return Knobs(batch_size=knobs.batch_size, seq_len=knobs.seq_len, workload=knobs.workload,
+                 gen_tokens=knobs.gen_tokens)
 
 
 @functools.lru_cache(maxsize=256)
 def _flops(cfg: ModelConfig, knobs: Knobs, device: str, corpus_path: str | None) -> dict:
-    """FLOPs of one step depend only on shapes: counted once per (preset, knobs)."""
+    """FLOPs of one step depend only on shapes: counted once per (preset, shape knobs)."""
     data = load_corpus(corpus_path)
     model = build_model(cfg, knobs.seed, device)
     prep = prepare(knobs.workload, model, data, knobs, device)
@@ -92,27 +115,40 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
     T = knobs.resolve_seq_len(cfg)  # raises ConfigError naming seq_len / gen_tokens
     if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes <= 0):
         raise ConfigError("budget_bytes", budget_bytes, "a positive integer number of bytes")
+    techniques = technique_configs(knobs, cfg)  # ConfigError for an impossible choice
     rec = _base_record(preset, knobs, budget_bytes)
-    predicted = predict_memory(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens)
+    predicted = predict_for(cfg, knobs)
     rec["theory"] = {"memory": predicted}
     try:
         dev = pick_device(cfg, device)
     except RefusedError as e:
         return {**rec, "status": "refused", "message": str(e)}
+    cal = calibration or calibrate(dev)
+    slow = refusal(techniques.precision, step_flops_estimate(cfg, knobs), cal)
+    interpreted = knobs.attention == "triton" and dev == "cpu"
+    if interpreted and not slow:
+        slow = interpreted_refusal(cfg, knobs.batch_size, T, knobs.workload == "train")
+    if slow:
+        return {**rec, "status": "refused", "message": slow}
     if budget_bytes is not None and predicted["peak_bytes"] > budget_bytes:
         return {**rec, "status": "refused",
                 "message": f"predicted peak {predicted['peak_bytes'] / 2**20:.1f} MiB exceeds the "
                            f"budget of {budget_bytes / 2**20:.1f} MiB; not run"}
-    ckpt = weights_source(preset, checkpoint)
-    rec["model"] = {"preset": preset, "n_params": cfg.n_params(), "config": cfg.__dict__,
+    # a dense checkpoint holds no experts: a mixture-of-experts model starts from random weights
+    ckpt = None if knobs.moe_experts else weights_source(preset, checkpoint)
+    n_params = cfg.n_params() + techniques.moe.param_delta(cfg.n_embd, cfg.n_layer)
+    rec["model"] = {"preset": preset, "n_params": n_params, "config": cfg.__dict__,
                     "weights": str(ckpt.name) if ckpt else "random-init", "device": dev,
-                    "dtype": "float32"}
+                    "dtype": str(techniques.precision.param_dtype).removeprefix("torch."),
+                    "compute_dtype": COMPUTE_DTYPE[knobs.precision]}
     try:
         with _threads(knobs.threads):
             rec["env"] = environment(dev)
-            cal = calibration or calibrate(dev)
-            rec.update(_measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory,
-                                     quality, cal))
+            rec.update(_measure_body(cfg, knobs, T, dev, ckpt, corpus,
+                                     0.0 if interpreted else target_s, memory, quality, cal))
+            if interpreted:  # the Triton interpreter: a correctness check, never a speed
+                rec["latency_ms"]["meaningful"] = False
+                rec["latency_ms"]["note"] = INTERPRETED_NOTE
             if memory and budget_bytes is not None and rec["memory"]["peak_bytes"] > budget_bytes:
                 rec["status"] = "oom"
                 rec["message"] = (f"measured peak {rec['memory']['peak_bytes'] / 2**20:.1f} MiB "
@@ -133,13 +169,16 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
 def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, cal) -> dict:
     out: dict = {}
     data = load_corpus(corpus)
-    model = load_model(cfg.name, ckpt, knobs.seed, dev)
+    model = apply_techniques(load_model(cfg.name, ckpt, knobs.seed, dev), knobs)
     prep = prepare(knobs.workload, model, data, knobs, dev)
 
     # 1) timing, with energy read around exactly the timed steps
     meter = EnergyMeter(dev)
     meter.start()
-    samples = time_steps(prep.step, dev, warmup=2, target_s=target_s)
+    if target_s > 0:
+        samples = time_steps(prep.step, dev, warmup=2, target_s=target_s)
+    else:  # a correctness-only run (interpreted kernels): one sample, no warm-up
+        samples = time_steps(prep.step, dev, warmup=0, min_repeats=1, target_s=0.0)
     energy = meter.stop()
     lat = summarize(samples)
     step_s = lat["median"] / 1e3
@@ -164,28 +203,36 @@ def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, c
         out["memory"] = {"peak_bytes": None, "by_category": None}
 
     # 3) FLOPs (counted on a fresh copy: shapes only) and MFU against this machine's peak
-    fl = dict(_flops(cfg, knobs, dev, corpus))
-    peak = peak_flops(cal, "float32")
+    fl = dict(_flops(cfg, _shape_knobs(knobs), dev, corpus))
+    dtype = COMPUTE_DTYPE[knobs.precision]
+    peak = peak_flops(cal, dtype)
     fl["estimate_6n"] = estimate_6n(cfg, prep.tokens_per_step, knobs.workload == "train")
     fl["achieved_per_s"] = fl["per_step"] / step_s
     fl["peak_per_s"] = peak
-    fl["peak_source"] = f"calibrated float32 matmul on this machine ({cal['fingerprint']})"
+    fl["peak_source"] = f"calibrated {dtype} matmul on this machine ({cal['fingerprint']})"
     fl["mfu"] = fl["achieved_per_s"] / peak
     out["flops"] = fl
 
     # 4) what theory says this step could at best do here
-    nbytes = bytes_moved(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens)
+    stored = sum(t.numel() * t.element_size()  # the weights as stored: packed, bf16, experts
+                 for t in list(model.parameters()) + list(model.buffers()))
+    nbytes = bytes_moved(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens,
+                         weight_bytes=stored)
     out["theory"] = {
-        "memory": predict_memory(cfg, knobs.workload, knobs.batch_size, T, knobs.gen_tokens),
+        "memory": predict_for(cfg, knobs),
+        # inference streams weights in and writes little: the read bandwidth bounds it;
+        # training writes as much as it reads (gradients, optimizer state): the copy bandwidth
         "roofline": roofline(fl["per_step"], nbytes, prep.tokens_per_step, peak,
-                             cal["bandwidth_bytes_per_s"]),
+                             cal["bandwidth_bytes_per_s"] if knobs.workload == "train"
+                             else cal.get("read_bandwidth_bytes_per_s",
+                                          cal["bandwidth_bytes_per_s"])),
     }
 
     # 5) quality of the model as built (cached: it does not depend on the run settings)
     if quality:
         mtime = ckpt.stat().st_mtime if ckpt else 0.0
-        out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None, mtime, corpus,
-                                       knobs.seed, dev))
+        out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None, mtime, corpus, dev,
+                                       _quality_knobs(knobs)))
     else:
         out["quality"] = {"val_loss": None, "bits_per_byte": None}
     return out

@@ -43,3 +43,18 @@ def count_flops(step, cfg: ModelConfig, batch_size: int, q_len: int, k_len: int,
         "attention_added": added,
         "attention_source": "counter" if saw_attention else "formula",
     }
+
+
+def step_flops_estimate(cfg: ModelConfig, knobs) -> int:
+    """A step's FLOPs from formulas alone (no model run): 6N or 2N per token plus attention.
+
+    What a refusal check uses to predict, before any work, how long a step would take.
+    """
+    T = knobs.resolve_seq_len(cfg)
+    train = knobs.workload == "train"
+    if knobs.workload == "decode":
+        tokens, q_len, k_len = knobs.batch_size, 1, T + knobs.gen_tokens
+    else:
+        tokens, q_len, k_len = knobs.batch_size * T, T, T
+    return (estimate_6n(cfg, tokens, train)
+            + attention_flops(cfg, knobs.batch_size, q_len, k_len, backward=train))

@@ -22,7 +22,7 @@ import torch
 from efflab.config import ConfigError, ModelConfig
 
 CACHE_DIR = Path(os.environ.get("EFFLAB_CACHE", Path.home() / ".cache" / "efflab"))
-CALIBRATION_SCHEMA = "efflab.calibration/1"
+CALIBRATION_SCHEMA = "efflab.calibration/2"
 
 
 class RefusedError(RuntimeError):
@@ -155,16 +155,26 @@ def _climb(dtype: torch.dtype, ladder: list[int], device, step_budget_s: float =
     return {"flops_per_s": best, "sizes": sizes}
 
 
+def read_bandwidth(nbytes: int = 256 << 20, device="cpu", repeats: int = 5) -> float:
+    """Bytes/s of reading a large buffer once (a sum: every byte read, almost nothing written) —
+    what bounds decoding, which streams the weights in and writes little."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    sec = _median_seconds(lambda: src.sum(), device, repeats, budget_s=5.0)
+    return nbytes / sec
+
+
 def calibrate(device: str | None = None, force: bool = False, quick: bool = False,
               cache_dir: Path | None = None) -> dict:
     """Peak matmul FLOP/s per dtype and memory bandwidth of this machine (cached per machine).
 
     The peak of a dtype is the best of a few square sizes, so it is what this machine can
-    actually reach. ``quick`` uses smaller sizes (for tests); quick results are not cached.
+    actually reach. ``quick`` uses smaller sizes and stops slow formats sooner (for smoke runs
+    and tests): a lower, rougher peak, cached apart from the full calibration.
     """
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cache = (cache_dir or CACHE_DIR) / f"calibration-{dev}-{fingerprint()}.json"
-    if not force and not quick and cache.exists():
+    kind = "quick" if quick else "full"
+    cache = (cache_dir or CACHE_DIR) / f"calibration-{kind}-{dev}-{fingerprint()}.json"
+    if not force and cache.exists():
         try:
             cal = json.loads(cache.read_text())
             if cal.get("schema") == CALIBRATION_SCHEMA:
@@ -179,7 +189,8 @@ def calibrate(device: str | None = None, force: bool = False, quick: bool = Fals
         ladder, bw_bytes = ladder[:2], 16 << 20
     peaks = {}
     for dt in (torch.float32, torch.bfloat16, torch.float16):
-        peaks[str(dt).removeprefix("torch.")] = _climb(dt, ladder, dev)
+        peaks[str(dt).removeprefix("torch.")] = _climb(dt, ladder, dev,
+                                                       step_budget_s=0.05 if quick else 0.5)
     cal = {
         "schema": CALIBRATION_SCHEMA,
         "device": dev,
@@ -187,13 +198,13 @@ def calibrate(device: str | None = None, force: bool = False, quick: bool = Fals
         "threads": torch.get_num_threads(),
         "matmul": peaks,
         "bandwidth_bytes_per_s": copy_bandwidth(bw_bytes, dev),
+        "read_bandwidth_bytes_per_s": read_bandwidth(bw_bytes, dev),
         "quick": quick,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "env": environment(dev),
     }
-    if not quick:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(cal, indent=1))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(cal, indent=1))
     return cal
 
 

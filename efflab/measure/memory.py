@@ -98,7 +98,7 @@ class MemoryTracker(TorchDispatchMode):
                tagged: dict[str, list[torch.Tensor]] | None = None) -> dict:
         """Peak live bytes and their split by category (the categories sum to the peak)."""
         if model is not None:
-            self.track_existing(model.parameters(), "parameters")
+            self.track_existing(list(model.parameters()) + list(model.buffers()), "parameters")
         if optimizer is not None:
             for state in optimizer.state.values():
                 for v in state.values():
@@ -151,7 +151,8 @@ class MemoryTracker(TorchDispatchMode):
 def measure_memory(step, model, optimizer=None, tagged=None, inputs=()) -> dict:
     """Track one call of ``step()`` (the model and optimizer already in steady state)."""
     mt = MemoryTracker()
-    mt.track_existing(model.parameters(), "parameters")
+    # weights are parameters, or buffers where a technique stores them packed (quantization)
+    mt.track_existing(list(model.parameters()) + list(model.buffers()), "parameters")
     if optimizer is not None:
         mt.track_existing([v for s in optimizer.state.values() for v in s.values()
                            if isinstance(v, torch.Tensor) and v.numel() > 1], "optimizer")
@@ -172,43 +173,98 @@ def measure_memory(step, model, optimizer=None, tagged=None, inputs=()) -> dict:
 
 
 def predict_memory(cfg: ModelConfig, workload: str, batch_size: int, seq_len: int,
-                   gen_tokens: int = 0, bytes_per_el: int = 4) -> dict:
-    """Peak bytes of one step from formulas (fp32, SDPA attention that keeps no T×T matrix).
+                   gen_tokens: int = 0, bytes_per_el: int = 4, *, param_bytes: int | None = None,
+                   activation_bytes: int | None = None, n_params: int | None = None,
+                   weight_bytes: int | None = None) -> dict:
+    """Peak bytes of one step from formulas (default: fp32, SDPA attention, no checkpointing).
 
     Per block, training saves about 17·B·T·C values for backward (LayerNorm inputs, the qkv
     projection, attention output, MLP input, the 4C-wide GELU input and output); the head
-    keeps the logits and their log-softmax (2·B·T·V). AdamW keeps two moments (2N).
+    keeps the logits and their log-softmax (2·B·T·V). AdamW keeps two moments (2N) in the
+    parameters' format. ``bytes_per_el`` sizes activations, ``param_bytes`` the weights (default:
+    the same); ``activation_bytes`` replaces the activation formula (techniques that change what
+    is saved — checkpointing, naive attention — pass their own); ``n_params`` replaces the dense
+    parameter count (mixture-of-experts stores more); ``weight_bytes`` the stored size of the
+    weights when a technique packs them (quantization).
     """
-    N = cfg.n_params()
+    N = cfg.n_params() if n_params is None else n_params
     B, T, C, V, L = batch_size, seq_len, cfg.n_embd, cfg.vocab_size, cfg.n_layer
     e = bytes_per_el
+    w = bytes_per_el if param_bytes is None else param_bytes
     out = dict.fromkeys(CATEGORIES, 0)
-    out["parameters"] = N * e
+    out["parameters"] = N * w if weight_bytes is None else weight_bytes
     if workload == "train":
         # two candidate peaks: the end of forward (every activation saved, no gradient yet)
         # and the end of backward (activations freed, every gradient allocated)
-        acts = (17 * B * T * C * L + 2 * B * T * C + 2 * B * T * V) * e
-        out["optimizer"] = 2 * N * e
-        if acts >= N * e:
+        acts = activation_bytes
+        if acts is None:
+            acts = (17 * B * T * C * L + 2 * B * T * C) * e + 2 * B * T * V * 4  # fp32 logits
+        out["optimizer"] = 2 * N * w
+        if acts >= N * w:
             out["activations"] = acts
         else:
-            out["gradients"] = N * e
+            out["gradients"] = N * w
     elif workload in ("eval", "prefill"):
-        out["other"] = (4 * B * T * C + 2 * B * T * V) * e  # widest live intermediates
+        out["other"] = (4 * B * T * C) * e + 2 * B * T * V * 4  # widest live intermediates
     elif workload == "decode":
-        out["other"] = (4 * B * C + B * V) * e
+        out["other"] = (4 * B * C) * e + B * V * 4
     if workload in ("prefill", "decode"):
-        out["kv_cache"] = 2 * L * B * (T + gen_tokens) * C * e
+        out["kv_cache"] = 2 * L * B * (T + gen_tokens) * C * w
     return {"peak_bytes": sum(out.values()), "by_category": out}
+
+
+def predict_for(cfg: ModelConfig, knobs) -> dict:
+    """``predict_memory`` for a configuration of knobs: its precision's formats, and the
+    activation formula of its checkpointing and attention choices."""
+    from efflab.techniques.attention import attention_memory_bytes
+    from efflab.techniques.checkpointing import CheckpointConfig, predict_activation_bytes
+    from efflab.techniques.moe import MoEConfig
+    from efflab.techniques.precision import PrecisionConfig
+
+    T = knobs.resolve_seq_len(cfg)
+    B = knobs.batch_size
+    prec = PrecisionConfig(knobs.precision)
+    e = prec.activation_bytes
+    acts = None
+    if knobs.workload == "train":
+        ck = CheckpointConfig(knobs.checkpointing, knobs.checkpoint_every)
+        acts = predict_activation_bytes(cfg, B, T, ck, bytes_per_el=e)
+        if knobs.attention == "naive":
+            # every layer keeps its (B, nh, T, T) probabilities (and the mask) for backward;
+            # one layer at a time adds two more T×T gradients while its backward runs
+            peak = attention_memory_bytes("naive", B, cfg.n_head, T, T, cfg.head_dim, e)
+            transient = 2 * B * cfg.n_head * T * T * e
+            acts += cfg.n_layer * (peak - transient) + transient
+    moe = MoEConfig(experts=knobs.moe_experts, top_k=knobs.moe_top_k)
+    if moe.experts and acts is not None:
+        # each MoE layer also keeps its gathered inputs, expert outputs and weighted outputs
+        # (3·top_k·B·T·C) and the router's probabilities (B·T·E)
+        n_moe = len(moe.moe_layers(cfg.n_layer))
+        acts += n_moe * (3 * moe.top_k * B * T * cfg.n_embd * e + B * T * moe.experts * 4)
+    n_params = cfg.n_params() + moe.param_delta(cfg.n_embd, cfg.n_layer)
+    weight_bytes = None
+    if knobs.quantization != "none":
+        # the blocks' Linear weights (12·C² per layer) packed to 1 byte (int8) or half a byte
+        # (int4), plus bf16 scales: one per output channel (int8), scale and zero per group (int4)
+        C, L = cfg.n_embd, cfg.n_layer
+        q_elems = 12 * C * C * L
+        if knobs.quantization == "int4-weight":
+            packed = q_elems // 2 + (q_elems // knobs.group_size) * 2 * 2
+        else:
+            packed = q_elems + (3 * C + C + 4 * C + C) * L * 2
+        weight_bytes = (n_params - q_elems) * prec.param_bytes + packed
+    return predict_memory(cfg, knobs.workload, B, T, knobs.gen_tokens, e,
+                          param_bytes=prec.param_bytes, activation_bytes=acts,
+                          n_params=n_params, weight_bytes=weight_bytes)
 
 
 def largest_batch(cfg: ModelConfig | str, workload: str, budget_bytes: int,
                   seq_len: int | None = None, gen_tokens: int = 32, headroom: float = 0.9,
-                  limit: int = 65536) -> int:
+                  limit: int = 65536, **knobs) -> int:
     """The largest batch whose predicted peak stays under ``headroom`` × the budget (0 if none).
 
-    ``cfg`` is a ModelConfig or a preset name; ``seq_len=None`` is the workload's default.
-
+    ``cfg`` is a ModelConfig or a preset name; ``seq_len=None`` is the workload's default;
+    further keywords are knobs (``checkpointing="blocks"``, ``precision="bf16"`` ...).
     Memory grows linearly in the batch size (parameters and optimizer state are fixed, the rest
     scales with B), so a doubling search then a bisection finds the edge in a few formula calls.
     """
@@ -216,12 +272,11 @@ def largest_batch(cfg: ModelConfig | str, workload: str, budget_bytes: int,
 
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
-    seq_len = Knobs(workload=workload, seq_len=seq_len, gen_tokens=gen_tokens).resolve_seq_len(cfg)
-    if workload not in ("prefill", "decode"):
-        gen_tokens = 0
+    base = Knobs(workload=workload, seq_len=seq_len, gen_tokens=gen_tokens, **knobs)
+    base.resolve_seq_len(cfg)  # a bad seq_len is named before the search
 
     def fits(b: int) -> bool:
-        need = predict_memory(cfg, workload, b, seq_len, gen_tokens)["peak_bytes"]
+        need = predict_for(cfg, base.replace(batch_size=b))["peak_bytes"]
         return need <= headroom * budget_bytes
 
     if not fits(1):

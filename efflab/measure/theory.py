@@ -18,16 +18,17 @@ from efflab.measure.memory import predict_memory
 
 
 def bytes_moved(cfg: ModelConfig, workload: str, batch_size: int, seq_len: int,
-                gen_tokens: int = 0, bytes_per_el: int = 4) -> int:
+                gen_tokens: int = 0, bytes_per_el: int = 4, weight_bytes: int | None = None) -> int:
     """A lower estimate of DRAM traffic for one step.
 
     train: weights read three times (forward, input-gradient, weight-gradient), gradients
     written once, AdamW reads p, g, m, v and writes p, m, v (11 passes over N), plus every saved
     activation written and read back. eval/prefill: weights once, intermediates written and read.
-    decode: weights once plus the whole KV cache read for one token.
+    decode: weights once plus the whole KV cache read for one token. ``weight_bytes`` is the
+    model's stored size when techniques change it (quantized or bf16 weights, experts).
     """
     mem = predict_memory(cfg, workload, batch_size, seq_len, gen_tokens, bytes_per_el)["by_category"]
-    w = mem["parameters"]
+    w = mem["parameters"] if weight_bytes is None else weight_bytes
     if workload == "train":
         acts = (17 * batch_size * seq_len * cfg.n_embd * cfg.n_layer) * bytes_per_el
         return 11 * w + 2 * acts

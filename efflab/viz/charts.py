@@ -549,6 +549,146 @@ def training_curve_chart(curve, *, title: str = "Training curve") -> alt.TopLeve
                               anchor="start"))
 
 
+def compare_curves_chart(df: pd.DataFrame, x: str = "tokens", y: str = "train_loss", *,
+                         title: str = "Loss side by side") -> alt.TopLevelMixin:
+    """Several training runs on one axis (``efflab.train.train_curves`` output): one colour per
+    variant, the training loss as a thin line and held-out loss as points. ``x`` is "step",
+    "tokens", "flops" or "seconds" — loss per token, per unit of compute or per wall second."""
+    if df is None or df.empty or "variant" not in df.columns:
+        return _placeholder(title, "no training steps yet")
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    if ok.empty:
+        return _placeholder(title, "every variant was refused on this machine")
+    titles = {"step": "optimizer step", "tokens": "tokens trained on",
+              "flops": "training FLOPs (model FLOPs)", "seconds": "wall time training (s)"}
+    xenc = alt.X(f"{x}:Q", title=titles.get(x, x))
+    color = alt.Color("variant:N", title="variant")
+    tips = [alt.Tooltip("variant:N"), alt.Tooltip("step:Q"), alt.Tooltip(f"{x}:Q", format=",.4~g"),
+            alt.Tooltip(f"{y}:Q", title=y, format=".4f")]
+    layers = [alt.Chart(ok).mark_line(strokeWidth=1.2, opacity=0.7).encode(
+        x=xenc, y=alt.Y(f"{y}:Q", title="loss (nats per byte)", scale=alt.Scale(zero=False)),
+        color=color, tooltip=tips)]
+    if "val_loss" in ok.columns and ok["val_loss"].notna().any():
+        val = ok[ok["val_loss"].notna()]
+        layers.append(alt.Chart(val).mark_point(filled=True, size=60, shape="diamond").encode(
+            x=xenc, y="val_loss:Q", color=color,
+            tooltip=[alt.Tooltip("variant:N"), alt.Tooltip("step:Q"),
+                     alt.Tooltip("val_loss:Q", title="held-out loss", format=".4f")]))
+    return alt.layer(*layers).properties(
+        width=WIDTH + 100, height=HEIGHT,
+        title=alt.TitleParams(title, subtitle=["lines: training loss · diamonds: held-out loss"],
+                              anchor="start"))
+
+
+def expert_load_chart(loads, x: str | None = None, *,
+                      title: str = "Tokens per expert") -> alt.TopLevelMixin:
+    """A bar per expert, one panel per MoE layer and variant: how many tokens the router sent
+    there in the last measured step (all bars equal = balanced; one tall bar = collapse).
+
+    ``loads`` is either one model's load (a list per layer of per-expert counts, as
+    ``efflab.techniques.moe.expert_load`` returns) or a ``train_curves`` table, from which the
+    latest load of every MoE variant is drawn (so a LiveChart of it updates as training runs).
+    ``x`` is accepted and ignored, so a LiveChart can use this builder.
+    """
+    if isinstance(loads, pd.DataFrame):
+        latest = {}
+        if "expert_load" in loads.columns:
+            for _, r in loads.dropna(subset=["expert_load"]).iterrows():
+                latest[r["variant"]] = (r["step"], r["expert_load"])
+        per_variant = {v: load for v, (_, load) in latest.items()}
+    else:
+        per_variant = {"model": loads}
+    rows = [{"variant": v, "layer": f"layer {i}", "expert": e, "tokens": int(n)}
+            for v, load in per_variant.items() for i, layer in enumerate(load or [])
+            for e, n in enumerate(layer)]
+    if not rows:
+        return _placeholder(title, "no MoE layers (yet)")
+    frame = pd.DataFrame(rows)
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("expert:O", title="expert"), y=alt.Y("tokens:Q", title="tokens routed"),
+        color=alt.Color("variant:N", title="variant"),
+        column=alt.Column("layer:N", title=None), row=alt.Row("variant:N", title=None),
+        tooltip=["variant", "layer", "expert", "tokens"]).properties(
+        width=110, height=90, title=alt.TitleParams(title, anchor="start"))
+
+
+def pareto_chart(df: pd.DataFrame, x: str, y: str, *, front: pd.DataFrame | None = None,
+                 best: pd.DataFrame | None = None, budget: float | None = None,
+                 label: str = "config", title: str = "Pareto frontier") -> alt.TopLevelMixin:
+    """Every measured configuration as a point, the Pareto-optimal ones joined by a line, the
+    best configuration under a budget ringed, and the budget as a rule on the x axis. Lower is
+    better on both axes (e.g. x = latency or memory, y = bits per byte)."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    if ok.empty:
+        return _placeholder(title, "no successful measurements yet")
+    xenc = alt.X(f"{x}:Q", title=axis_label(x), scale=alt.Scale(zero=False))
+    yenc = alt.Y(f"{y}:Q", title=axis_label(y), scale=alt.Scale(zero=False))
+    tips = [alt.Tooltip(f"{label}:N", title="configuration"),
+            alt.Tooltip(f"{x}:Q", format=",.4~g"), alt.Tooltip(f"{y}:Q", format=".4f")]
+    layers = [alt.Chart(ok).mark_circle(size=60, opacity=0.55, color="#1f77b4")
+              .encode(x=xenc, y=yenc, tooltip=tips)]
+    if front is not None and not front.empty:
+        layers.append(alt.Chart(front).mark_line(point=True, color="#ff7f0e", strokeWidth=2)
+                      .encode(x=xenc, y=yenc, order=f"{x}:Q", tooltip=tips))
+    if budget is not None:
+        layers.append(alt.Chart(pd.DataFrame({"budget": [budget]})).mark_rule(
+            color=MEMORY_COLORS[BUDGET], strokeDash=[6, 4]).encode(x="budget:Q"))
+    if best is not None and not best.empty:
+        layers.append(alt.Chart(best).mark_point(size=400, shape="circle", strokeWidth=3,
+                                                 color="#d62728").encode(x=xenc, y=yenc, tooltip=tips))
+    return alt.layer(*layers).properties(
+        width=WIDTH + 60, height=HEIGHT + 40,
+        title=alt.TitleParams(title, subtitle=["blue: every configuration · orange: the Pareto "
+                                               "frontier · red ring: best under the budget"],
+                              anchor="start"))
+
+
+def attention_memory_chart(df: pd.DataFrame, *, title: str = "Attention memory vs sequence length"
+                           ) -> alt.TopLevelMixin:
+    """Measured peak bytes of one attention forward+backward per impl against T (points), the
+    formula's prediction beside them (dashed), on log-log axes: a slope of 2 is T², of 1 is T."""
+    if df is None or df.empty:
+        return _placeholder(title, "no measurements yet")
+    t = df.copy()
+    t["measured MiB"] = t["peak_bytes"] / MIB
+    t["predicted MiB"] = t["predicted_peak_bytes"] / MIB
+    x = alt.X("T:Q", title="sequence length T (tokens), log scale", scale=alt.Scale(type="log", base=2))
+    y_title = "peak memory of one call (MiB), log scale"
+    color = alt.Color("impl:N", title="implementation")
+    tips = [alt.Tooltip("impl:N"), alt.Tooltip("T:Q"),
+            alt.Tooltip("measured MiB:Q", format=",.3f"), alt.Tooltip("predicted MiB:Q", format=",.3f")]
+    measured = alt.Chart(t).mark_point(filled=True, size=80).encode(
+        x=x, y=alt.Y("measured MiB:Q", title=y_title, scale=alt.Scale(type="log")),
+        color=color, tooltip=tips)
+    theory = alt.Chart(t).mark_line(strokeDash=[6, 4]).encode(
+        x=x, y="predicted MiB:Q", color=color, tooltip=tips)
+    return alt.layer(theory, measured).properties(
+        width=WIDTH + 100, height=HEIGHT + 40,
+        title=alt.TitleParams(title, subtitle=["points: measured · dashed: formula (inputs, outputs, "
+                                               "their gradients + what each impl keeps)"],
+                              anchor="start"))
+
+
+def sqnr_chart(rows, *, floor_db: float | None = None,
+               title: str = "Per-layer SQNR of the quantized weights") -> alt.TopLevelMixin:
+    """A bar per layer and scheme: signal-to-quantization-noise ratio in dB (higher is better;
+    +6 dB per extra bit). ``rows``: dicts or a DataFrame with name, scheme and sqnr_db; an
+    optional floor is drawn as a rule."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if frame.empty:
+        return _placeholder(title, "no quantized layers")
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("name:N", title="layer", sort=None), xOffset="scheme:N",
+        y=alt.Y("sqnr_db:Q", title="SQNR (dB)"), color=alt.Color("scheme:N", title="scheme"),
+        tooltip=["name", "scheme", alt.Tooltip("sqnr_db:Q", format=".1f")])
+    layers = [bars]
+    if floor_db is not None:
+        layers.append(alt.Chart(pd.DataFrame({"floor": [floor_db]})).mark_rule(
+            color="#d62728", strokeDash=[6, 4]).encode(y="floor:Q"))
+    return alt.layer(*layers).properties(width=WIDTH + 220, height=HEIGHT,
+                                         title=alt.TitleParams(title, anchor="start"))
+
+
 def dashboard(df: pd.DataFrame, x: str = "knobs.batch_size", *, log_x: bool | None = None,
               title: str | None = None) -> alt.TopLevelMixin:
     """Throughput, latency, memory and quality of one sweep, side by side.
@@ -679,6 +819,7 @@ def save_chart(chart, path) -> None:
 
 
 __all__ = ["records_frame", "axis_label", "memory_frame", "throughput_chart", "latency_chart",
+           "compare_curves_chart", "expert_load_chart", "pareto_chart", "attention_memory_chart", "sqnr_chart",
            "memory_chart", "quality_chart", "training_curve_chart", "dashboard", "to_svg",
            "to_png", "to_html", "png_size", "chart_title", "static_bundle", "save_chart",
            "MEASURED", "THEORY_ROOFLINE", "FAILED", "PREDICTED_PEAK", "BUDGET"]
