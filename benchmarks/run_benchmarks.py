@@ -115,26 +115,37 @@ def bench_precision(cal: dict) -> None:
         "met": ok[best] >= 2 * ok["fp32"]})
 
 
-def bench_checkpointing(cal: dict) -> None:
-    """Activation memory with vs without checkpointing, cpu-small at context 128 (target >= 3x)."""
+def bench_checkpointing(cal: dict, batch_size: int = 8) -> None:
+    """Activation memory with vs without checkpointing, cpu-small at context 128 (target >= 3x).
+
+    Two readings of "activation memory", both kept: what the step holds at its peak beyond
+    weights, optimizer state and gradients (rebuilt blocks and backward temporaries included),
+    and what forward saves for backward (the tracker's activations high-water mark).
+    """
     from efflab.compare import compare_gradients
 
-    rows = {m: _point(efflab.measure(efflab.Knobs(batch_size=16, checkpointing=m),
-                                     preset="cpu-small", target_s=3.0, calibration=cal,
-                                     quality=False))
+    recs = {m: efflab.measure(efflab.Knobs(batch_size=batch_size, checkpointing=m),
+                              preset="cpu-small", target_s=3.0, calibration=cal, quality=False)
             for m in ("none", "selective", "blocks")}
-    none, blocks = rows["none"], rows["blocks"]
-    params_opt = 3 * 4 * efflab.get_preset("cpu-small").n_params()  # weights + AdamW moments
-    act = {m: r["peak_bytes"] - params_opt for m, r in rows.items()}
+    rows = {m: _point(r) for m, r in recs.items()}
+    act = {}
+    for m, r in recs.items():
+        cat = r["memory"]["by_category"]
+        act[m] = r["memory"]["peak_bytes"] - cat["parameters"] - cat["optimizer"] - cat["gradients"]
+    saved = {m: r["activation_bytes_max"] for m, r in rows.items()}
     grads = compare_gradients("cpu-small", efflab.Knobs(), efflab.Knobs(checkpointing="blocks"),
                               batch_size=4)
+    factor = act["none"] / act["blocks"]
     write("checkpointing_activation_memory", {
         "target": ">= 3x less activation memory for cpu-small at context 128, identical gradients",
-        "rows": rows, "activation_bytes_at_peak": act,
-        "factor_peak_minus_weights_and_optimizer": act["none"] / act["blocks"],
-        "factor_saved_for_backward": none["activation_bytes_max"] / blocks["activation_bytes_max"],
+        "batch_size": batch_size, "rows": rows,
+        "activation_bytes_at_peak": act, "factor_at_peak": factor,
+        "saved_for_backward_bytes": saved,
+        "factor_saved_for_backward": saved["none"] / saved["blocks"],
+        "step_time_ratio_blocks_vs_none": (rows["blocks"]["latency_ms"]["median"]
+                                           / rows["none"]["latency_ms"]["median"]),
         "gradients": grads,
-        "met": act["none"] / act["blocks"] >= 3 and grads["max_abs_grad_diff"] < 1e-6})
+        "met": factor >= 3 and grads["max_abs_grad_diff"] == 0.0})
 
 
 def bench_attention_memory() -> None:
