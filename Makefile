@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(NOTEBOOK)
+	$(BIN)/jupyter lab --allow-root $(NOTEBOOK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

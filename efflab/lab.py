@@ -474,12 +474,13 @@ class Lab:
                 with self._lock:
                     self._records.append(rec)
                     done = len(self._records)
-                self._set_status(f"{done}/{total} measured · {plan.describe()} · last: "
-                                 f"{self._describe_record(rec, plan.vary)}")
-                try:
+                try:  # draw first, so the status never runs ahead of the chart
                     self.live.add(rec)
                 except Exception as e:  # a chart that fails to draw must not stop the sweep
                     self._show_error(e)
+                self._set_status(f"{done}/{total} {'from the store' if rec.get('reused') else 'measured'}"
+                                 f" · {plan.describe()} · last: "
+                                 f"{self._describe_record(rec, plan.vary)}")
 
             df = sweep(plan.base, {plan.vary: list(plan.values)}, preset=plan.preset,
                        store=self.store, budget_bytes=plan.budget_bytes,
@@ -531,8 +532,12 @@ class Lab:
             if r.get("status") != "ok":
                 failed[r.get("status")] = failed.get(r.get("status"), 0) + 1
         extra = "".join(f", {n} {s}" for s, n in sorted(failed.items()))
-        return (f"done: {len(records)}/{len(plan.values)} measured in {seconds:.1f} s "
-                f"({ok} ok{extra}) · {plan.describe()}")
+        reused = sum(1 for r in records if r.get("reused"))
+        again = (f"; {reused} reused from the store (identical settings are not measured "
+                 "again — change a knob or use resume=False)" if reused else "")
+        verb = "ready" if reused else "measured"
+        return (f"done: {len(records)}/{len(plan.values)} {verb} in {seconds:.1f} s "
+                f"({ok} ok{extra}{again}) · {plan.describe()}")
 
     def _failures_text(self, summary: str) -> str:
         lines = [summary]

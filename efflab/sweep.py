@@ -42,6 +42,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
 
     ``on_record(record)`` is called after each configuration (skipped ones included), which is
     how a live chart gets its points as they arrive. ``resume=False`` measures everything again.
+    Records taken from the store rather than measured carry ``reused: True``.
     """
     base = base or Knobs()
     configs = grid(base, vary or {})
@@ -51,12 +52,14 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     st = store if isinstance(store, Store) else Store(store)
     extra = {"budget_bytes": budget_bytes, "checkpoint": str(checkpoint), "corpus": corpus}
     keys = []
+    reused: set[str] = set()
     bar = tqdm(configs, desc=f"sweep {preset}", disable=not progress)
     for k in bar:
         key = config_key(preset, k.to_dict(), extra)
         keys.append(key)
         if resume and st.has(key):
-            rec = st.get(key)
+            rec = {**st.get(key), "reused": True}  # said so to the caller, not stored
+            reused.add(key)
         else:
             bar.set_postfix_str(", ".join(f"{n}={getattr(k, n)}" for n in (vary or {})))
             rec = measure(k, preset=preset, checkpoint=checkpoint, corpus=corpus,
@@ -66,4 +69,4 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
             st.append(rec, key=key, sweep=name)
         if on_record is not None:
             on_record(rec)
-    return to_frame([st.get(key) for key in keys])
+    return to_frame([{**st.get(key), "reused": key in reused} for key in keys])

@@ -90,3 +90,13 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     recs = Store(store).records()
     sizes = sorted(r["knobs"]["batch_size"] for r in recs)
     assert sizes == [1, 2, 3, 4, 5, 6, 7, 8]  # every config once: none lost, none twice
+
+
+def test_points_from_the_store_say_so(tmp_path, quick_cal):
+    base = Knobs(seq_len=16)
+    first = sweep(base, {"batch_size": [1]}, preset="cpu-tiny", store=tmp_path, target_s=0.02,
+                  progress=False, calibration=quick_cal)
+    again = sweep(base, {"batch_size": [1]}, preset="cpu-tiny", store=tmp_path, target_s=0.02,
+                  progress=False, calibration=quick_cal)
+    assert list(first["reused"]) == [False] and list(again["reused"]) == [True]
+    assert "reused" not in Store(tmp_path).records()[0]  # the stored record is unchanged
