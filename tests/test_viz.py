@@ -448,3 +448,21 @@ def test_plain_charts_are_drawn_offline_in_both_modes(df, monkeypatch):
     monkeypatch.setattr(live_module, "publish", lambda data, md=None: shown.append(data))
     live_module.show(memory_chart(df), static=True)
     assert "image/svg+xml" in shown[0]
+
+
+def test_pareto_chart_draws_every_point_the_front_and_the_best():
+    from efflab.analysis import best_under_budget, pareto_front
+    from efflab.viz.charts import pareto_chart, to_svg
+
+    df = pd.DataFrame({"status": ["ok"] * 4 + ["refused"],
+                       "config": ["a", "b", "c", "d", "e"],
+                       "peak MiB": [1.0, 2.0, 3.0, 2.5, None],
+                       "quality.bits_per_byte": [2.0, 1.8, 1.7, 1.9, None]})
+    front = pareto_front(df, "peak MiB", "quality.bits_per_byte")
+    assert list(front["config"]) == ["a", "b", "c"]  # d is beaten by b on both axes
+    best = best_under_budget(df, "peak MiB", 2.2, "quality.bits_per_byte")
+    assert list(best["config"]) == ["b"]
+    svg = to_svg(pareto_chart(df, "peak MiB", "quality.bits_per_byte", front=front, best=best,
+                              budget=2.2))
+    # dotted column names must not be read as nested fields: every ok point is drawn
+    assert svg.count('aria-roledescription="circle"') == 4

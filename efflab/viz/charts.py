@@ -621,27 +621,34 @@ def pareto_chart(df: pd.DataFrame, x: str, y: str, *, front: pd.DataFrame | None
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
     if ok.empty:
         return _placeholder(title, "no successful measurements yet")
-    xenc = alt.X(f"{x}:Q", title=axis_label(x), scale=alt.Scale(zero=False))
-    yenc = alt.Y(f"{y}:Q", title=axis_label(y), scale=alt.Scale(zero=False))
-    tips = [alt.Tooltip(f"{label}:N", title="configuration"),
-            alt.Tooltip(f"{x}:Q", format=",.4~g"), alt.Tooltip(f"{y}:Q", format=".4f")]
-    layers = [alt.Chart(ok).mark_circle(size=60, opacity=0.55, color="#1f77b4")
+
+    def plain(frame: pd.DataFrame) -> pd.DataFrame:
+        # Vega-Lite reads dots in field names as nesting: give the chart plain column names
+        return pd.DataFrame({"x": frame[x].to_numpy(), "y": frame[y].to_numpy(),
+                             "label": frame[label].to_numpy() if label in frame else ""})
+
+    xenc = alt.X("x:Q", title=axis_label(x), scale=alt.Scale(zero=False))
+    yenc = alt.Y("y:Q", title=axis_label(y), scale=alt.Scale(zero=False))
+    tips = [alt.Tooltip("label:N", title="configuration"),
+            alt.Tooltip("x:Q", title=axis_label(x), format=",.4~g"),
+            alt.Tooltip("y:Q", title=axis_label(y), format=".4f")]
+    layers = [alt.Chart(plain(ok)).mark_circle(size=60, opacity=0.55, color="#1f77b4")
               .encode(x=xenc, y=yenc, tooltip=tips)]
     if front is not None and not front.empty:
-        layers.append(alt.Chart(front).mark_line(point=True, color="#ff7f0e", strokeWidth=2)
-                      .encode(x=xenc, y=yenc, order=f"{x}:Q", tooltip=tips))
+        layers.append(alt.Chart(plain(front)).mark_line(point=True, color="#ff7f0e", strokeWidth=2)
+                      .encode(x=xenc, y=yenc, order="x:Q", tooltip=tips))
     if budget is not None:
         layers.append(alt.Chart(pd.DataFrame({"budget": [budget]})).mark_rule(
             color=MEMORY_COLORS[BUDGET], strokeDash=[6, 4]).encode(x="budget:Q"))
     if best is not None and not best.empty:
-        layers.append(alt.Chart(best).mark_point(size=400, shape="circle", strokeWidth=3,
-                                                 color="#d62728").encode(x=xenc, y=yenc, tooltip=tips))
+        layers.append(alt.Chart(plain(best)).mark_point(size=400, shape="circle", strokeWidth=3,
+                                                        color="#d62728")
+                      .encode(x=xenc, y=yenc, tooltip=tips))
     return alt.layer(*layers).properties(
         width=WIDTH + 60, height=HEIGHT + 40,
         title=alt.TitleParams(title, subtitle=["blue: every configuration · orange: the Pareto "
                                                "frontier · red ring: best under the budget"],
                               anchor="start"))
-
 
 def attention_memory_chart(df: pd.DataFrame, *, title: str = "Attention memory vs sequence length"
                            ) -> alt.TopLevelMixin:
