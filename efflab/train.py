@@ -19,7 +19,7 @@ from efflab.config import ConfigError, get_preset
 from efflab.data import load_corpus, random_batch
 from efflab.measure.hardware import environment, pick_device
 from efflab.model import build_model
-from efflab.workloads import eval_loss, make_optimizer
+from efflab.workloads import eval_loss, make_optimizer, optimizer_step
 
 
 def lr_at(step: int, max_steps: int, peak_lr: float, warmup: int, min_ratio: float = 0.1) -> float:
@@ -56,10 +56,7 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
             group["lr"] = lr_at(step, max_steps, lr, warmup)
         x, y = random_batch(data.train, batch_size, T, g, dev)
         _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, loss, opt, clip_norm=1.0)
         return loss.item()
 
     t0 = time.perf_counter()
@@ -139,7 +136,7 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
     from efflab.config import Knobs
     from efflab.measure.flops import step_flops_estimate
     from efflab.measure.hardware import calibrate
-    from efflab.techniques import apply_techniques, auxiliary_loss, technique_configs
+    from efflab.techniques import apply_techniques, technique_configs
     from efflab.techniques.precision import autocast, grad_scaler, refusal
 
     cfg = get_preset(preset)
@@ -177,16 +174,7 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
             t0 = time.perf_counter()
             with autocast(techniques.precision, dev):
                 _, loss = model(x, y)
-            aux = auxiliary_loss(model)
-            total = loss if aux is None else loss + aux
-            if scaler is None:
-                total.backward()
-                opt.step()
-            else:
-                scaler.scale(total).backward()
-                scaler.step(opt)
-                scaler.update()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(model, loss, opt, scaler)
             seconds += time.perf_counter() - t0
             done = step + 1
             row = {"variant": label, "status": "ok", "step": done,

@@ -54,6 +54,30 @@ def make_optimizer(model: GPT, lr: float = 1e-3, weight_decay: float = 0.1) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
 
 
+def optimizer_step(model: GPT, loss: torch.Tensor, opt: torch.optim.Optimizer,
+                   scaler=None, clip_norm: float | None = None) -> None:
+    """One update from ``loss``: add the techniques' auxiliary losses (MoE load balancing),
+    backward (scaled for fp16, so small gradients survive), optional gradient clipping, step,
+    and drop the gradients."""
+    aux = auxiliary_loss(model)  # None for most models
+    if aux is not None:
+        loss = loss + aux
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        if clip_norm is not None:
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
 def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu") -> Prepared:
     """The workload as a repeatable ``step()`` on fixed inputs, run in ``knobs.precision``.
 
@@ -77,17 +101,7 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
 
         def step():
             _, loss = forward(x, y)
-            aux = auxiliary_loss(model)  # e.g. MoE load balancing; None for most models
-            if aux is not None:
-                loss = loss + aux
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:  # fp16: scale the loss so small gradients survive, unscale before the step
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(model, loss, opt, scaler)
 
         return Prepared("train", step, B * T, "step", optimizer=opt, inputs=[x, y])
 
