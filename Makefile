@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK ?= notebooks/00_tour.ipynb
 
-.PHONY: setup lab test report checkpoint benchmarks lint clean
+.PHONY: setup lab test report weights benchmarks lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ test: $(STAMP)
 report: $(STAMP)
 	$(BIN)/efflab report --out reports
 
-checkpoint: $(STAMP)
-	$(BIN)/efflab train --preset cpu-small --minutes 15 --out data/checkpoints
+weights: $(STAMP)
+	$(BIN)/efflab train --preset cpu-small --minutes 15 --out data/weights
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/run_benchmarks.py

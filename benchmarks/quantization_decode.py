@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from efflab.checkpoint import load_model
+from efflab.weights import load_model
 from efflab.config import Knobs, get_preset
 from efflab.data import load_corpus
-from efflab.measure.hardware import copy_bandwidth, environment, fingerprint, read_bandwidth
+from efflab.measurement.hardware import copy_bandwidth, environment, fingerprint, read_bandwidth
 from efflab.model import build_model
 from efflab.techniques.quantization import (
     QuantConfig,

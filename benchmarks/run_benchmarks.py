@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import efflab
-from efflab.measure.hardware import calibrate, environment, fingerprint
+from efflab.measurement.hardware import calibrate, environment, fingerprint
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -170,7 +170,7 @@ def bench_moe(cal: dict, steps: int = 200) -> None:
     df = efflab.train_curves(variants, preset="cpu-small", steps=steps, batch_size=16,
                              eval_every=steps, calibration=cal, progress=False)
     final = df.dropna(subset=["val_loss"]).groupby("variant").tail(1).set_index("variant")
-    params = {v: count_params(efflab.build("cpu-small", k, checkpoint=None))
+    params = {v: count_params(efflab.build("cpu-small", k, weights=None))
               for v, k in variants.items()}
     write("moe_vs_dense", {
         "target": "dense vs MoE val loss at equal tokens and equal active parameters",

@@ -28,17 +28,17 @@ from efflab.analysis import (
     saturation,
     technique_table,
 )
-from efflab.checkpoint import load_model, training_record
+from efflab.weights import load_model, training_record
 from efflab.compare import compare_gradients
 from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
 from efflab.exercises import check_online_softmax, check_throughput
 from efflab.explain import explain
-from efflab.measure import SCHEMA, measure
-from efflab.measure.hardware import calibrate
-from efflab.measure.memory import largest_batch, predict_memory
+from efflab.measurement import SCHEMA, measure
+from efflab.measurement.hardware import calibrate
+from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.model import sample
 from efflab.store import Store, results
-from efflab.sweep import sweep
+from efflab.sweeping import sweep
 from efflab.techniques import build
 from efflab.train import train_curves
 

@@ -11,10 +11,10 @@ import argparse
 import json
 import sys
 
-from efflab.checkpoint import CheckpointError
+from efflab.weights import WeightsError
 from efflab.config import PRESETS, ConfigError, Knobs, knob_fields
 from efflab.data import CorpusError
-from efflab.measure.hardware import RefusedError
+from efflab.measurement.hardware import RefusedError
 
 
 def _int_or_auto(text: str):
@@ -92,11 +92,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from efflab.measure import measure
+    from efflab.measurement import measure
     from efflab.store import Store
 
     rec = measure(_knobs_from(args), preset=args.preset, corpus=args.corpus,
-                  checkpoint=args.checkpoint, budget_bytes=_budget(args), target_s=args.target_s)
+                  weights=args.weights, budget_bytes=_budget(args), target_s=args.target_s)
     if args.store:
         Store(args.store).append(rec)
     print(json.dumps(rec, indent=1, default=str) if args.json else _summary(rec))
@@ -104,11 +104,11 @@ def cmd_measure(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from efflab.sweep import sweep
+    from efflab.sweeping import sweep
 
     vary = _parse_vary(args.vary)
     df = sweep(_knobs_from(args), vary, preset=args.preset, store=args.store,
-               budget_bytes=_budget(args), checkpoint=args.checkpoint, corpus=args.corpus,
+               budget_bytes=_budget(args), weights=args.weights, corpus=args.corpus,
                target_s=args.target_s, resume=not args.again, name=args.name,
                on_record=lambda r: print(_summary(r), flush=True))
     if args.csv:
@@ -118,7 +118,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from efflab.measure.hardware import calibrate
+    from efflab.measurement.hardware import calibrate
 
     cal = calibrate(force=args.force)
     if args.json:
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--corpus", default=None, help="text file or folder (default: Python stdlib)")
         if knobs:
             _add_knob_flags(p)
-            p.add_argument("--checkpoint", default="auto",
+            p.add_argument("--weights", default="auto",
                            help="'auto' (shipped weights if any), 'random', or a path")
             p.add_argument("--budget-mib", type=float, default=None,
                            help="refuse configurations whose predicted peak exceeds this")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--store", default=None, help="results database (default results/)")
         return p
 
-    p = sub.add_parser("train", help="train a preset and write a checkpoint + record")
+    p = sub.add_parser("train", help="train a preset and write a weights file + record")
     with_common(p, knobs=False)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--minutes", type=float, default=None, help="train as many steps as fit")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="data/checkpoints")
+    p.add_argument("--out", default="data/weights")
     p.set_defaults(func=cmd_train)
 
     p = with_common(sub.add_parser("measure", help="measure one configuration"))
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, CheckpointError, RefusedError) as e:
+    except (ConfigError, CorpusError, WeightsError, RefusedError) as e:
         print(f"efflab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

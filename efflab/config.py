@@ -132,7 +132,7 @@ class Knobs:
     ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
     ``precision``: fp32, autocast bf16 / fp16 (with loss scaling), or bf16-pure weights.
     ``attention``: naive (materialises T×T), sdpa (PyTorch's fused kernel), triton (efflab's).
-    ``checkpointing``: none, blocks (every ``checkpoint_every``-th block recomputed in
+    ``checkpointing``: none, blocks (every ``checkpointing_every``-th block recomputed in
     backward) or selective (only the MLP's wide hidden activations recomputed).
     ``quantization``: post-training weight formats for inference workloads (``group_size`` for
     int4). ``moe_experts`` > 0 replaces the MLPs by that many experts, each token routed to
@@ -149,7 +149,7 @@ class Knobs:
     precision: Precision = "fp32"
     attention: Attention = "sdpa"
     checkpointing: Checkpointing = "none"
-    checkpoint_every: int = 1
+    checkpointing_every: int = 1
     quantization: Quantization = "none"
     group_size: int = 64
     moe_experts: int = 0
@@ -169,7 +169,7 @@ class Knobs:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("attention", self.attention, ATTENTIONS)
         _check_choice("checkpointing", self.checkpointing, CHECKPOINTINGS)
-        _check_int("checkpoint_every", self.checkpoint_every, 1, 1024)
+        _check_int("checkpointing_every", self.checkpointing_every, 1, 1024)
         _check_choice("quantization", self.quantization, QUANTIZATIONS)
         _check_choice("group_size", self.group_size, GROUP_SIZES)
         _check_int("moe_experts", self.moe_experts, 0, 256)

@@ -37,8 +37,8 @@ import torch
 from IPython.display import display
 
 from efflab.config import PRESETS, ConfigError, Knobs, get_preset, knob_fields
-from efflab.measure.hardware import RefusedError, pick_device
-from efflab.sweep import sweep
+from efflab.measurement.hardware import RefusedError, pick_device
+from efflab.sweeping import sweep
 from efflab.viz import live as _live
 from efflab.viz.charts import axis_label, dashboard, records_frame
 from efflab.viz.live import LiveChart, static_mode
@@ -162,7 +162,7 @@ class Lab:
     default ``results/``); a configuration already stored is not measured again unless
     ``resume=False``. ``budget_bytes`` refuses configurations predicted to need more memory.
     ``target_s``: seconds of timing per point. ``static``: see :mod:`efflab.viz.live`.
-    ``checkpoint``, ``corpus``, ``device`` and ``calibration`` are passed to ``efflab.sweep``;
+    ``weights``, ``corpus``, ``device`` and ``calibration`` are passed to ``efflab.sweep``;
     ``builder`` draws the live chart (default: the dashboard). Further keywords set the
     starting value of knobs (``Lab(seq_len=64)``).
     """
@@ -170,7 +170,7 @@ class Lab:
     def __init__(self, preset: str = "cpu-small", workload: str = "train",
                  vary: str = "batch_size", values: Sequence = DEFAULT_VALUES, store=None,
                  budget_bytes: int | None = None, target_s: float = 1.0,
-                 static: bool | None = None, *, checkpoint="auto", corpus: str | None = None,
+                 static: bool | None = None, *, weights="auto", corpus: str | None = None,
                  device: str | None = None, resume: bool = True,
                  calibration: dict | None = None, builder: Callable = dashboard,
                  **knob_defaults):
@@ -182,7 +182,7 @@ class Lab:
         if choices and tuple(values) == DEFAULT_VALUES:  # Lab(vary="workload"): every choice
             values = choices
         self.store = store
-        self.checkpoint = checkpoint
+        self.weights = weights
         self.corpus = corpus
         self.device = device
         self.resume = resume
@@ -484,7 +484,7 @@ class Lab:
 
             df = sweep(plan.base, {plan.vary: list(plan.values)}, preset=plan.preset,
                        store=self.store, budget_bytes=plan.budget_bytes,
-                       checkpoint=self.checkpoint, corpus=self.corpus, device=self.device,
+                       weights=self.weights, corpus=self.corpus, device=self.device,
                        target_s=plan.target_s, resume=plan.resume, progress=False,
                        on_record=on_record, name=f"lab:{plan.preset}:{plan.vary}",
                        calibration=self.calibration)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from efflab.checkpoint import CHECKPOINT_DIR, save_checkpoint
+from efflab.weights import WEIGHTS_DIR, save_weights
 from efflab.config import ConfigError, get_preset
 from efflab.data import load_corpus, random_batch
-from efflab.measure.hardware import environment, pick_device
+from efflab.measurement.hardware import environment, pick_device
 from efflab.model import build_model
 from efflab.workloads import eval_loss, make_optimizer, optimizer_step
 
@@ -33,11 +33,11 @@ def lr_at(step: int, max_steps: int, peak_lr: float, warmup: int, min_ratio: flo
 def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | None = None,
           batch_size: int = 32, seq_len: int | None = None, lr: float = 2e-3,
           warmup: int = 100, seed: int = 0, corpus: str | None = None,
-          out: str | Path = CHECKPOINT_DIR, eval_every: int = 250, threads: int | None = None,
+          out: str | Path = WEIGHTS_DIR, eval_every: int = 250, threads: int | None = None,
           progress: bool = True, device: str | None = None) -> dict:
-    """Train ``preset`` for ``steps`` (or as many as ``minutes`` allow) and save a checkpoint.
+    """Train ``preset`` for ``steps`` (or as many as ``minutes`` allow) and save the weights.
 
-    Returns the training record that is written beside the checkpoint.
+    Returns the training record that is written beside the weights.
     """
     cfg = get_preset(preset)
     dev = pick_device(cfg, device)
@@ -111,7 +111,7 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
         "env": environment(dev),
     }
     path = Path(out) / f"{preset}.safetensors"
-    save_checkpoint(model, path, record)
+    save_weights(model, path, record)
     record["path"] = str(path)
     return record
 
@@ -134,8 +134,8 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
     import pandas as pd
 
     from efflab.config import Knobs
-    from efflab.measure.flops import step_flops_estimate
-    from efflab.measure.hardware import calibrate
+    from efflab.measurement.flops import step_flops_estimate
+    from efflab.measurement.hardware import calibrate
     from efflab.techniques import apply_techniques, technique_configs
     from efflab.techniques.precision import autocast, grad_scaler, refusal
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from efflab.measure.hardware import calibrate
+from efflab.measurement.hardware import calibrate
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,8 +5,8 @@ from efflab.analysis import batching_table, calibration_table, saturation
 from efflab.config import get_preset
 from efflab.exercises import check_throughput
 from efflab.explain import explain
-from efflab.measure.memory import largest_batch, predict_memory
-from efflab.measure.theory import bytes_moved, roofline
+from efflab.measurement.memory import largest_batch, predict_memory
+from efflab.measurement.theory import bytes_moved, roofline
 
 
 def sweep_frame():

@@ -319,7 +319,7 @@ def test_benchmark_times_every_provider_on_cuda():
 
 def test_measure_labels_or_refuses_the_interpreted_kernel():
     from efflab.config import Knobs
-    from efflab.measure import measure
+    from efflab.measurement import measure
 
     if not fa.INTERPRETED:
         pytest.skip("compiled Triton: timings are real")

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import efflab.techniques.checkpointing as ckpt_mod
-from efflab.checkpoint import load_checkpoint, save_checkpoint
+from efflab.weights import load_weights, save_weights
 from efflab.config import ConfigError, Knobs, get_preset
-from efflab.measure.memory import measure_memory, predict_memory
+from efflab.measurement.memory import measure_memory, predict_memory
 from efflab.model import MLP, Block, build_model
 from efflab.techniques.checkpointing import (
     CheckpointConfig,
@@ -221,14 +221,14 @@ def test_checkpoints_load_across_wrapped_and_plain_models(tmp_path):
     x, _ = tiny_batch()
     # saved from a plain model, loaded into a wrapped one
     plain = build_model(TINY, seed=5).eval()
-    path = save_checkpoint(plain, tmp_path / "plain.safetensors")
+    path = save_weights(plain, tmp_path / "plain.safetensors")
     wrapped = apply_checkpointing(build_model(TINY, seed=9), CheckpointConfig("blocks")).eval()
     missing, unexpected = wrapped.load_state_dict(load_file(str(path)), strict=False)
     assert missing == ["lm_head.weight"] and unexpected == []  # tied to wte: saved once
     # saved from a wrapped model, loaded by efflab's own loader into a plain one
     sel = apply_checkpointing(build_model(TINY, seed=5), CheckpointConfig("selective")).eval()
-    path2 = save_checkpoint(sel, tmp_path / "wrapped.safetensors")
-    loaded = load_checkpoint(path2).eval()
+    path2 = save_weights(sel, tmp_path / "wrapped.safetensors")
+    loaded = load_weights(path2).eval()
     with torch.no_grad():
         ref = plain(x)[0]
         torch.testing.assert_close(wrapped(x)[0], ref, rtol=0, atol=0)
@@ -293,7 +293,7 @@ def test_blocks_cut_activation_memory_by_the_predicted_factor(small_memory):
     assert factor >= 3.0  # the target: >= 3x less activation memory, cpu-small at T=128
     # the whole step's peak, predicted from the formulas, within 10% (and not below by > 2%)
     from efflab.config import Knobs
-    from efflab.measure.memory import predict_for
+    from efflab.measurement.memory import predict_for
     for mode, measured in (("none", none), ("blocks", blocks)):
         pred = predict_for(SMALL, Knobs(batch_size=B, seq_len=T, checkpointing=mode))
         assert measured["peak_bytes"] == pytest.approx(pred["peak_bytes"], rel=0.1), mode

@@ -101,7 +101,7 @@ def test_impossible_combinations_are_refused_naming_the_fields():
 
 
 def test_group_size_that_does_not_divide_the_width_is_refused_before_work():
-    from efflab.measure import measure
+    from efflab.measurement import measure
 
     with pytest.raises(ConfigError) as e:  # cpu-tiny is 64 wide: groups of 128 cannot fit
         measure(Knobs(workload="decode", quantization="int4-weight", group_size=128),

@@ -3,10 +3,10 @@ import json
 import pytest
 
 from efflab.config import ConfigError, Knobs, get_preset
-from efflab.measure import SCHEMA, measure
-from efflab.measure.energy import EnergyMeter
-from efflab.measure.memory import CATEGORIES, predict_memory
-from efflab.measure.timing import summarize
+from efflab.measurement import SCHEMA, measure
+from efflab.measurement.energy import EnergyMeter
+from efflab.measurement.memory import CATEGORIES, predict_memory
+from efflab.measurement.timing import summarize
 
 REQUIRED = {
     "latency_ms": {"median", "p25", "p75", "n"},
@@ -125,7 +125,7 @@ def test_gpu_preset_refused_on_cpu(quick_cal):
 def test_failure_is_recorded_not_raised(quick_cal, tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"garbage")
-    rec = measure(tiny(), preset="cpu-tiny", checkpoint=bad, calibration=quick_cal)
+    rec = measure(tiny(), preset="cpu-tiny", weights=bad, calibration=quick_cal)
     assert rec["status"] == "error" and "broken.safetensors" in rec["message"]
 
 

@@ -36,7 +36,7 @@ C = TINY.n_embd
 def one_expert_copy_of(mlp: MLP) -> MoEMLP:
     """An MoEMLP with one expert holding the dense MLP's weights (nothing can be dropped)."""
     moe = MoEMLP(mlp.c_fc.in_features,
-                 MoEConfig(experts=1, top_k=1, capacity_factor=1.0,
+                 MoEConfig(experts=1, top_k=1, capacity=1.0,
                            expert_hidden=mlp.c_fc.out_features))
     with torch.no_grad():
         for name in ("c_fc", "c_proj"):
@@ -49,7 +49,7 @@ def reference_moe(moe: MoEMLP, x: torch.Tensor) -> torch.Tensor:
     """The slow reference: route and dispatch one token at a time, in token order."""
     xf = x.reshape(-1, moe.n_embd)  # (N, C)
     N, k = xf.size(0), moe.top_k
-    capacity = moe.config.capacity(N)
+    capacity = moe.config.slots(N)
     taken = [0] * moe.n_experts
     out = torch.zeros_like(xf)
     for n in range(N):
@@ -66,8 +66,8 @@ def reference_moe(moe: MoEMLP, x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- config
 
 @pytest.mark.parametrize("field,value", [
-    ("experts", -1), ("experts", 2.0), ("top_k", 0), ("capacity_factor", 0),
-    ("capacity_factor", float("nan")), ("balance_weight", -0.1), ("every", 0),
+    ("experts", -1), ("experts", 2.0), ("top_k", 0), ("capacity", 0),
+    ("capacity", float("nan")), ("balance", -0.1), ("every", 0),
     ("expert_hidden", 0),
 ])
 def test_bad_settings_raise_config_error_naming_the_field(field, value):
@@ -85,8 +85,8 @@ def test_top_k_above_experts_names_both_fields():
 
 
 def test_capacity_and_default_hidden():
-    cfg = MoEConfig(experts=4, top_k=2, capacity_factor=1.25)
-    assert cfg.capacity(100) == math.ceil(1.25 * 100 * 2 / 4) == 63
+    cfg = MoEConfig(experts=4, top_k=2, capacity=1.25)
+    assert cfg.slots(100) == math.ceil(1.25 * 100 * 2 / 4) == 63
     assert cfg.hidden(64) == 128 and MoEConfig(experts=4).hidden(64) == 256
     assert MoEConfig(experts=4, expert_hidden=32).hidden(64) == 32
     assert MoEConfig(experts=4, every=3).moe_layers(7) == [0, 3, 6]
@@ -118,10 +118,10 @@ def test_one_expert_gpt_equals_the_dense_gpt():
     assert abs(loss_m.item() - loss_d.item()) < 1e-5
 
 
-@pytest.mark.parametrize("top_k,capacity_factor", [(1, 1.25), (1, 0.3), (2, 1.0), (2, 0.4)])
-def test_grouped_dispatch_equals_the_per_token_reference(top_k, capacity_factor):
+@pytest.mark.parametrize("top_k,capacity", [(1, 1.25), (1, 0.3), (2, 1.0), (2, 0.4)])
+def test_grouped_dispatch_equals_the_per_token_reference(top_k, capacity):
     torch.manual_seed(1)
-    moe = MoEMLP(C, MoEConfig(experts=4, top_k=top_k, capacity_factor=capacity_factor))
+    moe = MoEMLP(C, MoEConfig(experts=4, top_k=top_k, capacity=capacity))
     moe.reset_parameters(n_layer=2)
     with torch.no_grad():
         moe.router.weight.mul_(20)  # sharper, uneven routing so that capacity bites
@@ -132,7 +132,7 @@ def test_grouped_dispatch_equals_the_per_token_reference(top_k, capacity_factor)
 
 def test_dropped_tokens_are_counted_and_get_exactly_zero_from_the_layer():
     torch.manual_seed(2)
-    moe = MoEMLP(C, MoEConfig(experts=4, top_k=1, capacity_factor=0.5))
+    moe = MoEMLP(C, MoEConfig(experts=4, top_k=1, capacity=0.5))
     moe.reset_parameters(n_layer=2)
     x = torch.randn(4, 16, C)  # N = 64 tokens, capacity = ceil(0.5 · 64 / 4) = 8
     with torch.no_grad():
@@ -153,7 +153,7 @@ def test_dropped_tokens_are_counted_and_get_exactly_zero_from_the_layer():
 
 def test_top2_load_counts_every_assignment_before_capacity():
     torch.manual_seed(3)
-    moe = MoEMLP(C, MoEConfig(experts=4, top_k=2, capacity_factor=0.5))
+    moe = MoEMLP(C, MoEConfig(experts=4, top_k=2, capacity=0.5))
     x = torch.randn(2, 30, C)
     moe(x)
     cap = moe.last_capacity  # ceil(0.5 · 60 · 2 / 4) = 15
@@ -163,10 +163,10 @@ def test_top2_load_counts_every_assignment_before_capacity():
 
 
 def test_gradients_reach_the_router_and_every_expert():
-    for balance_weight in (0.01, 0.0):  # top-1 gates are raw probabilities: the router learns
+    for balance in (0.01, 0.0):  # top-1 gates are raw probabilities: the router learns
         torch.manual_seed(4)  # from the task loss even without the balancing loss
-        moe = MoEMLP(C, MoEConfig(experts=4, balance_weight=balance_weight,
-                                  capacity_factor=4.0))
+        moe = MoEMLP(C, MoEConfig(experts=4, balance=balance,
+                                  capacity=4.0))
         x = torch.randn(2, 32, C)
         (moe(x).pow(2).sum() + moe.aux_loss).backward()
         assert moe.router.weight.grad.abs().sum() > 0
@@ -176,7 +176,7 @@ def test_gradients_reach_the_router_and_every_expert():
 
 def test_balancing_loss_is_one_times_weight_when_uniform_and_larger_when_collapsed():
     E, w = 4, 0.05
-    moe = MoEMLP(8, MoEConfig(experts=E, balance_weight=w, capacity_factor=4.0))
+    moe = MoEMLP(8, MoEConfig(experts=E, balance=w, capacity=4.0))
     # uniform: token n points at expert n % E, and the router is the identity on those axes,
     # so every expert gets N/E tokens and, by symmetry, the same mean probability 1/E
     x = 3.0 * torch.eye(8)[torch.arange(32) % E]  # (32, 8)
@@ -194,7 +194,7 @@ def test_balancing_loss_is_one_times_weight_when_uniform_and_larger_when_collaps
     assert moe.last_load.tolist() == [32, 0, 0, 0]
     assert moe.aux_loss.item() > (E - 0.01) * w
     # no weight: a constant zero
-    off = MoEMLP(8, MoEConfig(experts=E, balance_weight=0.0))
+    off = MoEMLP(8, MoEConfig(experts=E, balance=0.0))
     off(x)
     assert off.aux_loss.item() == 0.0 and off.aux_loss.dim() == 0
 
@@ -269,9 +269,9 @@ def test_generation_and_bf16_autocast_run():
 
 # ----------------------------------------------------------------------------- training
 
-def _train(corpus, balance_weight: float, steps: int = 40, seed: int = 0) -> dict:
+def _train(corpus, balance: float, steps: int = 40, seed: int = 0) -> dict:
     """cpu-tiny with MoE (E=4, top-1), batch 8, seq 32; the router at 10x the learning rate."""
-    config = MoEConfig(experts=4, balance_weight=balance_weight)
+    config = MoEConfig(experts=4, balance=balance)
     model = apply_moe(build_model(TINY, seed=seed), config, seed=seed)
     router = [p for n, p in model.named_parameters() if ".router." in n]
     rest = [p for n, p in model.named_parameters() if ".router." not in n]
@@ -296,7 +296,7 @@ def _train(corpus, balance_weight: float, steps: int = 40, seed: int = 0) -> dic
 
 @pytest.fixture(scope="module")
 def runs(corpus):
-    return {"balanced": _train(corpus, balance_weight=0.1), "free": _train(corpus, 0.0)}
+    return {"balanced": _train(corpus, balance=0.1), "free": _train(corpus, 0.0)}
 
 
 def test_a_short_moe_training_run_reduces_the_loss(runs):

@@ -1,7 +1,7 @@
 import pytest
 
 from efflab.config import ConfigError, Knobs, get_preset
-from efflab.measure import measure
+from efflab.measurement import measure
 from efflab.techniques.precision import PrecisionConfig, availability_table, refusal
 from efflab.train import train_curves
 

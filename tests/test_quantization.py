@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from efflab.checkpoint import load_model
+from efflab.weights import load_model
 from efflab.config import PRESETS, ConfigError, ModelConfig
 from efflab.model import KVCache, build_model
 from efflab.techniques.quantization import (

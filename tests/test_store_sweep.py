@@ -8,7 +8,7 @@ import time
 
 from efflab.config import Knobs
 from efflab.store import Store, config_key, results
-from efflab.sweep import grid, sweep
+from efflab.sweeping import grid, sweep
 
 
 def fake_record(b, status="ok"):
@@ -47,7 +47,7 @@ def test_grid_is_the_cartesian_product():
 
 
 def test_sweep_goes_on_past_failures_and_skips_what_it_holds(tmp_path, quick_cal, monkeypatch):
-    sw = importlib.import_module("efflab.sweep")  # the module (efflab.sweep is the function)
+    sw = importlib.import_module("efflab.sweeping")  # the module (efflab.sweep is the function)
 
     calls = []
     real = sw.measure

@@ -80,7 +80,7 @@ def _interpret_triton_stdlib() -> None:
 
     ``triton.jit`` reads the variable when it decorates, and ``triton.language.standard``
     decorates its helpers when triton is first imported — which torch does on its own
-    (``torch.utils.flop_counter`` imports triton, and ``efflab.measure`` imports that). Those
+    (``torch.utils.flop_counter`` imports triton, and ``efflab.measurement`` imports that). Those
     helpers are then compiled-mode functions, and an interpreted kernel that calls one fails
     with "Cannot call @triton.jit'd outside of the scope of a kernel". Re-executing the modules
     that define them, now that the variable is set, re-decorates them for the interpreter.
@@ -589,7 +589,7 @@ def run_benchmark(bench: AttentionBenchmark = BENCHMARK, device: str | None = No
     """
     import pandas as pd
 
-    from efflab.measure.timing import summarize, time_steps
+    from efflab.measurement.timing import summarize, time_steps
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _DTYPES[bench.dtype]

@@ -48,10 +48,10 @@ def technique_configs(knobs: Knobs, cfg: ModelConfig | None = None) -> Technique
     return TechniqueConfigs(
         precision=PrecisionConfig(knobs.precision),
         attention=AttentionConfig(knobs.attention),
-        checkpointing=CheckpointConfig(knobs.checkpointing, knobs.checkpoint_every),
+        checkpointing=CheckpointConfig(knobs.checkpointing, knobs.checkpointing_every),
         quantization=quant,
         moe=MoEConfig(experts=knobs.moe_experts, top_k=knobs.moe_top_k,
-                      capacity_factor=knobs.moe_capacity, balance_weight=knobs.moe_balance),
+                      capacity=knobs.moe_capacity, balance=knobs.moe_balance),
     )
 
 
@@ -74,17 +74,17 @@ def apply_techniques(model, knobs: Knobs, seed: int | None = None):
     return model
 
 
-def build(preset: str = "cpu-small", knobs: Knobs | None = None, checkpoint="auto",
+def build(preset: str = "cpu-small", knobs: Knobs | None = None, weights="auto",
           device: str = "cpu"):
-    """The preset's model (shipped weights with ``checkpoint="auto"``, else random) with the
+    """The preset's model (shipped weights with ``weights="auto"``, else random) with the
     techniques of ``knobs`` applied — what ``measure`` runs, to print or inspect.
-    A dense checkpoint holds no experts, so a mixture-of-experts model starts random."""
-    from efflab.checkpoint import load_model
+    Dense weights hold no experts, so a mixture-of-experts model starts random."""
+    from efflab.weights import load_model
 
     knobs = knobs or Knobs()
     if knobs.moe_experts:
-        checkpoint = None
-    return apply_techniques(load_model(preset, checkpoint, knobs.seed, device), knobs)
+        weights = None
+    return apply_techniques(load_model(preset, weights, knobs.seed, device), knobs)
 
 
 def auxiliary_loss(model) -> torch.Tensor | None:

@@ -145,7 +145,7 @@ def attention_memory_sweep(seq_lens, impls=("naive", "sdpa"), batch_size: int = 
     """Measure, per impl and sequence length, the bytes one causal attention call keeps for
     backward and the peak of its forward+backward, beside :func:`attention_memory_bytes`.
 
-    Tracked with :class:`efflab.measure.memory.MemoryTracker` on the attention alone (q, k, v of
+    Tracked with :class:`efflab.measurement.memory.MemoryTracker` on the attention alone (q, k, v of
     shape (B, nh, T, hs) in fp32), so the T² of the naive scores is not hidden by the rest of
     a model. Returns a long DataFrame: impl, T, saved_bytes (autocast-free activations saved),
     peak_bytes (everything alive at the fullest moment, inputs and gradients included),
@@ -154,7 +154,7 @@ def attention_memory_sweep(seq_lens, impls=("naive", "sdpa"), batch_size: int = 
     """
     import pandas as pd
 
-    from efflab.measure.memory import MemoryTracker
+    from efflab.measurement.memory import MemoryTracker
 
     rows = []
     gen = torch.Generator().manual_seed(0)

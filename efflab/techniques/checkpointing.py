@@ -1,7 +1,7 @@
 """Activation checkpointing: keep less for backward, recompute the rest when backward needs it.
 
 Training keeps, for every block, the tensors its backward pass will read — about 17·B·T·C
-values per layer (see :func:`efflab.measure.memory.predict_memory`). Checkpointing a part of
+values per layer (see :func:`efflab.measurement.memory.predict_memory`). Checkpointing a part of
 the model keeps only that part's *input*; during backward the part's forward runs again
 (``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``) to rebuild what its backward
 reads. Memory traded for compute:
@@ -270,7 +270,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
 
     Block: q/k/v 6·C², attention output projection 2·C², MLP up 8·C², MLP down 8·C² (24·C² in
     all) plus attention q·kᵀ and p·v, 4·T·C (counted over the full T×T, as
-    :func:`efflab.measure.flops.attention_flops` does). Head: 2·C·V. LayerNorms, GELU and
+    :func:`efflab.measurement.flops.attention_flops` does). Head: 2·C·V. LayerNorms, GELU and
     softmax are elementwise and left out, as the FLOP counter leaves them out.
     """
     C, T = cfg.n_embd, seq_len

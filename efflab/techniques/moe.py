@@ -23,7 +23,7 @@ picks its ``top_k`` largest. The gates are those probabilities renormalised over
 renormalising a single number always gives 1, and the router would then receive no gradient
 from the language-model loss at all, only from the balancing loss.
 
-**Capacity.** Each expert takes at most ``capacity = ceil(capacity_factor · N · top_k / E)``
+**Capacity.** Each expert takes at most ``ceil(capacity · N · top_k / E)`` (its slots)
 of the N tokens in a forward call (fixed buffers are what make MoE fast on accelerators).
 Assignments beyond an expert's capacity are *dropped*: that expert adds nothing for that token,
 and the residual connection carries the token past the layer unchanged. Priority goes in token
@@ -39,11 +39,11 @@ token at a time with a KV cache can differ slightly from a full forward).
   counted **before** capacity is applied; it sums to N · top_k.
 - ``last_dropped``: how many of those assignments were over capacity (for top-1: tokens).
 - ``last_capacity``: the capacity used.
-- ``aux_loss``: the Switch-Transformer load-balancing loss ``balance_weight · E · Σ_i f_i·P_i``,
+- ``aux_loss``: the Switch-Transformer load-balancing loss ``balance · E · Σ_i f_i·P_i``,
   with f_i the fraction of assignments sent to expert i (no gradient) and P_i the mean router
-  probability of expert i (differentiable). Perfectly balanced routing gives 1·balance_weight;
-  everything on one expert gives up to E·balance_weight. It is a 0-dim tensor in the autograd
-  graph (a constant zero when ``balance_weight == 0``); :func:`auxiliary_loss` sums it over
+  probability of expert i (differentiable). Perfectly balanced routing gives 1·balance;
+  everything on one expert gives up to E·balance. It is a 0-dim tensor in the autograd
+  graph (a constant zero when ``balance == 0``); :func:`auxiliary_loss` sums it over
   layers, and the training loop adds that to the loss.
 
 **MoE is a model transform, and one-way.** ``state_dict()`` keys change (``h.0.mlp.router.weight``,
@@ -81,8 +81,8 @@ class MoEConfig:
 
     ``experts``: experts per MoE layer; 0 means off (the model stays dense).
     ``top_k``: experts each token visits, 1 <= top_k <= experts.
-    ``capacity_factor``: slack on each expert's share; capacity = ceil(cf · N · top_k / E).
-    ``balance_weight``: weight of the load-balancing loss (0 disables it).
+    ``capacity``: slack on each expert's share; each expert's slots = ceil(capacity · N · top_k / E).
+    ``balance``: weight of the load-balancing loss (0 disables it).
     ``every``: layer ``i`` becomes MoE when ``i % every == 0`` (1 = every layer).
     ``expert_hidden``: each expert's hidden width; None = 4·n_embd // top_k (equal active
     parameters to the dense MLP).
@@ -90,8 +90,8 @@ class MoEConfig:
 
     experts: int = 0
     top_k: int = 1
-    capacity_factor: float = 1.25
-    balance_weight: float = 0.01
+    capacity: float = 1.25
+    balance: float = 0.01
     every: int = 1
     expert_hidden: int | None = None
 
@@ -104,10 +104,10 @@ class MoEConfig:
             raise ConfigError("top_k", self.top_k,
                               f"an integer in [1, experts] = [1, {self.experts}] "
                               f"(top_k={self.top_k} > experts={self.experts})")
-        if not _is_real(self.capacity_factor) or self.capacity_factor <= 0:
-            raise ConfigError("capacity_factor", self.capacity_factor, "a finite number > 0")
-        if not _is_real(self.balance_weight) or self.balance_weight < 0:
-            raise ConfigError("balance_weight", self.balance_weight, "a finite number >= 0")
+        if not _is_real(self.capacity) or self.capacity <= 0:
+            raise ConfigError("capacity", self.capacity, "a finite number > 0")
+        if not _is_real(self.balance) or self.balance < 0:
+            raise ConfigError("balance", self.balance, "a finite number >= 0")
         if not _is_int(self.every) or self.every < 1:
             raise ConfigError("every", self.every, "an integer >= 1")
         if self.expert_hidden is not None and (
@@ -134,9 +134,9 @@ class MoEConfig:
         moe = E * (2 * C * H + H + C) + C * E
         return len(self.moe_layers(n_layer)) * (moe - dense)
 
-    def capacity(self, n_tokens: int) -> int:
-        """Most assignments one expert takes from ``n_tokens`` tokens: ceil(cf · N · k / E)."""
-        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.experts)
+    def slots(self, n_tokens: int) -> int:
+        """Most assignments one expert takes from ``n_tokens`` tokens: ceil(capacity · N · k / E)."""
+        return math.ceil(self.capacity * n_tokens * self.top_k / self.experts)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -222,7 +222,7 @@ class MoEMLP(nn.Module):
         flat_g = gates.reshape(-1)  # (N·k,) its gate
         order = torch.argsort(flat_e, stable=True)  # (N·k,) assignments grouped by expert
         counts = torch.bincount(flat_e, minlength=E)  # (E,) routed, before capacity
-        capacity = self.config.capacity(N)
+        capacity = self.config.slots(N)
         load = counts.tolist()  # one device sync for the whole layer
 
         # --- dispatch: each expert runs once on its kept tokens; outputs scatter-add back
@@ -241,10 +241,10 @@ class MoEMLP(nn.Module):
         self.last_load = counts.cpu()
         self.last_dropped = sum(max(0, n_e - capacity) for n_e in load)
         self.last_capacity = capacity
-        if self.config.balance_weight > 0:
+        if self.config.balance > 0:
             f = counts.to(probs.dtype) / max(1, N * k)  # (E,) fraction of assignments: no gradient
             P = probs.mean(dim=0)  # (E,) mean router probability: the gradient path
-            self.aux_loss = self.config.balance_weight * E * (f * P).sum()
+            self.aux_loss = self.config.balance * E * (f * P).sum()
         else:
             self.aux_loss = probs.new_zeros(())
         return out.view(shape)
@@ -252,8 +252,8 @@ class MoEMLP(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (f"experts={self.n_experts}, top_k={self.top_k}, "
-                f"capacity_factor={c.capacity_factor} (capacity=ceil(cf·N·k/E)), "
-                f"hidden={self.hidden}, balance_weight={c.balance_weight}")
+                f"capacity={c.capacity} (slots=ceil(capacity·N·k/E)), "
+                f"hidden={self.hidden}, balance={c.balance}")
 
 
 # ----------------------------------------------------------------------------- the verb

@@ -106,7 +106,7 @@ def availability_table(cfg, knobs, calibration: dict):
     parameter it stores (what the lesson shows beside its toggles)."""
     import pandas as pd
 
-    from efflab.measure.flops import step_flops_estimate
+    from efflab.measurement.flops import step_flops_estimate
 
     flops = step_flops_estimate(cfg, knobs)
     rows = []

@@ -617,7 +617,7 @@ def quantization_table(preset: str, schemes=("none", "int8-weight", "int4-weight
     (with this machine's calibrated read bandwidth), and the weakest layer's SQNR."""
     import pandas as pd
 
-    from efflab.checkpoint import load_model
+    from efflab.weights import load_model
 
     rows = []
     for mode in schemes:

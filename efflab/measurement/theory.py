@@ -14,7 +14,7 @@ throughput grows with B until it meets the compute roof.
 from __future__ import annotations
 
 from efflab.config import ModelConfig
-from efflab.measure.memory import predict_memory
+from efflab.measurement.memory import predict_memory
 
 
 def bytes_moved(cfg: ModelConfig, workload: str, batch_size: int, seq_len: int,

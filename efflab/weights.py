@@ -1,6 +1,6 @@
-"""Checkpoints: safetensors weights plus a JSON record beside them. Loading never unpickles.
+"""Weights files: safetensors tensors plus a JSON record beside them. Loading never unpickles.
 
-``data/checkpoints/<preset>.safetensors`` holds the tensors; ``<preset>.json`` holds the
+``data/weights/<preset>.safetensors`` holds the tensors; ``<preset>.json`` holds the
 training record (config, corpus hash, steps, tokens, time, val loss, bits per byte). The model
 config travels inside the safetensors metadata too, so a weights file alone is self-describing.
 """
@@ -18,18 +18,18 @@ from safetensors.torch import load_file, save_file
 from efflab.config import ModelConfig
 from efflab.model import GPT
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+class WeightsError(ValueError):
+    """A weights file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
 def _config_to_meta(cfg: ModelConfig) -> dict[str, str]:
     return {"efflab_model_config": json.dumps(cfg.__dict__)}
 
 
-def save_checkpoint(model: GPT, path: str | os.PathLike, record: dict | None = None) -> Path:
+def save_weights(model: GPT, path: str | os.PathLike, record: dict | None = None) -> Path:
     """Write weights (and the record as ``.json`` beside them) atomically: never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,70 +47,70 @@ def save_checkpoint(model: GPT, path: str | os.PathLike, record: dict | None = N
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig stored in a checkpoint's metadata."""
+    """The ModelConfig stored in a weights file's metadata."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+        raise WeightsError(f"weights file {str(path)!r} is not a readable safetensors file: {e}") from e
     if "efflab_model_config" not in meta:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no efflab model config in its metadata")
+        raise WeightsError(f"weights file {str(path)!r} has no efflab model config in its metadata")
     return ModelConfig(**json.loads(meta["efflab_model_config"]))
 
 
-def load_checkpoint(path: str | os.PathLike, device="cpu") -> GPT:
-    """A GPT with the weights of ``path``; a corrupt or mismatched file raises CheckpointError."""
+def load_weights(path: str | os.PathLike, device="cpu") -> GPT:
+    """A GPT with the weights of ``path``; a corrupt or mismatched file raises WeightsError."""
     path = Path(path)
     cfg = read_config(path)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {e}") from e
+        raise WeightsError(f"weights file {str(path)!r} is corrupt: {e}") from e
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match preset {cfg.name!r}: "
+        raise WeightsError(f"weights file {str(path)!r} does not match preset {cfg.name!r}: "
                               f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, t in state.items():
         if not torch.isfinite(t).all():
-            raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite values in {name}")
+            raise WeightsError(f"weights file {str(path)!r} holds non-finite values in {name}")
     return model.to(device)
 
 
-def shipped_checkpoint(preset: str) -> Path | None:
-    """The checkpoint shipped in ``data/checkpoints`` for ``preset``, if there is one."""
-    p = CHECKPOINT_DIR / f"{preset}.safetensors"
+def shipped_weights(preset: str) -> Path | None:
+    """The weights shipped in ``data/weights`` for ``preset``, if there is one."""
+    p = WEIGHTS_DIR / f"{preset}.safetensors"
     return p if p.exists() else None
 
 
-def weights_source(preset: str, checkpoint="auto") -> Path | None:
-    """Where a preset's weights come from: ``"auto"`` = the shipped checkpoint when there is
+def weights_source(preset: str, weights="auto") -> Path | None:
+    """Where a preset's weights come from: ``"auto"`` = the shipped weights when there are
     one; ``None``/``"random"`` = fresh random weights; anything else is a path."""
-    if checkpoint == "auto":
-        return shipped_checkpoint(preset)
-    if checkpoint in (None, False, "none", "random"):
+    if weights == "auto":
+        return shipped_weights(preset)
+    if weights in (None, False, "none", "random"):
         return None
-    return Path(checkpoint)
+    return Path(weights)
 
 
-def load_model(preset: str = "cpu-small", checkpoint="auto", seed: int = 0, device="cpu") -> GPT:
-    """The preset's model: trained weights when ``checkpoint`` finds some, else seeded random."""
+def load_model(preset: str = "cpu-small", weights="auto", seed: int = 0, device="cpu") -> GPT:
+    """The preset's model: trained weights when ``weights`` finds some, else seeded random."""
     from efflab.config import get_preset
     from efflab.model import build_model
 
     cfg = get_preset(preset)
-    src = weights_source(preset, checkpoint)
+    src = weights_source(preset, weights)
     if src is None:
         return build_model(cfg, seed, device)
-    model = load_checkpoint(src, device)
+    model = load_weights(src, device)
     if model.cfg != cfg:
-        raise CheckpointError(f"checkpoint {str(src)!r} holds preset {model.cfg.name!r}, "
+        raise WeightsError(f"weights file {str(src)!r} holds preset {model.cfg.name!r}, "
                               f"not {preset!r}")
     return model
 
@@ -118,11 +118,11 @@ def load_model(preset: str = "cpu-small", checkpoint="auto", seed: int = 0, devi
 def read_record(path: str | os.PathLike) -> dict:
     p = Path(path).with_suffix(".json")
     if not p.exists():
-        raise CheckpointError(f"no training record {str(p)!r} beside the checkpoint")
+        raise WeightsError(f"no training record {str(p)!r} beside the weights")
     return json.loads(p.read_text())
 
 
 def training_record(preset: str) -> dict | None:
-    """The training record of the shipped checkpoint of ``preset``, or None if none is shipped."""
-    path = shipped_checkpoint(preset)
+    """The training record of the shipped weights of ``preset``, or None if none is shipped."""
+    path = shipped_weights(preset)
     return read_record(path) if path is not None else None

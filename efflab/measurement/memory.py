@@ -227,7 +227,7 @@ def predict_for(cfg: ModelConfig, knobs) -> dict:
     e = prec.activation_bytes
     acts = None
     if knobs.workload == "train":
-        ck = CheckpointConfig(knobs.checkpointing, knobs.checkpoint_every)
+        ck = CheckpointConfig(knobs.checkpointing, knobs.checkpointing_every)
         acts = predict_activation_bytes(cfg, B, T, ck, bytes_per_el=e)
         if knobs.attention == "naive":
             # every layer keeps its (B, nh, T, T) probabilities (and the mask) for backward;

@@ -1,6 +1,6 @@
 """``measure``: one configuration, measured end to end, as one schema-versioned record.
 
-The path: build the model fresh from (preset, seed, checkpoint) -> prepare the workload ->
+The path: build the model fresh from (preset, seed, weights) -> prepare the workload ->
 time it (warm-up, repeats, median with spread) -> track memory by category in a separate
 pass -> count FLOPs in another -> MFU against this machine's calibrated peak -> quality on a
 fixed held-out slice -> energy from a real counter or "unavailable" -> the environment.
@@ -19,15 +19,15 @@ import traceback
 
 import torch
 
-from efflab.checkpoint import load_model, weights_source
+from efflab.weights import load_model, weights_source
 from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
 from efflab.data import load_corpus
-from efflab.measure.energy import EnergyMeter
-from efflab.measure.flops import count_flops, estimate_6n, step_flops_estimate
-from efflab.measure.hardware import RefusedError, calibrate, environment, peak_flops, pick_device
-from efflab.measure.memory import measure_memory, predict_for
-from efflab.measure.theory import bytes_moved, roofline
-from efflab.measure.timing import summarize, time_steps
+from efflab.measurement.energy import EnergyMeter
+from efflab.measurement.flops import count_flops, estimate_6n, step_flops_estimate
+from efflab.measurement.hardware import RefusedError, calibrate, environment, peak_flops, pick_device
+from efflab.measurement.memory import measure_memory, predict_for
+from efflab.measurement.theory import bytes_moved, roofline
+from efflab.measurement.timing import summarize, time_steps
 from efflab.model import build_model
 from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
 from efflab.techniques import apply_techniques, technique_configs
@@ -66,7 +66,7 @@ def _quality(cfg: ModelConfig, ckpt: str | None, mtime: float, corpus_path: str 
 def _quality_knobs(knobs: Knobs) -> Knobs:
     return knobs.replace(workload="eval", batch_size=8, seq_len=None, threads=None,
                          gen_tokens=32, attention="sdpa", checkpointing="none",
-                         checkpoint_every=1)
+                         checkpointing_every=1)
 
 
 def _shape_knobs(knobs: Knobs) -> Knobs:
@@ -96,13 +96,13 @@ def _base_record(preset: str, knobs: Knobs, budget_bytes: int | None) -> dict:
 
 
 def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str | None = None,
-            *, checkpoint="auto", corpus: str | None = None, device: str | None = None,
+            *, weights="auto", corpus: str | None = None, device: str | None = None,
             budget_bytes: int | None = None, target_s: float = 1.0, memory: bool = True,
             quality: bool = True, calibration: dict | None = None) -> dict:
     """Measure one configuration and return its record (a plain, JSON-ready dict).
 
     ``knobs`` defaults to ``Knobs()``; ``workload`` overrides ``knobs.workload``.
-    ``checkpoint="auto"`` loads the shipped checkpoint of the preset when there is one (else
+    ``weights="auto"`` loads the shipped weights of the preset when there is one (else
     random weights; the record says which). ``budget_bytes`` refuses, before any work, a run
     whose predicted peak memory exceeds it. ``target_s`` is how long the timing pass samples.
     """
@@ -134,8 +134,8 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         return {**rec, "status": "refused",
                 "message": f"predicted peak {predicted['peak_bytes'] / 2**20:.1f} MiB exceeds the "
                            f"budget of {budget_bytes / 2**20:.1f} MiB; not run"}
-    # a dense checkpoint holds no experts: a mixture-of-experts model starts from random weights
-    ckpt = None if knobs.moe_experts else weights_source(preset, checkpoint)
+    # dense weights hold no experts: a mixture-of-experts model starts from random weights
+    ckpt = None if knobs.moe_experts else weights_source(preset, weights)
     n_params = cfg.n_params() + techniques.moe.param_delta(cfg.n_embd, cfg.n_layer)
     rec["model"] = {"preset": preset, "n_params": n_params, "config": cfg.__dict__,
                     "weights": str(ckpt.name) if ckpt else "random-init", "device": dev,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from efflab.measure.hardware import synchronize
+from efflab.measurement.hardware import synchronize
 
 
 def summarize(samples_s: list[float]) -> dict:

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from efflab.config import ConfigError, Knobs, get_preset
-from efflab.measure.core import measure
+from efflab.measurement.core import measure
 from efflab.store import Store, config_key, to_frame
 
 
@@ -34,7 +34,7 @@ def grid(base: Knobs, vary: dict[str, list]) -> list[Knobs]:
 
 def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
           preset: str = "cpu-small", store: Store | str | None = None,
-          budget_bytes: int | None = None, checkpoint="auto", corpus: str | None = None,
+          budget_bytes: int | None = None, weights="auto", corpus: str | None = None,
           device: str | None = None, target_s: float = 1.0, resume: bool = True,
           progress: bool = True, on_record: Callable[[dict], None] | None = None,
           name: str | None = None, calibration: dict | None = None) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     for k in configs:  # refuse a bad grid before any work, naming the field
         k.resolve_seq_len(cfg)
     st = store if isinstance(store, Store) else Store(store)
-    extra = {"budget_bytes": budget_bytes, "checkpoint": str(checkpoint), "corpus": corpus}
+    extra = {"budget_bytes": budget_bytes, "weights": str(weights), "corpus": corpus}
     keys = []
     reused: set[str] = set()
     bar = tqdm(configs, desc=f"sweep {preset}", disable=not progress)
@@ -62,7 +62,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
             reused.add(key)
         else:
             bar.set_postfix_str(", ".join(f"{n}={getattr(k, n)}" for n in (vary or {})))
-            rec = measure(k, preset=preset, checkpoint=checkpoint, corpus=corpus,
+            rec = measure(k, preset=preset, weights=weights, corpus=corpus,
                           device=device, budget_bytes=budget_bytes, target_s=target_s,
                           calibration=calibration)
             rec["key"] = key
