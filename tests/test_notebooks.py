@@ -21,9 +21,12 @@ def _errors(nb) -> list[str]:
 
 def test_every_notebook_has_smoke_parameters_and_no_outputs():
     found = notebooks()
-    assert [p.name for p in found] == [
+    names = [p.name for p in found]
+    assert names[:8] == [
         "00_tour.ipynb", "01_batching.ipynb", "02_precision.ipynb", "03_checkpointing.ipynb",
         "04_attention.ipynb", "05_quantization.ipynb", "06_moe.ipynb", "07_pareto.ipynb"]
+    # lessons are numbered without gaps: 00, 01, 02, ...
+    assert [int(n[:2]) for n in names] == list(range(len(names))), names
     for path in found:
         nb = json.loads(path.read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -35,7 +38,7 @@ def test_every_notebook_has_smoke_parameters_and_no_outputs():
 def executed(tmp_path_factory):
     """Run each notebook once, each with its own results store."""
     out = {}
-    for path in notebooks():
+    for path in notebooks()[:8]:  # later lessons have a test file each
         store = tmp_path_factory.mktemp(path.stem + "-results")
         nb_path = run_notebook(path, tmp_path_factory.mktemp("executed"), {"SMOKE": True},
                                timeout_s=600, results_dir=store)
