@@ -31,7 +31,7 @@ from efflab.analysis import (
 from efflab.weights import load_model, training_record
 from efflab.compare import compare_gradients
 from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
-from efflab.exercises import check_online_softmax, check_throughput
+from efflab import check
 from efflab.explain import explain
 from efflab.measurement import SCHEMA, measure
 from efflab.measurement.hardware import calibrate
@@ -56,6 +56,6 @@ def __getattr__(name):  # the lab panel pulls in ipywidgets and altair: load it 
 __all__ = ["PRESETS", "ConfigError", "Knobs", "ModelConfig", "get_preset", "SCHEMA", "measure",
            "Store", "results", "sweep", "Lab", "calibrate", "calibration_table", "load_model",
            "training_record", "sample", "explain", "batching_table", "saturation",
-           "largest_batch", "predict_memory", "check_throughput", "train_curves", "curve_gaps",
+           "largest_batch", "predict_memory", "check", "train_curves", "curve_gaps",
            "pareto_front", "best_under_budget", "technique_table", "compare_gradients",
-           "check_online_softmax", "build", "add_costs", "budget_answer", "__version__"]
+           "build", "add_costs", "budget_answer", "__version__"]

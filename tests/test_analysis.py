@@ -3,7 +3,6 @@ import pytest
 
 from efflab.analysis import batching_table, calibration_table, saturation
 from efflab.config import get_preset
-from efflab.exercises import check_throughput
 from efflab.explain import explain
 from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.measurement.theory import bytes_moved, roofline
@@ -44,15 +43,6 @@ def test_calibration_table_balance():
            "matmul": {"float32": {"flops_per_s": 100e9, "sizes": [256, 512]}}}
     t = calibration_table(cal)
     assert t.loc[0, "balance FLOP/byte"] == 10.0 and t.loc[0, "peak GFLOP/s"] == 100.0
-
-
-def test_check_throughput_accepts_truth_and_rejects_ms_slip(capsys):
-    df = sweep_frame()
-    truth = 4 * 128 / 0.012
-    assert check_throughput(truth, df, 4) is True
-    assert check_throughput(4 * 128 / 12.0, df, 4) is False  # forgot ms -> s
-    assert "hint" in capsys.readouterr().out
-    assert check_throughput(None, df, 4) is None
 
 
 def test_largest_batch_is_the_edge_of_the_formula():
