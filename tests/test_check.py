@@ -183,3 +183,260 @@ def test_online_softmax_unanswered_template():
     def template(m, l, acc, scores, v):
         return None
     assert check.online_softmax(template).status == "unanswered"
+
+
+def _hint_of(fb):
+    assert not fb and fb.status == "wrong", str(fb)
+    return fb.hint
+
+
+# -- 00 tour: MFU and bits per byte --------------------------------------------------------
+
+def _record(precision="bf16"):
+    return {"flops": {"per_step": 3e9, "peak_per_s": 400e9, "estimate_6n": 2.4e9},
+            "latency_ms": {"median": 25.0}, "knobs": {"precision": precision, "batch_size": 4},
+            "workload": "train", "throughput": {"tokens_per_s": 512 / 0.025}}
+
+
+CAL = {"matmul": {"float32": {"flops_per_s": 100e9}}, "bandwidth_bytes_per_s": 10e9,
+       "read_bandwidth_bytes_per_s": 16e9}
+
+
+def test_mfu_reads_the_peak_of_the_runs_own_format():
+    truth = 3e9 / 0.025 / 400e9  # 0.3
+    assert check.mfu(truth, record=_record(), calibration=CAL)
+    for wrong, hint in [(truth * 100, "percentage"), (3e9 / 25 / 400e9, "milliseconds"),
+                        (2.4e9 / 0.025 / 400e9, "6·N"), (3e9 / 0.025 / 100e9, "own number format"),
+                        (0.9, "achieved")]:
+        assert hint in _hint_of(check.mfu(wrong, record=_record(), calibration=CAL))
+
+
+def test_bits_per_byte_from_nats():
+    assert check.bits_per_byte(1.129 / math.log(2), val_loss=1.129)
+    for wrong, hint in [(1.129, "nats"), (1.129 * math.log(2), "divide by ln 2"),
+                        (1.129 / math.log(10), "base 10")]:
+        assert hint in _hint_of(check.bits_per_byte(wrong, val_loss=1.129))
+
+
+# -- 01 batching: saturation --------------------------------------------------------------
+
+def _sat_sweep():
+    rows = [{"knobs.batch_size": b, "status": "ok", "throughput.tokens_per_s": t}
+            for b, t in [(1, 100.0), (2, 180.0), (4, 300.0), (8, 330.0), (16, 335.0), (32, 320.0)]]
+    return pd.DataFrame(rows + [{"knobs.batch_size": 64, "status": "refused"}])
+
+
+def test_saturation_is_the_first_batch_within_ninety_percent():
+    assert check.saturation(8, df=_sat_sweep())  # 0.9 * 335 = 301.5: batch 4 (300) falls short
+    assert "highest throughput" in _hint_of(check.saturation(16, df=_sat_sweep()))
+    assert "still below" in _hint_of(check.saturation(4, df=_sat_sweep()))
+    assert "smaller measured batch" in _hint_of(check.saturation(32, df=_sat_sweep()))
+    assert "measured" in _hint_of(check.saturation(6, df=_sat_sweep()))
+
+
+# -- 02 precision --------------------------------------------------------------------------
+
+RIGHT_BYTES = {"fp32": {"parameters": 4, "gradients": 4, "optimizer": 8},
+               "bf16": {"parameters": 4, "gradients": 4, "optimizer": 8},
+               "fp16": {"parameters": 4, "gradients": 4, "optimizer": 8},
+               "bf16-pure": {"parameters": 2, "gradients": 2, "optimizer": 4}}
+
+
+def _with(precision, **cats):
+    ans = {p: dict(c) for p, c in RIGHT_BYTES.items()}
+    ans[precision].update(cats)
+    return ans
+
+
+def test_bytes_per_param_by_category():
+    fb = check.bytes_per_param(RIGHT_BYTES)
+    assert fb and fb.points == 2
+    assert "two moments" in _hint_of(check.bytes_per_param(_with("fp32", optimizer=4)))
+    assert "keeps the weights" in _hint_of(check.bytes_per_param(
+        _with("bf16", parameters=2, gradients=2, optimizer=4)))
+    assert "bits" in _hint_of(check.bytes_per_param(_with("fp32", parameters=32)))
+    assert "16 bits" in _hint_of(check.bytes_per_param(_with("bf16-pure", optimizer=8)))
+    missing = check.bytes_per_param({"fp32": RIGHT_BYTES["fp32"]})
+    assert not missing and "bf16-pure" in missing.got
+
+
+def _bf16_frexp(x):
+    if x == 0:
+        return 0.0
+    _, e = math.frexp(x)
+    step = 2.0 ** (e - 8)
+    return round(x / step) * step
+
+
+def test_bf16_round_reference_matches_torch_and_wrong_roundings_get_their_hint():
+    from efflab.check.precision import _round_bits, bf16, bf16_probes
+    xs = bf16_probes()
+    assert [bf16(x) for x in xs] == [torch.tensor(x).to(torch.bfloat16).item() for x in xs]
+    assert check.bf16_round(lambda x: torch.tensor(x).to(torch.bfloat16).item())
+    assert check.bf16_round(_bf16_frexp)
+    assert "chops" in _hint_of(check.bf16_round(lambda x: _round_bits(x, 7, "truncate")))
+    assert "even" in _hint_of(check.bf16_round(lambda x: _round_bits(x, 7, "half_up")))
+    assert "7 mantissa bits" in _hint_of(check.bf16_round(lambda x: _round_bits(x, 8)))
+    assert "fp16" in _hint_of(check.bf16_round(lambda x: torch.tensor(x).half().item()))
+
+
+# -- 03 checkpointing ----------------------------------------------------------------------
+
+def _kept(B, T, C, n_layer, mode, bytes_per_value=4):
+    per = {"none": 17, "blocks": 1, "selective": 9}[mode]
+    return per * B * T * C * n_layer * bytes_per_value
+
+
+def test_kept_activations_formula():
+    assert check.kept_activations(_kept)
+    assert "bytes per value" in _hint_of(check.kept_activations(
+        lambda B, T, C, n_layer, mode, bytes_per_value: _kept(B, T, C, n_layer, mode, 1)))
+    assert "only its input" in _hint_of(check.kept_activations(
+        lambda B, T, C, n_layer, mode, bytes_per_value: _kept(
+            B, T, C, n_layer, "none" if mode == "blocks" else mode, bytes_per_value)))
+    assert "17·B·T·C" in _hint_of(check.kept_activations(  # forgot the q, k, v count
+        lambda B, T, C, n_layer, mode, bytes_per_value:
+        (15 if mode == "none" else {"blocks": 1, "selective": 9}[mode]) * B * T * C * n_layer
+        * bytes_per_value))
+    assert "selective" in _hint_of(check.kept_activations(
+        lambda B, T, C, n_layer, mode, bytes_per_value: _kept(
+            B, T, C, n_layer, mode, bytes_per_value) * (13 / 9 if mode == "selective" else 1)))
+
+
+def _ck_sweep():
+    return pd.DataFrame([{"knobs.checkpointing": m, "status": "ok", "latency_ms.median": ms}
+                         for m, ms in [("none", 40.0), ("selective", 43.0), ("blocks", 50.0)]])
+
+
+def test_recompute_overhead_from_the_learners_own_sweep():
+    assert check.recompute_overhead(0.25, df=_ck_sweep())
+    assert check.recompute_overhead(0.075, df=_ck_sweep(), mode="selective")
+    assert "percentage" in _hint_of(check.recompute_overhead(25, df=_ck_sweep()))
+    assert "minus 1" in _hint_of(check.recompute_overhead(1.25, df=_ck_sweep()))
+    assert "without" in _hint_of(check.recompute_overhead(0.2, df=_ck_sweep()))
+    assert not check.recompute_overhead(0.33, df=_ck_sweep())  # the formula's third, not measured
+
+
+# -- 04 attention: score bytes -------------------------------------------------------------
+
+def test_score_bytes():
+    assert check.score_bytes(lambda B, h, T, bytes_per_value: B * h * T * T * bytes_per_value)
+    assert "T × T" in _hint_of(check.score_bytes(lambda B, h, T, bytes_per_value: B * h * T * bytes_per_value))
+    assert "each head" in _hint_of(check.score_bytes(lambda B, h, T, bytes_per_value: B * T * T * bytes_per_value))
+    assert "bytes per value" in _hint_of(check.score_bytes(lambda B, h, T, bytes_per_value: B * h * T * T))
+
+
+# -- 05 quantization -----------------------------------------------------------------------
+
+def _qdq(w, bits, group_size, per_row=False, rounding=torch.round):
+    n, k = w.shape
+    G = k if per_row else group_size
+    qmax = 2 ** (bits - 1) - 1
+    wg = w.view(n, k // G, G)
+    scale = (wg.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-12)
+    return (rounding(wg / scale).clamp(-qmax, qmax) * scale).view(n, k)
+
+
+def _qdq_asym(w, bits, group_size):  # min-max, like efflab's int4: also acceptable
+    n, k = w.shape
+    wg = w.view(n, k // group_size, group_size)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-12)
+    return (((wg - lo) / scale).round() * scale + lo).view(n, k)
+
+
+def test_group_quantize_accepts_symmetric_and_asymmetric_and_rejects_slips():
+    assert check.group_quantize(_qdq)
+    assert check.group_quantize(_qdq_asym)
+    assert "unchanged" in check.group_quantize(lambda w, bits, group_size: w).got
+    assert "per group" in _hint_of(check.group_quantize(
+        lambda w, bits, group_size: _qdq(w, bits, group_size, per_row=True)))
+    assert "nearest" in _hint_of(check.group_quantize(
+        lambda w, bits, group_size: _qdq(w, bits, group_size, rounding=torch.floor)))
+    assert "clamp" in _hint_of(check.group_quantize(  # one bit too many
+        lambda w, bits, group_size: _qdq(w, bits + 1, group_size)))
+
+
+def test_decode_bound():
+    truth = 16e9 / 2e6
+    assert check.decode_bound(truth, bytes_per_token=2_000_000, calibration=CAL)
+    for wrong, hint in [(truth / 8, "bits"), (1e3 / truth, "milliseconds"),
+                        (10e9 / 2e6, "read bandwidth"), (truth / 1e6, "MB")]:
+        assert hint in _hint_of(check.decode_bound(wrong, bytes_per_token=2_000_000, calibration=CAL))
+
+
+# -- 06 MoE --------------------------------------------------------------------------------
+
+def _route(probs, capacity_factor, slots_fn=math.ceil):
+    n, e = probs.shape
+    slots = slots_fn(capacity_factor * n / e)
+    taken, out = [0] * e, []
+    for c in probs.argmax(-1).tolist():
+        out.append(c if taken[c] < slots else -1)
+        taken[c] += taken[c] < slots
+    return out
+
+
+def test_route_with_capacity():
+    from efflab.check.moe import reference_route, route_probes
+    # the probes do overflow: some tokens are dropped, so capacity is tested
+    assert any(-1 in reference_route(p["probs"], p["capacity_factor"]) for p in route_probes())
+    assert check.route(_route)
+    assert "slots" in _hint_of(check.route(lambda probs, capacity_factor: probs.argmax(-1)))
+    assert "ceil" in _hint_of(check.route(lambda p, capacity_factor: _route(p, capacity_factor, math.floor)))
+    assert "last slot" in _hint_of(check.route(
+        lambda p, capacity_factor: _route(p, capacity_factor, lambda x: math.ceil(x) - 1)))
+
+
+def _balance(probs):
+    n, e = probs.shape
+    f = torch.bincount(probs.argmax(-1), minlength=e).float() / n
+    return e * (f * probs.mean(0)).sum()
+
+
+def test_balance_loss():
+    assert check.balance_loss(_balance)
+    assert "number of experts" in _hint_of(check.balance_loss(lambda p: _balance(p) / p.shape[1]))
+    assert "fraction" in _hint_of(check.balance_loss(lambda p: _balance(p) * p.shape[0]))
+    assert "different vectors" in _hint_of(check.balance_loss(
+        lambda p: p.shape[1] * (p.mean(0) ** 2).sum()))
+
+
+# -- 07 Pareto -----------------------------------------------------------------------------
+
+def _front(costs, qualities):
+    return [i for i in range(len(costs)) if not any(
+        costs[j] <= costs[i] and qualities[j] <= qualities[i]
+        and (costs[j], qualities[j]) != (costs[i], qualities[i]) for j in range(len(costs)))]
+
+
+def _front_non_strict(costs, qualities):
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], qualities[i]))
+    keep, best = [], float("inf")
+    for i in order:
+        if qualities[i] <= best:
+            keep.append(i)
+            best = qualities[i]
+    return keep
+
+
+def test_pareto_filter_matches_the_librarys_front():
+    from efflab.analysis import pareto_front
+    from efflab.check.pareto import pareto_probes, reference_front
+    for p in pareto_probes():  # the check's reference agrees with the lesson's own function
+        df = pd.DataFrame({"c": p["costs"], "q": p["qualities"]})
+        assert sorted(pareto_front(df, "c", "q").index) == reference_front(p["costs"], p["qualities"])
+    assert check.pareto(_front)
+    assert "strict" in _hint_of(check.pareto(_front_non_strict))
+    assert "lower is better" in _hint_of(check.pareto(lambda c, q: _front(c, [-x for x in q])))
+    assert "every point" in _hint_of(check.pareto(lambda c, q: range(len(c))))
+
+
+def test_request_latency_is_the_step_not_one_over_throughput():
+    rec = {"workload": "decode", "latency_ms": {"median": 8.0}, "knobs": {"batch_size": 4},
+           "throughput": {"tokens_per_s": 4 / 0.008}}
+    assert check.request_latency(8.0, record=rec)
+    assert "shares a step" in _hint_of(check.request_latency(2.0, record=rec))
+    assert "every step" in _hint_of(check.request_latency(32.0, record=rec))
+    assert "milliseconds" in _hint_of(check.request_latency(0.008, record=rec))
+    assert check.request_latency(8.0, record={**rec, "workload": "train"}).status == "error"

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number
+from efflab.check.core import Verdict, exercise, number, probe_outputs
 
 PROBE_SEED = 4
 BLOCK = 7
@@ -131,3 +131,55 @@ def _judge_online_softmax(ev: dict) -> Verdict:
     return Verdict(True, expected=expected,
                    got=f"all {len(cases)} rows match, in blocks of {BLOCK}, with scores up to "
                        f"{max(abs(x) for s, _ in cases for x in s):.0f}")
+
+
+# ----------------------------------------------------------------------------- score memory
+
+SCORE_SEED = 41
+
+
+def score_probes(seed: int = SCORE_SEED) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"B": rng.choice((1, 2, 8)), "h": rng.choice((1, 4, 12)),
+             "T": rng.choice((128, 1000, 2048, 4096)), "bytes_per_value": rng.choice((4, 2))}
+            for _ in range(8)]
+
+
+@exercise("score_bytes", points=1, topic="attention")
+def score_bytes(fn):
+    """``fn(B, h, T, bytes_per_value) -> bytes`` of one (B, h, T, T) attention score matrix."""
+    return {"outputs": probe_outputs(fn, score_probes())}
+
+
+@score_bytes.judge_with
+def _judge_score_bytes(ev: dict) -> Verdict:
+    probes, outs = score_probes(), ev["outputs"]
+    if len(outs) != len(probes):
+        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    expected = f"the bytes of one score matrix, for {len(probes)} shapes"
+    errors = [(p, o["error"]) for p, o in zip(probes, outs) if "error" in o]
+    if errors:
+        return Verdict(False, expected=expected, got=f"{errors[0][0]}: your function raised "
+                       f"{errors[0][1]}", hint="it takes B, h, T, bytes_per_value")
+    got = [number(o["out"]) for o in outs]
+    want = [p["B"] * p["h"] * p["T"] ** 2 * p["bytes_per_value"] for p in probes]
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    if not bad:
+        return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+    slips = [(lambda B, h, T, e: B * h * T * T, "that counts values; multiply by the bytes per value"),
+             (lambda B, h, T, e: B * h * T * e, "every query row scores every key: the matrix is T × T"),
+             (lambda B, h, T, e: B * T * T * e, "each head has its own score matrix"),
+             (lambda B, h, T, e: h * T * T * e, "each sequence in the batch has its own score matrix"),
+             (lambda B, h, T, e: B * h * T * T * e * 8, "bytes, not bits"),
+             (lambda B, h, T, e: B * h * T * T * e / 2, "causal masking does not shrink the stored "
+                                                        "matrix: naive attention stores all T × T scores")]
+    hint = "one score per (sequence, head, query, key)"
+    for f, slip_hint in slips:  # the mistake that explains every probe
+        if all(g == f(p["B"], p["h"], p["T"], p["bytes_per_value"]) for g, p in zip(got, probes)):
+            hint = slip_hint
+            break
+    p, i = probes[bad[0]], bad[0]
+    return Verdict(False, expected=expected,
+                   got=f"B={p['B']}, h={p['h']}, T={p['T']}, {p['bytes_per_value']} bytes per value: "
+                       f"{got[i]:,.0f} bytes ({got[i] / want[i]:.3g}x the right size); "
+                       f"{len(bad)} of {len(probes)} shapes wrong", hint=hint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from efflab.check.core import Verdict, close, exercise, number, ratio_text
+from efflab.check.core import Verdict, close, exercise, judge_number, number, ratio_text
 
 
 def _row(df, batch_size: int):
@@ -52,3 +52,41 @@ def _judge_throughput(ev: dict) -> Verdict:
                            hint=hint)
     return Verdict(False, expected=expected, got=f"{got_text} ({ratio_text(got, truth)})",
                    hint="tokens per step ÷ the step's latency in seconds; tokens per step = B·T")
+
+
+@exercise("saturation", points=1, topic="batching")
+def saturation(answer, df, fraction: float = 0.9):
+    """The smallest measured batch whose throughput reaches ``fraction`` of the best one."""
+    ok = df[df["status"] == "ok"].sort_values("knobs.batch_size")
+    points = [[int(b), number(t)] for b, t in zip(ok["knobs.batch_size"],
+                                                   ok["throughput.tokens_per_s"])]
+    if not points:
+        raise ValueError("the sweep has no successful measurement")
+    return {"answer": int(number(answer)) if number(answer).is_integer() else number(answer),
+            "points": points, "fraction": float(fraction)}
+
+
+@saturation.judge_with
+def _judge_saturation(ev: dict) -> Verdict:
+    pts = sorted((int(b), number(t)) for b, t in ev["points"])
+    frac = number(ev["fraction"])
+    if not pts or not 0 < frac <= 1:
+        raise ValueError("no points, or a fraction outside (0, 1]")
+    best_b, best = max(pts, key=lambda p: p[1])
+    truth = next(b for b, t in pts if t >= frac * best)
+    got = number(ev["answer"])
+    expected = f"the first batch reaching {frac:.0%} of the best measured tokens/s"
+    batches = [b for b, _ in pts]
+    if got == truth:
+        return Verdict(True, expected=expected, got=f"batch {int(got)}")
+    if got not in batches:
+        return Verdict(False, expected=expected, got=f"{got:g}, not a measured batch",
+                       hint=f"answer with one of the batches you measured: {batches}")
+    if got == best_b:
+        hint = (f"batch {int(got)} has the highest throughput; the question is where the curve "
+                f"first comes within {frac:.0%} of it")
+    elif got < truth:
+        hint = f"at that batch throughput is still below {frac:.0%} of the best"
+    else:
+        hint = f"a smaller measured batch already comes within {frac:.0%} of the best"
+    return Verdict(False, expected=expected, got=f"batch {int(got)}", hint=hint)

@@ -278,6 +278,8 @@ class Exercise:
             return {"unanswered": True}
         try:
             ev = self.collect_fn(answer, **given)
+        except Unanswered:
+            return {"unanswered": True}
         except Exception as e:  # the learner's answer or code: report, never crash
             return {"collect_error": f"{type(e).__name__}: {e}"}
         if not isinstance(ev, dict):
@@ -368,3 +370,44 @@ def judge(name: str, evidence: Any) -> Feedback:
                         expected="", got=f"unknown exercise {name!r}",
                         hint=f"known exercises: {', '.join(sorted(REGISTRY))}", status="error")
     return ex.judge(evidence)
+
+
+def judge_number(got: float, truth: float, *, expected: str, unit: str = "",
+                 slips: list[tuple[float, str]] = (), hint: str = "", rel: float = 0.02,
+                 abs_: float = 0.0) -> Verdict:
+    """The verdict on a derived number: within tolerance of ``truth``, or which slip it matches.
+
+    ``slips``: (the value a known mistake gives, the hint for it), tried in order. The reply
+    says how far off the answer is and which way, never the right value.
+    """
+    shown = f"{got:,.6g}{' ' + unit if unit else ''}" if math.isfinite(got) else str(got)
+    if close(got, truth, rel=rel, abs_=abs_):
+        return Verdict(True, expected=expected, got=shown)
+    for value, slip_hint in slips:
+        if value != truth and close(got, value, rel=rel, abs_=abs_):
+            return Verdict(False, expected=expected,
+                           got=f"{shown} ({ratio_text(got, truth)})", hint=slip_hint)
+    return Verdict(False, expected=expected, got=f"{shown} ({ratio_text(got, truth)})", hint=hint)
+
+
+def probe_outputs(fn: Callable, probes: list[dict]) -> list:
+    """Call a learner's ``fn(**probe)`` on each probe; keep each output or the error it raised.
+
+    Returns a list with one entry per probe: ``{"out": <jsonable>}`` or ``{"error": "..."}``.
+    ``None`` from every probe means the function is still the template: raise Unanswered.
+    """
+    if not callable(fn):
+        raise TypeError(f"expected your function, got {type(fn).__name__}")
+    outs = []
+    for p in probes:
+        try:
+            outs.append({"out": to_jsonable(fn(**p))})
+        except Exception as e:  # the learner's code: keep the reason
+            outs.append({"error": f"{type(e).__name__}: {e}"})
+    if outs and all(o.get("out", 0) is None for o in outs):
+        raise Unanswered()
+    return outs
+
+
+class Unanswered(Exception):
+    """Raised by a collect function when the learner's function is still the template."""
