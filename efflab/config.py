@@ -23,6 +23,8 @@ Checkpointing = Literal["none", "blocks", "selective"]
 CHECKPOINTINGS: tuple[str, ...] = get_args(Checkpointing)
 Quantization = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+Compile = Literal["none", "default", "max-autotune"]
+COMPILES: tuple[str, ...] = get_args(Compile)
 GROUP_SIZES = (32, 64, 128, 256)
 
 
@@ -137,7 +139,9 @@ class Knobs:
     ``quantization``: post-training weight formats for inference workloads (``group_size`` for
     int4). ``moe_experts`` > 0 replaces the MLPs by that many experts, each token routed to
     ``moe_top_k`` of them, ``moe_capacity`` the capacity factor, ``moe_balance`` the weight of
-    the load-balancing loss.
+    the load-balancing loss. ``compile``: a run setting — ``torch.compile`` of the model
+    (``"default"`` or ``"max-autotune"``; ``"none"`` is eager), its cold compile time recorded
+    apart from the step time.
     """
 
     batch_size: int = 8
@@ -156,6 +160,7 @@ class Knobs:
     moe_top_k: int = 1
     moe_capacity: float = 1.25
     moe_balance: float = 0.01
+    compile: Compile = "none"
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1, 65536)
@@ -176,6 +181,7 @@ class Knobs:
         _check_int("moe_top_k", self.moe_top_k, 1, 256)
         _check_float("moe_capacity", self.moe_capacity, 0.0, 64.0, lo_open=True)
         _check_float("moe_balance", self.moe_balance, 0.0, 100.0)
+        _check_choice("compile", self.compile, COMPILES)
         # combinations that cannot work, named before any work
         if self.moe_experts and self.moe_top_k > self.moe_experts:
             raise ConfigError("moe_top_k", self.moe_top_k,

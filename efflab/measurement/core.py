@@ -31,6 +31,7 @@ from efflab.measurement.timing import summarize, time_steps
 from efflab.model import build_model
 from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
 from efflab.techniques import apply_techniques, technique_configs
+from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
 from efflab.techniques.attention import interpreted_refusal
 from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast, refusal
 from efflab.workloads import eval_loss, prepare
@@ -64,7 +65,7 @@ def _quality(cfg: ModelConfig, ckpt: str | None, mtime: float, corpus_path: str 
 
 
 def _quality_knobs(knobs: Knobs) -> Knobs:
-    return knobs.replace(workload="eval", batch_size=8, seq_len=None, threads=None,
+    return knobs.replace(workload="eval", batch_size=8, seq_len=None, threads=None, compile="none",
                          gen_tokens=32, attention="sdpa", checkpointing="none",
                          checkpointing_every=1)
 
@@ -130,6 +131,9 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         slow = interpreted_refusal(cfg, knobs.batch_size, T, knobs.workload == "train")
     if slow:
         return {**rec, "status": "refused", "message": slow}
+    why = compile_refusal(CompileConfig(knobs.compile), dev)
+    if why:
+        return {**rec, "status": "refused", "message": why}
     if budget_bytes is not None and predicted["peak_bytes"] > budget_bytes:
         return {**rec, "status": "refused",
                 "message": f"predicted peak {predicted['peak_bytes'] / 2**20:.1f} MiB exceeds the "
@@ -170,7 +174,17 @@ def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, c
     out: dict = {}
     data = load_corpus(corpus)
     model = apply_techniques(load_model(cfg.name, ckpt, knobs.seed, dev), knobs)
-    prep = prepare(knobs.workload, model, data, knobs, dev)
+    compiled = CompileConfig(knobs.compile)
+    prep = prepare(knobs.workload, compile_model(model, compiled), data, knobs, dev)
+    if compiled.enabled:  # the first call compiles: timed on its own, never as a step
+        t0 = time.perf_counter()
+        prep.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        out["compile"] = {"mode": knobs.compile, "backend": "inductor",
+                          "cold_s": time.perf_counter() - t0,
+                          "note": "first call: tracing + code generation (+ the step itself); "
+                                  "a warm disk cache makes it shorter"}
 
     # 1) timing, with energy read around exactly the timed steps
     meter = EnergyMeter(dev)
@@ -193,6 +207,9 @@ def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, c
     # 2) memory by category: a separate, tracked step (tracking is slow; never timed)
     if memory:
         mem = measure_memory(prep.step, model, prep.optimizer, prep.tagged, prep.inputs)
+        if compiled.enabled:
+            mem["note"] = ("tracked on the eager path: the tracker's dispatch mode makes "
+                           "torch.compile fall back to eager")
         if dev == "cuda":
             torch.cuda.reset_peak_memory_stats()
             prep.step()
