@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -78,6 +78,15 @@ class DataParallelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataParallelConfig:
+        """From a job's JSON; an unknown setting raises ConfigError naming the known ones."""
+        names = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ConfigError("config", k, "one of " + ", ".join(sorted(names)))
+        return cls(**d)
 
 
 # ----------------------------------------------------------------------------- formulas

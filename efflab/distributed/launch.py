@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from efflab.config import ConfigError
+from efflab.distributed.ddp import DataParallelConfig
 from efflab.distributed.worker import PROGRESS_PREFIX, TASKS
+from efflab.distributed.zero import ShardingConfig
 from efflab.measurement.hardware import RefusedError
 from efflab.store import Store, config_key
 
@@ -200,13 +202,23 @@ def print_progress(event: dict) -> None:
         print(f"sharding: {event['done']} layouts counted", flush=True)
 
 
-def _check_jobs(jobs: list[dict]) -> None:
+def _check_jobs(jobs: list[dict], nproc: int) -> None:
+    """Every job's settings validated here, before any process starts (ConfigError)."""
     if not isinstance(jobs, list) or not jobs:
         raise ConfigError("jobs", jobs, "a non-empty list of job dicts")
     for j in jobs:
         if not isinstance(j, dict) or j.get("task") not in TASKS:
             raise ConfigError("jobs[].task", j.get("task") if isinstance(j, dict) else j,
                               "one of " + ", ".join(map(repr, TASKS)))
+        if j["task"] == "ddp":
+            DataParallelConfig.from_dict(j.get("config", {})).local_batch(nproc)
+        elif j["task"] == "sharding":
+            ShardingConfig.from_dict(j.get("config", {}))
+        else:
+            sizes = j.get("sizes")
+            if not (isinstance(sizes, list) and sizes
+                    and all(isinstance(n, int) and n >= 4 for n in sizes)):
+                raise ConfigError("jobs[].sizes", sizes, "a non-empty list of byte counts >= 4")
 
 
 def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: float = 300.0,
@@ -220,9 +232,9 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     log's tail and any rank's error — when the program fails or exceeds ``timeout_s``; the
     records the ranks finished before that are still appended to ``store``.
     """
-    _check_jobs(jobs)
     if not (isinstance(nproc, int) and nproc >= 1):
         raise ConfigError("nproc", nproc, "an integer >= 1")
+    _check_jobs(jobs, nproc)
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, "one of " + ", ".join(map(repr, BACKENDS)))
     cores = os.cpu_count() or 1

@@ -75,7 +75,7 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str) -> tupl
                   "median_ms": med * 1e3}, rank)
         return knobs, {"sizes": rows}
     if task == "ddp":
-        cfg = DataParallelConfig(**job.get("config", {}))
+        cfg = DataParallelConfig.from_dict(job.get("config", {}))
         every = max(1, cfg.steps // 4)
 
         def on_step(i, loss):
@@ -85,8 +85,7 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str) -> tupl
 
         return cfg.to_dict(), train_data_parallel(cfg, rank, world, device, on_step)
     if task == "sharding":
-        cfg = ShardingConfig(**{k: tuple(v) if k == "shardings" else v
-                                for k, v in job.get("config", {}).items()})
+        cfg = ShardingConfig.from_dict(job.get("config", {}))
         rows = sharded_state(cfg, rank, world, backend, device)
         emit({"task": task, "done": len(rows), "of": len(rows)}, rank)
         return cfg.to_dict(), {"shardings": rows}

@@ -25,7 +25,7 @@ Activations do not depend on sharding (they depend on the per-rank batch) and ar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, get_args
 
 from efflab.config import ConfigError, get_preset
@@ -95,6 +95,15 @@ class ShardingConfig:
         d = asdict(self)
         d["shardings"] = list(self.shardings)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ShardingConfig:
+        """From a job's JSON (``shardings`` as a list); unknown settings raise ConfigError."""
+        names = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ConfigError("config", k, "one of " + ", ".join(sorted(names)))
+        return cls(**{k: tuple(v) if k == "shardings" else v for k, v in d.items()})
 
 
 def _local(t):
