@@ -37,6 +37,7 @@ from efflab.measurement import SCHEMA, measure
 from efflab.measurement.hardware import calibrate
 from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.model import sample
+from efflab.predictions import predict
 from efflab.store import Store, results
 from efflab.sweeping import sweep
 from efflab.techniques import build
@@ -50,6 +51,10 @@ def __getattr__(name):  # the lab panel pulls in ipywidgets and altair: load it 
         from efflab.lab import Lab
 
         return Lab
+    if name == "compare_prediction":  # a chart: altair loads on first use, like Lab
+        from efflab.viz.predictions import compare_prediction
+
+        return compare_prediction
     raise AttributeError(f"module 'efflab' has no attribute {name!r}")
 
 
@@ -58,4 +63,4 @@ __all__ = ["PRESETS", "ConfigError", "Knobs", "ModelConfig", "get_preset", "SCHE
            "training_record", "sample", "explain", "batching_table", "saturation",
            "largest_batch", "predict_memory", "check", "train_curves", "curve_gaps",
            "pareto_front", "best_under_budget", "technique_table", "compare_gradients",
-           "build", "add_costs", "budget_answer", "__version__"]
+           "build", "add_costs", "budget_answer", "predict", "compare_prediction", "__version__"]
