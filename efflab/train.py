@@ -187,13 +187,14 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
                 load = _expert_load(model)
                 if load:
                     row["expert_load"] = load
+                    row["dropped"] = dropped_tokens(model)  # per layer, over capacity
             emit(row)
     return pd.DataFrame(rows)
 
 
 def _expert_load(model) -> list | None:
     try:
-        from efflab.techniques.moe import expert_load
+        from efflab.techniques.moe import dropped_tokens, expert_load
     except ImportError:
         return None
     load = expert_load(model)
