@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK ?= notebooks/00_tour.ipynb
 
-.PHONY: setup lab test report weights benchmarks lint clean
+.PHONY: setup lab test test-browser report weights benchmarks lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# every lesson in JupyterLab + Chromium (make test runs two of them)
+test-browser: $(STAMP)
+	EFFLAB_BROWSER_NOTEBOOKS=all $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_browser.py
 
 report: $(STAMP)
 	$(BIN)/efflab report --out reports
