@@ -440,3 +440,21 @@ def test_request_latency_is_the_step_not_one_over_throughput():
     assert "every step" in _hint_of(check.request_latency(32.0, record=rec))
     assert "milliseconds" in _hint_of(check.request_latency(0.008, record=rec))
     assert check.request_latency(8.0, record={**rec, "workload": "train"}).status == "error"
+
+
+# -- hidden checks: the same exercise on other probes ----------------------------------------
+
+REFERENCE_SOLUTIONS = {
+    "online_softmax": _good_update, "bf16_round": _bf16_frexp, "kept_activations": _kept,
+    "score_bytes": lambda B, h, T, bytes_per_value: B * h * T * T * bytes_per_value,
+    "group_quantize": _qdq, "route": _route, "balance_loss": _balance, "pareto": _front,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SOLUTIONS))
+def test_probe_checks_take_a_seed_and_the_judge_regenerates_from_it(name):
+    ex = check.REGISTRY[name]
+    ev = ex.collect(REFERENCE_SOLUTIONS[name], seed=1234)
+    assert ev["seed"] == 1234 and check.judge(name, ev)
+    assert not check.judge(name, {**ev, "seed": 99})  # outputs of other probes do not pass
+    assert check.judge(name, {**ev, "seed": "x"}).status == "error"

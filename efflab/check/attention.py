@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs
+from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
 
 PROBE_SEED = 4
 BLOCK = 7
@@ -39,7 +39,7 @@ def _floats(x) -> list[float]:
 
 
 @exercise("online_softmax", points=2, topic="attention")
-def online_softmax(update):
+def online_softmax(update, seed: int = PROBE_SEED):
     """``update(m, l, acc, scores, v) -> (m, l, acc)``: one online-softmax step per key block.
 
     The check feeds seeded score/value blocks (float64) through the learner's function and
@@ -48,7 +48,7 @@ def online_softmax(update):
     if not callable(update):
         raise TypeError(f"expected your update function, got {type(update).__name__}")
     trials = []
-    for scores, values in probes():
+    for scores, values in probes(seed):
         s, v = torch.tensor(scores, dtype=torch.float64), torch.tensor(values, dtype=torch.float64)
         m = torch.tensor(float("-inf"), dtype=torch.float64)  # ()
         lsum = torch.tensor(0.0, dtype=torch.float64)  # ()
@@ -65,7 +65,7 @@ def online_softmax(update):
             trials.append({"error": f"{type(e).__name__}: {e}"})
             continue
         trials.append({"m": ms, "l": _floats(lsum)[0], "acc": _floats(acc)})
-    return {"seed": PROBE_SEED, "block": BLOCK, "trials": trials}
+    return {"seed": int(seed), "block": BLOCK, "trials": trials}
 
 
 def _reference(scores, values):
@@ -83,7 +83,7 @@ def _reference(scores, values):
 @online_softmax.judge_with
 def _judge_online_softmax(ev: dict) -> Verdict:
     trials = ev["trials"]
-    cases = probes(PROBE_SEED)  # the judge's own probes, not the evidence's say-so
+    cases = probes(seed_of(ev, PROBE_SEED))  # the judge's own probes from the seed
     if len(trials) != len(cases):
         raise ValueError(f"{len(trials)} trials in the evidence, {len(cases)} expected")
     expected = f"acc / l = softmax · V and m = the running maximum, on {len(cases)} rows"
@@ -146,14 +146,14 @@ def score_probes(seed: int = SCORE_SEED) -> list[dict]:
 
 
 @exercise("score_bytes", points=1, topic="attention")
-def score_bytes(fn):
+def score_bytes(fn, seed: int = SCORE_SEED):
     """``fn(B, h, T, bytes_per_value) -> bytes`` of one (B, h, T, T) attention score matrix."""
-    return {"outputs": probe_outputs(fn, score_probes())}
+    return {"seed": int(seed), "outputs": probe_outputs(fn, score_probes(seed))}
 
 
 @score_bytes.judge_with
 def _judge_score_bytes(ev: dict) -> Verdict:
-    probes, outs = score_probes(), ev["outputs"]
+    probes, outs = score_probes(seed_of(ev, SCORE_SEED)), ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
     expected = f"the bytes of one score matrix, for {len(probes)} shapes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs
+from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
 from efflab.techniques.checkpointing import CheckpointConfig, activation_breakdown
 
 PROBE_SEED = 3
@@ -31,14 +31,14 @@ def reference_kept_bytes(B: int, T: int, C: int, n_layer: int, mode: str,
 
 
 @exercise("kept_activations", points=2, topic="checkpointing")
-def kept_activations(fn):
+def kept_activations(fn, seed: int = PROBE_SEED):
     """``fn(B, T, C, n_layer, mode, bytes_per_value) -> bytes`` the blocks keep for backward."""
-    return {"outputs": probe_outputs(fn, kept_probes())}
+    return {"seed": int(seed), "outputs": probe_outputs(fn, kept_probes(seed))}
 
 
 @kept_activations.judge_with
 def _judge_kept(ev: dict) -> Verdict:
-    probes = kept_probes()
+    probes = kept_probes(seed_of(ev, PROBE_SEED))
     outs = ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")

@@ -411,3 +411,11 @@ def probe_outputs(fn: Callable, probes: list[dict]) -> list:
 
 class Unanswered(Exception):
     """Raised by a collect function when the learner's function is still the template."""
+
+
+def seed_of(evidence: dict, default: int) -> int:
+    """The probe seed an evidence was collected with (a hidden check may use another one)."""
+    seed = evidence.get("seed", default)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise EvidenceError(f"seed={seed!r}: expected an integer in [0, 2^31)")
+    return seed

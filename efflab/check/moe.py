@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs
+from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
 from efflab.techniques.moe import MoEConfig
 
 PROBE_SEED = 6
@@ -41,13 +41,13 @@ def reference_route(probs: torch.Tensor, capacity_factor: float) -> list[int]:
 
 
 @exercise("route", points=2, topic="moe")
-def route(fn):
+def route(fn, seed: int = PROBE_SEED):
     """``fn(probs, capacity_factor) -> expert per token (-1 = dropped)``: top-1 routing where
     each expert takes at most ceil(capacity_factor · N / E) tokens, earlier tokens first."""
     outs = probe_outputs(lambda probs, capacity_factor: [
         int(v) for v in torch.as_tensor(fn(probs.clone(), capacity_factor)).reshape(-1).tolist()],
-        route_probes())
-    return {"outputs": outs}
+        route_probes(seed))
+    return {"seed": int(seed), "outputs": outs}
 
 
 def _variant(probs, cf, slots_fn, reverse=False):
@@ -68,7 +68,7 @@ def _variant(probs, cf, slots_fn, reverse=False):
 
 @route.judge_with
 def _judge_route(ev: dict) -> Verdict:
-    probes, outs = route_probes(), ev["outputs"]
+    probes, outs = route_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
     expected = f"each token's expert (or -1 when dropped) for {len(probes)} routers"
@@ -115,15 +115,15 @@ def reference_balance_loss(probs: torch.Tensor) -> float:
 
 
 @exercise("balance_loss", points=1, topic="moe")
-def balance_loss(fn):
+def balance_loss(fn, seed: int = PROBE_SEED):
     """``fn(probs) -> float``: the load-balancing loss E · Σ f_i · P_i of a top-1 router."""
-    outs = probe_outputs(lambda probs, capacity_factor: float(fn(probs.clone())), route_probes())
-    return {"outputs": outs}
+    outs = probe_outputs(lambda probs, capacity_factor: float(fn(probs.clone())), route_probes(seed))
+    return {"seed": int(seed), "outputs": outs}
 
 
 @balance_loss.judge_with
 def _judge_balance(ev: dict) -> Verdict:
-    probes, outs = route_probes(), ev["outputs"]
+    probes, outs = route_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
     expected = f"E · Σ f_i·P_i for {len(probes)} routers, within 1e-4"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs
+from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
 
 PROBE_SEED = 7
 
@@ -32,12 +32,12 @@ def reference_front(costs: list[float], qualities: list[float]) -> list[int]:
 
 
 @exercise("pareto", points=2, topic="pareto")
-def pareto(fn):
+def pareto(fn, seed: int = PROBE_SEED):
     """``fn(costs, qualities) -> indices`` of the points on the frontier (lower is better on
     both: no other point is at least as good on both and strictly better on one)."""
     outs = probe_outputs(lambda costs, qualities: sorted(int(i) for i in fn(list(costs), list(qualities))),
-                         pareto_probes())
-    return {"outputs": outs}
+                         pareto_probes(seed))
+    return {"seed": int(seed), "outputs": outs}
 
 
 def _sweep_front(costs, qualities, strict=True):
@@ -52,7 +52,7 @@ def _sweep_front(costs, qualities, strict=True):
 
 @pareto.judge_with
 def _judge_pareto(ev: dict) -> Verdict:
-    probes, outs = pareto_probes(), ev["outputs"]
+    probes, outs = pareto_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
     expected = f"the non-dominated points of {len(probes)} point clouds"

@@ -6,7 +6,7 @@ import math
 import random
 import struct
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs
+from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
 from efflab.techniques.precision import PrecisionConfig
 
 CATEGORIES = ("parameters", "gradients", "optimizer")
@@ -111,15 +111,15 @@ def bf16_probes(seed: int = PROBE_SEED) -> list[float]:
 
 
 @exercise("bf16_round", points=2, topic="precision")
-def bf16_round(fn):
+def bf16_round(fn, seed: int = PROBE_SEED):
     """``fn(x: float) -> float``: ``x`` rounded to the nearest bfloat16 value (ties to even)."""
-    outs = probe_outputs(lambda x: float(fn(x)), [{"x": x} for x in bf16_probes()])
-    return {"outputs": outs}
+    outs = probe_outputs(lambda x: float(fn(x)), [{"x": x} for x in bf16_probes(seed)])
+    return {"seed": int(seed), "outputs": outs}
 
 
 @bf16_round.judge_with
 def _judge_bf16_round(ev: dict) -> Verdict:
-    xs = bf16_probes()
+    xs = bf16_probes(seed_of(ev, PROBE_SEED))
     outs = ev["outputs"]
     if len(outs) != len(xs):
         raise ValueError(f"{len(outs)} outputs for {len(xs)} probes")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs
+from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
 from efflab.techniques.quantization import sqnr_db
 
 PROBE_SEED = 5
@@ -49,18 +49,18 @@ def _levels(values: list[float]) -> tuple[int, float]:
 
 
 @exercise("group_quantize", points=2, topic="quantization")
-def group_quantize(fn):
+def group_quantize(fn, seed: int = PROBE_SEED):
     """``fn(w, bits, group_size) -> w_hat``: quantize each group of ``group_size`` consecutive
     inputs of a row to ``bits``-bit codes with its own scale, and dequantize back (same shape)."""
-    probes = quant_probes()
+    probes = quant_probes(seed)
     outs = probe_outputs(lambda **p: torch.as_tensor(fn(p["w"].clone(), p["bits"], p["group_size"]))
                          .double().tolist(), probes)
-    return {"outputs": outs}
+    return {"seed": int(seed), "outputs": outs}
 
 
 @group_quantize.judge_with
 def _judge_group_quantize(ev: dict) -> Verdict:
-    probes, outs = quant_probes(), ev["outputs"]
+    probes, outs = quant_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
     if len(outs) != len(probes):
         raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
     expected = (f"≤ 2^bits levels per group and an SQNR within {SQNR_SLACK_DB:g} dB of "
