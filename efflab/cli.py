@@ -14,6 +14,7 @@ import sys
 from efflab.weights import WeightsError
 from efflab.config import PRESETS, ConfigError, Knobs, knob_fields
 from efflab.data import CorpusError
+from efflab.grading.cli import add_commands as add_course_commands
 from efflab.measurement.hardware import RefusedError
 
 
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets and where they run")
     p.set_defaults(func=cmd_presets)
+
+    add_course_commands(sub)  # assign, submit, grade, class-results
     return ap
 
 

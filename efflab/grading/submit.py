@@ -178,9 +178,13 @@ class Submission:
     notebook: nbformat.NotebookNode | None = None
     name: str = ""  # the notebook's file name
     manifest: dict = field(default_factory=dict)
-    records: list = field(default_factory=list)
+    tables: dict = field(default_factory=dict)  # store table -> rows (records, predictions ...)
     machine: dict = field(default_factory=dict)
     problem: str | None = None
+
+    @property
+    def records(self) -> list:
+        return self.tables.get("records", [])
 
     @property
     def assignment(self) -> str | None:
@@ -244,7 +248,9 @@ def _open_zip(sub: Submission, data: bytes) -> Submission:
         sub.notebook = read_notebook(nb_bytes or b"")
     except ValueError as e:
         sub.problem = f"malformed notebook {name}: {e}"
-    sub.records = _jsonl(read("store/records.jsonl") or b"")
+    for member in sorted(names):
+        if member.startswith("store/") and member.endswith(".jsonl") and member.count("/") == 1:
+            sub.tables[member[len("store/"):-len(".jsonl")]] = _jsonl(read(member) or b"")
     try:
         machine = json.loads(read("machine.json") or b"{}")
         sub.machine = machine if isinstance(machine, dict) else {}
