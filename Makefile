@@ -10,7 +10,7 @@ NOTEBOOK ?= notebooks/00_tour.ipynb
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,class]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (efflab)" >/dev/null
 	touch $(STAMP)
 
