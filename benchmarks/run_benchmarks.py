@@ -150,7 +150,7 @@ def bench_checkpointing(cal: dict, batch_size: int = 8) -> None:
 
 def bench_attention_memory() -> None:
     """Peak memory of one attention forward+backward, naive vs sdpa, at T = 1024."""
-    from efflab.techniques.attention import attention_memory_sweep
+    from efflab.measurement.memory import attention_memory_sweep
 
     df = attention_memory_sweep([256, 512, 1024], impls=("naive", "sdpa"))
     at = df[df["T"] == 1024].set_index("impl")

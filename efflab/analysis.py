@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 
 
@@ -17,9 +20,18 @@ def calibration_table(cal: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).round(2)
 
 
+def _marked(df: pd.DataFrame, column: str) -> pd.Series:
+    """A record flag as booleans (``reused``, ``latency_ms.noisy``): True only where the record
+    says True; records without the flag are False."""
+    if column not in df.columns:
+        return pd.Series(False, index=df.index, dtype=bool)
+    return df[column].eq(True).astype(bool)
+
+
 def batching_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per batch size: latency, B·T/latency beside measured tokens/s, gain vs the smallest batch,
-    arithmetic intensity, MFU and peak memory. Failed points keep their status."""
+    arithmetic intensity, MFU and peak memory; ``reused`` (taken from the store, not measured
+    now) and ``noisy`` (the timing was flagged unstable). Failed points keep their status."""
     ok = df[df["status"] == "ok"].sort_values("knobs.batch_size")
     if ok.empty:
         return df[["knobs.batch_size", "status", "message"]]
@@ -30,6 +42,8 @@ def batching_table(df: pd.DataFrame) -> pd.DataFrame:
         "latency ms (median)": ok["latency_ms.median"],
         "p25–p75 ms": [f"{a:.2f}–{b:.2f}" for a, b in zip(ok["latency_ms.p25"], ok["latency_ms.p75"])],
         "n": ok["latency_ms.n"],
+        "noisy": _marked(ok, "latency_ms.noisy"),
+        "reused": _marked(ok, "reused"),
         "B·T / latency": ok["throughput.tokens_per_step"] / lat_s,
         "tokens/s measured": tps,
         "gain vs smallest B": tps / tps.iloc[0],
@@ -107,12 +121,14 @@ def curve_gaps(curves: pd.DataFrame, reference: str = "fp32") -> str:
 def technique_table(df: pd.DataFrame, knob: str) -> pd.DataFrame:
     """One row per value of ``knob`` (a technique toggle): status, step latency with spread,
     slowdown against the first row, tokens/s, measured vs predicted peak memory, the largest
-    activation footprint, and quality. Refused or failed rows keep their message."""
+    activation footprint, and quality; ``reused`` (taken from the store, not measured now) and
+    ``noisy`` (the timing was flagged unstable). Refused or failed rows keep their message."""
     col = f"knobs.{knob}"
     rows = []
     base = None
-    for _, r in df.iterrows():
-        row = {knob: r[col], "status": r["status"]}
+    reused, noisy = _marked(df, "reused"), _marked(df, "latency_ms.noisy")
+    for i, r in df.iterrows():
+        row = {knob: r[col], "status": r["status"], "reused": bool(reused[i])}
         if r["status"] != "ok":
             row["message"] = r.get("message")
             rows.append(row)
@@ -123,6 +139,7 @@ def technique_table(df: pd.DataFrame, knob: str) -> pd.DataFrame:
             "latency ms": lat,
             "p25–p75 ms": f"{r['latency_ms.p25']:.2f}–{r['latency_ms.p75']:.2f}",
             "n": r["latency_ms.n"],
+            "noisy": bool(noisy[i]),
             "× first": lat / base,
             "tokens/s": r["throughput.tokens_per_s"],
             "peak MiB": r.get("memory.peak_bytes", float("nan")) / 2**20,
@@ -157,3 +174,36 @@ def budget_answer(best: pd.DataFrame, cost: str, budget: float,
     r = best.iloc[0]
     return (f"**Best under {cost} ≤ {budget:g}:** `{r['config']}` — {cost} {r[cost]:.3f}, "
             f"{quality} {r[quality]:.4f}.")
+
+
+def quality_difference(a: dict, b: dict) -> dict:
+    """How much worse record ``b``'s held-out loss is than record ``a``'s, with a 95% interval,
+    and whether the difference is inside the noise (the interval contains 0).
+
+    When both were evaluated on the same windows (same corpus, context and count) the
+    comparison is paired, window by window — it resolves differences far smaller than either
+    value's own interval; otherwise the two intervals are combined (unpaired, wider).
+    Returns ``{"diff": nats, "ci95": nats, "relative": diff / a's loss, "paired": bool,
+    "inside_noise": bool, "verdict": one sentence}``.
+    """
+    qa, qb = a.get("quality") or {}, b.get("quality") or {}
+    if qa.get("val_loss") is None or qb.get("val_loss") is None:
+        raise ValueError("both records need a measured quality (val_loss)")
+    wa, wb = qa.get("window_losses"), qb.get("window_losses")
+    same = (wa is not None and wb is not None and len(wa) == len(wb) > 1
+            and qa.get("seq_len") == qb.get("seq_len")
+            and (a.get("context") or {}).get("corpus") == (b.get("context") or {}).get("corpus"))
+    if same:
+        d = np.asarray(wb, dtype=np.float64) - np.asarray(wa, dtype=np.float64)
+        diff, half = float(d.mean()), 1.96 * float(d.std(ddof=1)) / math.sqrt(d.size)
+    else:
+        diff = float(qb["val_loss"] - qa["val_loss"])
+        half = math.hypot(qa.get("val_loss_ci95") or 0.0, qb.get("val_loss_ci95") or 0.0)
+    rel = diff / qa["val_loss"]
+    inside = abs(diff) <= half
+    how = "paired, same windows" if same else "unpaired"
+    verdict = (f"{rel:+.2%} ({diff:+.4f} ± {half:.4f} nats, 95%, {how}): "
+               + ("inside the noise — no measurable difference" if inside
+                  else ("measurably worse" if diff > 0 else "measurably better")))
+    return {"diff": diff, "ci95": half, "relative": rel, "paired": same,
+            "inside_noise": inside, "verdict": verdict}

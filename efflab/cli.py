@@ -11,55 +11,40 @@ import argparse
 import json
 import sys
 
-from efflab.weights import WeightsError
-from efflab.config import PRESETS, ConfigError, Knobs, knob_fields
+import torch
+
+from efflab.config import PRESETS, ConfigError, Knobs, knob_fields, parse_knob, parse_vary
 from efflab.data import CorpusError
 from efflab.grading.cli import add_commands as add_course_commands
-from efflab.measurement.hardware import RefusedError
-
-
-def _int_or_auto(text: str):
-    if text in ("auto", "none", "None"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+from efflab.measurement import measure
+from efflab.measurement.hardware import RefusedError, calibrate
+from efflab.report import build_report
+from efflab.store import Store, results
+from efflab.sweeping import sweep
+from efflab.train import train
+from efflab.weights import WeightsError
 
 
 def _add_knob_flags(p: argparse.ArgumentParser) -> None:
     for f in knob_fields():
         flag = "--" + f["name"].replace("_", "-")
-        if f["choices"]:
-            p.add_argument(flag, dest=f["name"], choices=f["choices"], default=None,
-                           help=f"default {f['default']!r}")
-        else:
-            p.add_argument(flag, dest=f["name"], type=_int_or_auto, default=None,
-                           help=f"default {f['default'] if f['default'] is not None else 'auto'}")
+        shown = f"one of {', '.join(map(str, f['choices']))}; " if f["choices"] else ""
+        default = f["default"] if f["default"] is not None else "auto"
+        p.add_argument(flag, dest=f["name"], default=None, metavar="VALUE",
+                       help=f"{shown}default {default}")
 
 
 def _knobs_from(args) -> Knobs:
-    given = {f["name"]: getattr(args, f["name"]) for f in knob_fields()
+    """Knobs from the flags given; each value read by ``config.parse_knob`` (ConfigError on
+    bad text, which ``main`` turns into one line and exit status 2)."""
+    given = {f["name"]: parse_knob(f["name"], getattr(args, f["name"])) for f in knob_fields()
              if getattr(args, f["name"], None) is not None}
     return Knobs(**given)
 
 
 def _parse_vary(items: list[str]) -> dict[str, list]:
-    """``["batch_size=1,2,4"]`` -> ``{"batch_size": [1, 2, 4]}`` (ints where they parse)."""
-    vary: dict[str, list] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError("--vary", item, "NAME=V1,V2,... e.g. batch_size=1,2,4,8")
-        name, values = item.split("=", 1)
-        parsed = []
-        for v in values.split(","):
-            v = v.strip()
-            try:
-                parsed.append(int(v))
-            except ValueError:
-                parsed.append(None if v in ("auto", "none") else v)
-        vary[name.strip().replace("-", "_")] = parsed
-    return vary
+    """``["batch_size=1,2,4"]`` -> ``{"batch_size": [1, 2, 4]}``."""
+    return dict(parse_vary(item) for item in items)
 
 
 def _budget(args) -> int | None:
@@ -78,8 +63,6 @@ def _summary(rec: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from efflab.train import train
-
     if args.steps is None and args.minutes is None:
         args.steps = 1000
     rec = train(args.preset, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
@@ -93,9 +76,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from efflab.measurement import measure
-    from efflab.store import Store
-
     rec = measure(_knobs_from(args), preset=args.preset, corpus=args.corpus,
                   weights=args.weights, budget_bytes=_budget(args), target_s=args.target_s)
     if args.store:
@@ -105,8 +85,6 @@ def cmd_measure(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from efflab.sweeping import sweep
-
     vary = _parse_vary(args.vary)
     df = sweep(_knobs_from(args), vary, preset=args.preset, store=args.store,
                budget_bytes=_budget(args), weights=args.weights, corpus=args.corpus,
@@ -119,8 +97,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from efflab.measurement.hardware import calibrate
-
     cal = calibrate(force=args.force)
     if args.json:
         print(json.dumps(cal, indent=1))
@@ -133,8 +109,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from efflab.store import results
-
     df = results(args.store, sweep=args.name)
     if args.csv:
         df.to_csv(args.csv, index=False)
@@ -150,16 +124,12 @@ def cmd_results(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from efflab.report import build_report
-
     index = build_report(args.out, smoke=args.smoke)
     print(f"wrote {index}")
     return 0
 
 
 def cmd_presets(args) -> int:
-    import torch
-
     for name, cfg in PRESETS.items():
         where = "GPU" if cfg.needs_gpu else "CPU or GPU"
         usable = "" if (not cfg.needs_gpu or torch.cuda.is_available()) else "  (refused here: no GPU)"

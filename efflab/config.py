@@ -71,6 +71,9 @@ class ModelConfig:
     block_size: int  # the longest context the position table covers
     vocab_size: int = 256
     needs_gpu: bool = False  # presets too large for a laptop CPU are refused there
+    # key/value heads: n_head = multi-head (MHA), 1 = multi-query (MQA), between = grouped-query
+    # (GQA, n_head // n_kv_head query heads share one key/value head). None means n_head.
+    n_kv_head: int | None = None
 
     def __post_init__(self):
         _check_int("n_layer", self.n_layer, 1)
@@ -80,6 +83,27 @@ class ModelConfig:
         _check_int("vocab_size", self.vocab_size, 2)
         if self.n_embd % self.n_head:
             raise ConfigError("n_embd", self.n_embd, f"a multiple of n_head={self.n_head}")
+        if self.n_kv_head is not None:
+            _check_int("n_kv_head", self.n_kv_head, 1, self.n_head)
+            if self.n_head % self.n_kv_head:
+                divisors = [d for d in range(1, self.n_head + 1) if self.n_head % d == 0]
+                raise ConfigError("n_kv_head", self.n_kv_head,
+                                  f"a divisor of n_head={self.n_head}: one of {divisors}")
+            if self.n_kv_head == self.n_head:  # plain multi-head: one spelling, equal configs
+                object.__setattr__(self, "n_kv_head", None)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually stored: ``n_kv_head``, or ``n_head`` when that is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    def kv_cache_bytes(self, batch_size: int, positions: int, bytes_per_el: int = 4) -> int:
+        """Bytes of a KV cache: 2 (K and V) · layers · kv heads · head size · bytes · positions · batch.
+
+        Grouped-query / multi-query attention shrink it by n_head / n_kv_head; nothing else does.
+        """
+        return (2 * self.n_layer * self.kv_heads * self.head_dim * bytes_per_el
+                * positions * batch_size)
 
     @property
     def head_dim(self) -> int:
@@ -88,9 +112,10 @@ class ModelConfig:
     def n_params(self, include_embeddings: bool = True) -> int:
         """Parameter count from the shape alone (matches ``GPT.num_params``)."""
         d, L = self.n_embd, self.n_layer
+        kv = self.kv_heads * self.head_dim  # width of the keys (and of the values)
         per_block = (
             2 * 2 * d  # two LayerNorms (weight + bias)
-            + d * 3 * d + 3 * d  # qkv projection
+            + d * (d + 2 * kv) + (d + 2 * kv)  # q, k, v projection (k, v: kv heads only)
             + d * d + d  # attention output projection
             + d * 4 * d + 4 * d  # MLP up
             + 4 * d * d + d  # MLP down
@@ -130,7 +155,8 @@ class Knobs:
     """The toggles a learner flips: run settings, then the techniques that transform the model.
 
     ``seq_len=None`` means the preset's full context (for ``decode``: the prompt that leaves
-    room for ``gen_tokens``). ``threads=None`` means every core.
+    room for ``gen_tokens``). ``threads=None`` means every CPU this process may use (its affinity
+    mask and any cgroup CPU quota: a container limited to 2 CPUs runs 2 threads).
     ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
     ``precision``: fp32, autocast bf16 / fp16 (with loss scaling), or bf16-pure weights.
     ``attention``: naive (materialises T×T), sdpa (PyTorch's fused kernel), triton (efflab's).
@@ -207,15 +233,6 @@ class Knobs:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Knobs:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            k = sorted(unknown)[0]
-            raise ConfigError("knob", k, "one of " + ", ".join(sorted(names)))
-        return cls(**d)
-
     def resolve_seq_len(self, cfg: ModelConfig) -> int:
         """The context length this run uses, checked against the preset's position table."""
         if self.seq_len is not None:
@@ -246,5 +263,50 @@ def knob_fields() -> list[dict]:
     return out
 
 
+_NONE_WORDS = ("auto", "none", "None", "")
+
+
+def parse_knob(name: str, text: str):
+    """The value of knob ``name`` written as ``text`` (a command-line flag, a text box):
+    ``"8"`` -> 8 for an integer knob, ``"1.5"`` -> 1.5 for a number, ``"auto"``/``"none"`` ->
+    None where the knob may be unset, a choice as itself. The one parser from text to a knob
+    value: the CLI and the Lab panel both use it. Raises ConfigError naming the knob, the text
+    and what it must be; the range of the value is then checked by ``Knobs``."""
+    hints = typing.get_type_hints(Knobs)
+    if name not in hints:
+        raise ConfigError("knob", name, "one of " + ", ".join(f.name for f in dataclasses.fields(Knobs)))
+    hint = hints[name]
+    text = str(text).strip()
+    args = get_args(hint)
+    optional = type(None) in args
+    if optional and text in _NONE_WORDS:
+        return None
+    if typing.get_origin(hint) is Literal:
+        if text not in args:
+            raise ConfigError(name, text, "one of " + ", ".join(repr(c) for c in args))
+        return text
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    try:
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        kind = "an integer" if base is int else "a number"
+        raise ConfigError(name, text, kind + (" or 'auto'" if optional else "")) from None
+    return text
+
+
+def parse_vary(item: str) -> tuple[str, list]:
+    """``"batch_size=1,2,4"`` -> ``("batch_size", [1, 2, 4])``, each value through
+    :func:`parse_knob` (dashes in the name are read as underscores)."""
+    if "=" not in item:
+        raise ConfigError("vary", item, "NAME=V1,V2,... e.g. batch_size=1,2,4,8")
+    name, values = item.split("=", 1)
+    name = name.strip().replace("-", "_")
+    parsed = [parse_knob(name, v) for v in values.split(",")]
+    return name, parsed
+
+
 __all__ = ["ConfigError", "ModelConfig", "PRESETS", "get_preset", "Knobs", "WORKLOADS",
-           "knob_fields"]
+           "knob_fields", "parse_knob", "parse_vary"]

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VOCAB_SIZE = 256
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "cache"
 VAL_EVERY = 20  # one file in 20 (by path hash) is held out for validation
 TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".json", ".toml", ".cfg", ".ini", ".html",

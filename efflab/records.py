@@ -23,5 +23,14 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
             raise TypeError(f"a record must be a dict, got {type(r).__name__}: {r!r:.80}")
     if not records:
         return pd.DataFrame()
-    slim = [{k: v for k, v in r.items() if k not in ("traceback", "curve")} for r in records]
+    slim = [_slim(r) for r in records]
     return pd.json_normalize(slim, sep=".")
+
+
+def _slim(record: dict) -> dict:
+    """A record without what does not fit a table cell: tracebacks, training curves and the
+    per-window held-out losses (kept in the record for paired quality comparisons)."""
+    out = {k: v for k, v in record.items() if k not in ("traceback", "curve")}
+    if isinstance(out.get("quality"), dict) and "window_losses" in out["quality"]:
+        out["quality"] = {k: v for k, v in out["quality"].items() if k != "window_losses"}
+    return out

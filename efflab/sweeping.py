@@ -4,7 +4,10 @@ Every configuration of the grid is validated before any work, then measured fres
 model built from preset and seed) and committed to the store as it completes. A failure (error,
 OOM, over the memory budget) is recorded with its status and message and the sweep goes on.
 Re-running a sweep skips what the store already holds, so a killed sweep resumes where it
-stopped and loses nothing it finished.
+stopped and loses nothing it finished. A stored point is reused only when everything that could
+change it is the same (``efflab.measurement.context``: timing target, device, machine, torch and
+efflab code, weights and corpus content, budget); an ``error`` is always measured again, and a
+reused point says so (``reused: True``) wherever it is shown.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from efflab.config import ConfigError, Knobs, get_preset
+from efflab.isolation import default_memory_limit, measure_isolated
+from efflab.measurement.context import context_for
 from efflab.measurement.core import measure
 from efflab.store import Store, config_key, to_frame
 
@@ -37,8 +42,13 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
           budget_bytes: int | None = None, weights="auto", corpus: str | None = None,
           device: str | None = None, target_s: float = 1.0, resume: bool = True,
           progress: bool = True, on_record: Callable[[dict], None] | None = None,
-          name: str | None = None, calibration: dict | None = None) -> pd.DataFrame:
+          name: str | None = None, calibration: dict | None = None,
+          isolate: bool = False, memory_limit_bytes: int | None = None) -> pd.DataFrame:
     """Measure every configuration of the grid; return this sweep's records as a DataFrame.
+
+    ``isolate=True`` measures each configuration in its own worker process capped at
+    ``memory_limit_bytes`` (default: half the free memory; see :mod:`efflab.isolation`): one that
+    exhausts memory is recorded as ``oom`` and the sweep goes on.
 
     ``on_record(record)`` is called after each configuration (skipped ones included), which is
     how a live chart gets its points as they arrive. ``resume=False`` measures everything again.
@@ -50,21 +60,28 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     for k in configs:  # refuse a bad grid before any work, naming the field
         k.resolve_seq_len(cfg)
     st = store if isinstance(store, Store) else Store(store)
-    extra = {"budget_bytes": budget_bytes, "weights": str(weights), "corpus": corpus}
+    limit = (memory_limit_bytes or default_memory_limit()) if isolate else None
     keys = []
     reused: set[str] = set()
     bar = tqdm(configs, desc=f"sweep {preset}", disable=not progress)
     for k in bar:
-        key = config_key(preset, k.to_dict(), extra)
+        context = context_for(preset, k, weights=weights, corpus=corpus, device=device,
+                              target_s=target_s, budget_bytes=budget_bytes)
+        if isolate:  # an outcome under a memory cap depends on the cap
+            context = {**context, "memory_limit_bytes": limit}
+        key = config_key(preset, k.to_dict(), context)
         keys.append(key)
-        if resume and st.has(key):
-            rec = {**st.get(key), "reused": True}  # said so to the caller, not stored
+        old = st.reusable(key) if resume else None
+        if old is not None:
+            rec = {**old, "reused": True}  # said so to the caller, not stored
             reused.add(key)
         else:
             bar.set_postfix_str(", ".join(f"{n}={getattr(k, n)}" for n in (vary or {})))
-            rec = measure(k, preset=preset, weights=weights, corpus=corpus,
-                          device=device, budget_bytes=budget_bytes, target_s=target_s,
-                          calibration=calibration)
+            run = measure_isolated if isolate else measure
+            extra = {"memory_limit_bytes": limit} if isolate else {}
+            rec = run(k, preset=preset, weights=weights, corpus=corpus,
+                      device=device, budget_bytes=budget_bytes, target_s=target_s,
+                      calibration=calibration, **extra)
             rec["key"] = key
             st.append(rec, key=key, sweep=name)
         if on_record is not None:

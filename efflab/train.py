@@ -11,14 +11,19 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from efflab.weights import WEIGHTS_DIR, save_weights
-from efflab.config import ConfigError, get_preset
+from efflab.config import ConfigError, Knobs, get_preset
 from efflab.data import load_corpus, random_batch
-from efflab.measurement.hardware import environment, pick_device
+from efflab.measurement.flops import step_flops_estimate
+from efflab.measurement.hardware import calibrate, environment, pick_device
 from efflab.model import build_model
+from efflab.techniques import apply_techniques, technique_configs
+from efflab.techniques.moe import dropped_tokens, expert_load
+from efflab.techniques.precision import autocast, grad_scaler, refusal
+from efflab.weights import WEIGHTS_DIR, save_weights
 from efflab.workloads import eval_loss, make_optimizer, optimizer_step
 
 
@@ -131,14 +136,6 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
     is refused up front (a row with status "refused" and the measured reason).
     ``on_point(row)`` is called for every row as it is produced (a live chart's hook).
     """
-    import pandas as pd
-
-    from efflab.config import Knobs
-    from efflab.measurement.flops import step_flops_estimate
-    from efflab.measurement.hardware import calibrate
-    from efflab.techniques import apply_techniques, technique_configs
-    from efflab.techniques.precision import autocast, grad_scaler, refusal
-
     cfg = get_preset(preset)
     dev = pick_device(cfg, device)
     T = seq_len or cfg.block_size
@@ -184,18 +181,9 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
                 with autocast(techniques.precision, dev):
                     ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
                 row["val_loss"] = ev["val_loss"]
-                load = _expert_load(model)
+                load = expert_load(model)
                 if load:
                     row["expert_load"] = load
                     row["dropped"] = dropped_tokens(model)  # per layer, over capacity
             emit(row)
     return pd.DataFrame(rows)
-
-
-def _expert_load(model) -> list | None:
-    try:
-        from efflab.techniques.moe import dropped_tokens, expert_load
-    except ImportError:
-        return None
-    load = expert_load(model)
-    return load or None

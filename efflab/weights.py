@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from efflab.config import ModelConfig
-from efflab.model import GPT
+from efflab.config import ModelConfig, get_preset
+from efflab.model import GPT, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 
@@ -48,8 +48,6 @@ def save_weights(model: GPT, path: str | os.PathLike, record: dict | None = None
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig stored in a weights file's metadata."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
@@ -101,9 +99,6 @@ def weights_source(preset: str, weights="auto") -> Path | None:
 
 def load_model(preset: str = "cpu-small", weights="auto", seed: int = 0, device="cpu") -> GPT:
     """The preset's model: trained weights when ``weights`` finds some, else seeded random."""
-    from efflab.config import get_preset
-    from efflab.model import build_model
-
     cfg = get_preset(preset)
     src = weights_source(preset, weights)
     if src is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from efflab.config import Knobs, ModelConfig
 from efflab.data import Corpus, fixed_batches, random_batch
@@ -151,22 +152,57 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
     raise ValueError(f"workload={workload!r} is not one of 'train', 'eval', 'prefill', 'decode'")
 
 
+QUALITY_WINDOWS = 512  # held-out windows a model's quality is measured on (heldout_quality)
+
+
 @torch.no_grad()
+def window_losses(model: GPT, corpus: Corpus, seq_len: int, windows: int, batch_size: int = 16,
+                  device="cpu") -> np.ndarray:
+    """Mean next-byte loss of each of ``windows`` fixed held-out windows of ``seq_len`` bytes:
+    (windows,) float64. The windows are evenly spaced over the whole held-out split (many
+    files), the same on every call, so two models are compared window by window."""
+    was_training = model.training
+    model.eval()
+    n_batches = -(-windows // batch_size)
+    out = []
+    for x, y in fixed_batches(corpus.val, n_batches, batch_size, seq_len, device):
+        logits, _ = model(x)  # (B, T, V)
+        per_byte = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+        out.append(per_byte.mean(dim=1).double().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()[:windows]
+
+
+def summarize_windows(losses: np.ndarray, seq_len: int) -> dict:
+    """Held-out loss with its 95% interval from per-window losses (windows spread over many
+    files are treated as independent), in nats and bits per byte."""
+    n = losses.size
+    mean = float(losses.mean())
+    half = 1.96 * float(losses.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"val_loss": mean, "val_loss_ci95": half, "bits_per_byte": mean / LN2,
+            "bits_per_byte_ci95": half / LN2, "eval_tokens": n * seq_len, "windows": n,
+            "seq_len": seq_len}
+
+
+def heldout_quality(model: GPT, corpus: Corpus, seq_len: int,
+                    windows: int = QUALITY_WINDOWS, device="cpu") -> dict:
+    """A model's held-out quality: :func:`summarize_windows` plus the per-window losses
+    (``window_losses``), which let two models be compared pairwise on the same windows — far
+    tighter than two unpaired intervals (see ``efflab.analysis.quality_difference``)."""
+    losses = window_losses(model, corpus, seq_len, windows, device=device)
+    return {**summarize_windows(losses, seq_len),
+            "window_losses": [round(float(v), 6) for v in losses]}
+
+
 def eval_loss(model: GPT, corpus: Corpus, seq_len: int | None = None, batch_size: int = 8,
               n_batches: int = 8, device="cpu") -> dict:
-    """Mean next-byte cross-entropy over a fixed held-out slice, and bits per byte.
+    """Mean next-byte cross-entropy over a fixed held-out slice of ``n_batches × batch_size``
+    windows, with its 95% interval, and bits per byte.
 
     Bits per byte = loss / ln 2: how many bits the model needs, on average, to encode each
     byte of unseen text (8 would be no better than uniform over 256 bytes).
     """
-    was_training = model.training
-    model.eval()
     T = seq_len or model.cfg.block_size
     n_batches = max(1, min(n_batches, (corpus.val.size - 1) // max(1, batch_size * T)))
-    losses = []
-    for x, y in fixed_batches(corpus.val, n_batches, batch_size, T, device):
-        _, loss = model(x, y)
-        losses.append(loss.item())
-    model.train(was_training)
-    val = float(np.mean(losses))
-    return {"val_loss": val, "bits_per_byte": val / LN2, "eval_tokens": n_batches * batch_size * T}
+    losses = window_losses(model, corpus, T, n_batches * batch_size, batch_size, device)
+    return summarize_windows(losses, T)

@@ -5,7 +5,7 @@ from efflab.analysis import batching_table, calibration_table, saturation
 from efflab.config import get_preset
 from efflab.explain import explain
 from efflab.measurement.memory import largest_batch, predict_memory
-from efflab.measurement.theory import bytes_moved, roofline
+from efflab.measurement.roofline import bytes_moved, roofline
 
 
 def sweep_frame():

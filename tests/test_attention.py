@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 from efflab.config import ConfigError, get_preset  # noqa: E402
 from efflab.kernels import flash_attention as fa  # noqa: E402
+from efflab.measurement.kernel_benchmark import run_benchmark  # noqa: E402
 from efflab.model import KVCache, build_model  # noqa: E402
 from efflab.techniques import attention as att  # noqa: E402
 
@@ -272,7 +273,7 @@ def test_benchmark_is_declared_as_data():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU labelling")
 def test_benchmark_runs_on_cpu_and_labels_triton_correctness_only():
     bench = fa.AttentionBenchmark(x_vals=(16, 40), batch_size=1, n_head=2, head_dim=16)
-    df = fa.run_benchmark(bench, target_s=0.0, min_repeats=2)
+    df = run_benchmark(bench, target_s=0.0, min_repeats=2)
     assert len(df) == 2 * 3 and set(df["provider"]) == {"naive", "sdpa", "triton"}
     assert list(df["seq_len"].unique()) == [16, 40]
     timed = df[df["provider"] != "triton"]
@@ -283,7 +284,7 @@ def test_benchmark_runs_on_cpu_and_labels_triton_correctness_only():
     if fa.TRITON_AVAILABLE:
         assert tri["note"].str.startswith(fa.INTERPRETED_NOTE).all()
         assert (tri["max_abs_err"] < 1e-4).all()  # it ran, for correctness
-        small = fa.run_benchmark(fa.AttentionBenchmark(x_vals=(40,), line_vals=("triton",),
+        small = run_benchmark(fa.AttentionBenchmark(x_vals=(40,), line_vals=("triton",),
                                                        batch_size=1, n_head=1, head_dim=16),
                                  check_max_len=32)
         assert "not run" in small["note"].iloc[0] and math.isnan(small["max_abs_err"].iloc[0])
@@ -311,7 +312,7 @@ def test_compiled_kernel_on_cuda_matches_naive(dtype, tol, B, nh, T, S, hs):
 @compiled_triton
 def test_benchmark_times_every_provider_on_cuda():
     bench = fa.AttentionBenchmark(x_vals=(128, 256), batch_size=1, n_head=2, head_dim=64)
-    df = fa.run_benchmark(bench, target_s=0.05, min_repeats=3)
+    df = run_benchmark(bench, target_s=0.05, min_repeats=3)
     assert df["timed"].all() and (df["ms"] > 0).all()
     assert (df["max_abs_err"] < 1e-3).all()
     assert (df["peak_mem_bytes"] > 0).all()

@@ -2,7 +2,8 @@ import pytest
 
 from efflab.config import ConfigError, Knobs, get_preset
 from efflab.measurement import measure
-from efflab.techniques.precision import PrecisionConfig, availability_table, refusal
+from efflab.measurement.refusals import availability_table
+from efflab.techniques.precision import PrecisionConfig, refusal
 from efflab.train import train_curves
 
 

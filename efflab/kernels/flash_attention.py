@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from efflab.config import ConfigError
-from efflab.model import causal_mask
 
 if not torch.cuda.is_available():  # must happen before triton.jit decorates the kernels below
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -116,6 +116,11 @@ def _jit(fn):
 
 
 # ============================================================================ naive reference
+
+def causal_mask(T: int, S: int, device) -> torch.Tensor:
+    """(T, S) bool, True where query i (the last T of S positions) may attend to key j."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal softmax(q kᵀ / √hs) v, materialising the whole (T, S) score matrix.
@@ -516,7 +521,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 PROVIDERS: tuple[str, ...] = ("naive", "sdpa", "triton")
 INTERPRETED_NOTE = "correctness only (interpreted)"
 _X_NAMES = ("seq_len", "batch_size", "n_head", "head_dim")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -552,8 +557,8 @@ class AttentionBenchmark:
             raise ConfigError("metric", self.metric, "'ms'")
         if self.mode not in ("fwd", "fwd_bwd"):
             raise ConfigError("mode", self.mode, "one of 'fwd', 'fwd_bwd'")
-        if self.dtype not in _DTYPES:
-            raise ConfigError("dtype", self.dtype, "one of " + ", ".join(map(repr, _DTYPES)))
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", self.dtype, "one of " + ", ".join(map(repr, DTYPES)))
 
     def shape(self, x: int) -> tuple[int, int, int, int]:
         """(B, nh, T, hs) at x-axis value ``x``."""
@@ -566,96 +571,19 @@ BENCHMARK = AttentionBenchmark()
 """The attention lesson's benchmark: causal fwd+bwd over seq_len 128..4096, three providers."""
 
 
-def _provider_fn(name: str):
-    from efflab.model import SDPACore
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch's fused attention, causal (queries are the last T of S positions)."""
+    T, S = q.shape[-2], k.shape[-2]
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device))
 
-    return {"naive": naive_attention, "sdpa": SDPACore(), "triton": flash_attention}[name]
 
-
-def run_benchmark(bench: AttentionBenchmark = BENCHMARK, device: str | None = None,
-                  target_s: float = 0.5, min_repeats: int = 5, check_max_len: int = 128,
-                  seed: int = 0):
-    """Run ``bench``; returns a long-format pandas DataFrame, one row per (x, provider).
-
-    Columns: ``provider``, ``bench.x_name`` (the x value), ``B``, ``nh``, ``T``, ``hs``,
-    ``dtype``, ``mode``, ``device``, ``ms`` (median), ``ms_p25``, ``ms_p75``, ``n`` (samples),
-    ``timed``, ``max_abs_err`` (forward output vs naive), ``peak_mem_bytes`` (CUDA only) and
-    ``note``.
-
-    On CUDA every provider is timed, each sample closed by ``torch.cuda.synchronize``. Where
-    the Triton kernels are interpreted (no CUDA) the triton row is **not timed**: ``ms`` is NaN,
-    ``timed`` False and ``note`` says "correctness only (interpreted)"; the kernel still runs
-    once for ``max_abs_err`` while T <= ``check_max_len`` (the interpreter is slow).
-    """
-    import pandas as pd
-
-    from efflab.measurement.timing import summarize, time_steps
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _DTYPES[bench.dtype]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rows = []
-    for x in bench.x_vals:
-        B, nh, T, hs = bench.shape(x)
-        q, k, v = (torch.randn((B, nh, T, hs), generator=gen).to(device=device, dtype=dtype)
-                   for _ in range(3))
-        do = torch.randn((B, nh, T, hs), generator=gen).to(device=device, dtype=dtype)
-        reference = None
-        for name in bench.line_vals:
-            row = {"provider": name, bench.x_name: x, "B": B, "nh": nh, "T": T, "hs": hs,
-                   "dtype": bench.dtype, "mode": bench.mode, "device": device,
-                   "ms": math.nan, "ms_p25": math.nan, "ms_p75": math.nan, "n": 0,
-                   "timed": False, "max_abs_err": math.nan, "peak_mem_bytes": math.nan,
-                   "note": ""}
-            fn = _provider_fn(name)
-            if name == "triton" and not TRITON_AVAILABLE:
-                row["note"] = "triton not installed"
-                rows.append(row)
-                continue
-            interpreted = name == "triton" and INTERPRETED
-            if interpreted and T > check_max_len:
-                row["note"] = f"{INTERPRETED_NOTE}; not run (T > check_max_len={check_max_len})"
-                rows.append(row)
-                continue
-            with torch.no_grad():
-                out = fn(q, k, v)  # (B, nh, T, hs)
-            if name == "naive":
-                reference = out.float()
-            elif reference is None:
-                with torch.no_grad():
-                    reference = naive_attention(q, k, v).float()
-            row["max_abs_err"] = (out.float() - reference).abs().max().item()
-            if interpreted:
-                row["note"] = INTERPRETED_NOTE
-                rows.append(row)
-                continue
-
-            qg, kg, vg = (t.detach().clone().requires_grad_(bench.mode == "fwd_bwd")
-                          for t in (q, k, v))
-
-            def step(fn=fn, qg=qg, kg=kg, vg=vg, do=do):
-                if bench.mode == "fwd":
-                    with torch.no_grad():
-                        fn(qg, kg, vg)
-                    return
-                qg.grad = kg.grad = vg.grad = None
-                fn(qg, kg, vg).backward(do)
-
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                step()
-                torch.cuda.synchronize()
-                row["peak_mem_bytes"] = float(torch.cuda.max_memory_allocated() - base)
-            stats = summarize(time_steps(step, device=device, warmup=1, min_repeats=min_repeats,
-                                         target_s=target_s))
-            row.update(ms=stats["median"], ms_p25=stats["p25"], ms_p75=stats["p75"],
-                       n=stats["n"], timed=True)
-            rows.append(row)
-    return pd.DataFrame(rows)
+def provider(name: str):
+    """The attention function a benchmark line ``name`` runs: naive, sdpa or triton."""
+    return {"naive": naive_attention, "sdpa": _sdpa, "triton": flash_attention}[name]
 
 
 __all__ = ["TRITON_AVAILABLE", "INTERPRETED", "INTERPRETED_NOTE", "PROVIDERS", "naive_attention",
            "flash_attention", "FlashAttentionFunction", "AttentionBenchmark", "BENCHMARK",
-           "run_benchmark", "SUPPORTED_DTYPES", "MAX_HEAD_SIZE"]
+           "provider", "causal_mask", "SUPPORTED_DTYPES", "MAX_HEAD_SIZE"]

@@ -19,32 +19,39 @@ import traceback
 
 import torch
 
-from efflab.weights import load_model, weights_source
+from efflab.weights import WeightsError, load_model, weights_source
 from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
-from efflab.data import load_corpus
+from efflab.data import CorpusError, load_corpus
+from efflab.measurement.context import check_inputs, measurement_context, weights_fingerprint
 from efflab.measurement.energy import EnergyMeter
 from efflab.measurement.flops import count_flops, estimate_6n, step_flops_estimate
-from efflab.measurement.hardware import RefusedError, calibrate, environment, peak_flops, pick_device
+from efflab.measurement.hardware import (
+    RefusedError,
+    calibrate,
+    default_threads,
+    environment,
+    peak_flops,
+    pick_device,
+)
 from efflab.measurement.memory import measure_memory, predict_for
-from efflab.measurement.theory import bytes_moved, roofline
+from efflab.measurement.refusals import refusal_reason
+from efflab.measurement.roofline import bytes_moved, roofline
 from efflab.measurement.timing import summarize, time_steps
 from efflab.model import build_model
 from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
-from efflab.techniques.attention import interpreted_refusal
-from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast, refusal
-from efflab.workloads import eval_loss, prepare
+from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast
+from efflab.workloads import heldout_quality, prepare
 
 INTERPRETED_NOTE = ("Triton kernel interpreted on CPU (TRITON_INTERPRET=1): correctness only; "
                     "this timing is not meaningful")
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
+def _threads(n: int):
     before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -52,16 +59,17 @@ def _threads(n: int | None):
 
 
 @functools.lru_cache(maxsize=64)
-def _quality(cfg: ModelConfig, ckpt: str | None, mtime: float, corpus_path: str | None,
+def _quality(cfg: ModelConfig, ckpt: str | None, weights_hash: str, corpus_path: str | None,
              device: str, knobs: Knobs) -> dict:
-    """Held-out loss of the model as built — weights, number format, quantization, experts —
-    cached: it does not depend on batch size, attention kernel or checkpointing, which do not
-    change the mathematics (``_quality_knobs`` keeps only what does)."""
+    """Held-out quality of the model as built — weights, number format, quantization, experts —
+    on ``QUALITY_WINDOWS`` fixed windows, with its 95% interval. Cached on the weights' content:
+    it does not depend on batch size, attention kernel or checkpointing, which do not change the
+    mathematics (``_quality_knobs`` keeps only what does)."""
     data = load_corpus(corpus_path)
     model = apply_techniques(load_model(cfg.name, ckpt or None, knobs.seed, device), knobs)
     T = min(cfg.block_size, 128)
     with autocast(PrecisionConfig(knobs.precision), device):
-        return eval_loss(model, data, T, batch_size=8, n_batches=4, device=device)
+        return heldout_quality(model, data, T, device=device)
 
 
 def _quality_knobs(knobs: Knobs) -> Knobs:
@@ -117,6 +125,10 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
     if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes <= 0):
         raise ConfigError("budget_bytes", budget_bytes, "a positive integer number of bytes")
     techniques = technique_configs(knobs, cfg)  # ConfigError for an impossible choice
+    # dense weights hold no experts: a mixture-of-experts model starts from random weights
+    ckpt = None if knobs.moe_experts else weights_source(preset, weights)
+    data = check_inputs(cfg, knobs, ckpt, corpus)  # CorpusError / WeightsError: bad input
+    threads = default_threads(knobs.threads)
     rec = _base_record(preset, knobs, budget_bytes)
     predicted = predict_for(cfg, knobs)
     rec["theory"] = {"memory": predicted}
@@ -124,11 +136,11 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         dev = pick_device(cfg, device)
     except RefusedError as e:
         return {**rec, "status": "refused", "message": str(e)}
+    rec["context"] = measurement_context(preset, knobs, weights=ckpt, corpus_sha256=data.sha256,
+                                         device=dev, target_s=target_s, budget_bytes=budget_bytes)
     cal = calibration or calibrate(dev)
-    slow = refusal(techniques.precision, step_flops_estimate(cfg, knobs), cal)
+    slow = refusal_reason(cfg, knobs, dev, cal)
     interpreted = knobs.attention == "triton" and dev == "cpu"
-    if interpreted and not slow:
-        slow = interpreted_refusal(cfg, knobs.batch_size, T, knobs.workload == "train")
     if slow:
         return {**rec, "status": "refused", "message": slow}
     why = compile_refusal(CompileConfig(knobs.compile), dev)
@@ -138,15 +150,13 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         return {**rec, "status": "refused",
                 "message": f"predicted peak {predicted['peak_bytes'] / 2**20:.1f} MiB exceeds the "
                            f"budget of {budget_bytes / 2**20:.1f} MiB; not run"}
-    # dense weights hold no experts: a mixture-of-experts model starts from random weights
-    ckpt = None if knobs.moe_experts else weights_source(preset, weights)
     n_params = cfg.n_params() + techniques.moe.param_delta(cfg.n_embd, cfg.n_layer)
     rec["model"] = {"preset": preset, "n_params": n_params, "config": cfg.__dict__,
                     "weights": str(ckpt.name) if ckpt else "random-init", "device": dev,
                     "dtype": str(techniques.precision.param_dtype).removeprefix("torch."),
                     "compute_dtype": COMPUTE_DTYPE[knobs.precision]}
     try:
-        with _threads(knobs.threads):
+        with _threads(threads):
             rec["env"] = environment(dev)
             rec.update(_measure_body(cfg, knobs, T, dev, ckpt, corpus,
                                      0.0 if interpreted else target_s, memory, quality, cal))
@@ -157,7 +167,7 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
                 rec["status"] = "oom"
                 rec["message"] = (f"measured peak {rec['memory']['peak_bytes'] / 2**20:.1f} MiB "
                                   f"exceeds the budget of {budget_bytes / 2**20:.1f} MiB")
-    except ConfigError:
+    except (ConfigError, CorpusError, WeightsError):
         raise
     except (torch.OutOfMemoryError, MemoryError) as e:
         rec.update(status="oom", message=f"out of memory: {e}".strip())
@@ -247,8 +257,8 @@ def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, c
 
     # 5) quality of the model as built (cached: it does not depend on the run settings)
     if quality:
-        mtime = ckpt.stat().st_mtime if ckpt else 0.0
-        out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None, mtime, corpus, dev,
+        out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None,
+                                       weights_fingerprint(ckpt), corpus, dev,
                                        _quality_knobs(knobs)))
     else:
         out["quality"] = {"val_loss": None, "bits_per_byte": None}

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from efflab.config import ConfigError, ModelConfig
+from efflab.kernels import flash_attention as fa
 
 CACHE_DIR = Path(os.environ.get("EFFLAB_CACHE", Path.home() / ".cache" / "efflab"))
 CALIBRATION_SCHEMA = "efflab.calibration/2"
@@ -64,6 +65,40 @@ def _triton_version() -> str | None:
         return None
 
 
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    for path, parse in (("/sys/fs/cgroup/cpu.max", _quota_v2), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", _quota_v1)):
+        try:
+            quota = parse(Path(path))
+        except (OSError, ValueError):
+            continue
+        if quota:
+            n = min(n, max(1, int(quota + 0.5)))
+            break
+    return max(1, n)
+
+
+def _quota_v2(path: Path) -> float | None:
+    limit, period = path.read_text().split()[:2]
+    return None if limit == "max" else int(limit) / int(period)
+
+
+def _quota_v1(path: Path) -> float | None:
+    limit = int(path.read_text())
+    period = int((path.parent / "cpu.cfs_period_us").read_text())
+    return None if limit <= 0 else limit / period
+
+
+def default_threads(threads: int | None) -> int:
+    """The thread count a run uses: the knob when set, else every CPU this process may use."""
+    return threads if threads is not None else available_cpus()
+
+
 def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
@@ -73,7 +108,9 @@ def environment(device: str | torch.device = "cpu") -> dict:
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
+        "available_cpus": available_cpus(),
         "threads": torch.get_num_threads(),
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "gpu": gpu_name(),
         "torch": torch.__version__,
@@ -212,3 +249,20 @@ def calibrate(device: str | None = None, force: bool = False, quick: bool = Fals
 
 def peak_flops(cal: dict, dtype: str = "float32") -> float:
     return cal["matmul"][dtype]["flops_per_s"]
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_seconds_per_program() -> float | None:
+    """Seconds Triton's interpreter takes per kernel program (one attention tile) on this
+    machine, timed on a one-tile forward call (median of 3); None when kernels are compiled
+    (or triton is missing). What refuses an interpreted step that would take too long."""
+    if not (fa.TRITON_AVAILABLE and fa.INTERPRETED):
+        return None
+    q = torch.randn(1, 1, 64, 16)  # (B, nh, T, hs): one causal tile -> one program
+    fa.flash_attention(q, q, q)  # the first call pays for setting the interpreter up
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fa.flash_attention(q, q, q)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[1]

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import weakref
 
+import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from efflab.config import ModelConfig
+from efflab.config import Knobs, ModelConfig, get_preset
+from efflab.techniques import technique_configs
+from efflab.techniques.attention import CORES, attention_memory_bytes, model_attention_bytes
+from efflab.techniques.checkpointing import predict_activation_bytes
+from efflab.techniques.quantization import block_linear_shapes, predicted_weight_bytes
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "kv_cache", "other")
 
@@ -213,48 +218,31 @@ def predict_memory(cfg: ModelConfig, workload: str, batch_size: int, seq_len: in
     return {"peak_bytes": sum(out.values()), "by_category": out}
 
 
-def predict_for(cfg: ModelConfig, knobs) -> dict:
-    """``predict_memory`` for a configuration of knobs: its precision's formats, and the
-    activation formula of its checkpointing and attention choices."""
-    from efflab.techniques.attention import attention_memory_bytes
-    from efflab.techniques.checkpointing import CheckpointConfig, predict_activation_bytes
-    from efflab.techniques.moe import MoEConfig
-    from efflab.techniques.precision import PrecisionConfig
-
+def predict_for(cfg: ModelConfig, knobs: Knobs) -> dict:
+    """``predict_memory`` for a configuration of knobs. Each technique supplies its own term:
+    the precision its bytes per weight and activation, checkpointing and attention the bytes
+    saved for backward, mixture-of-experts its extra parameters and saved tensors, quantization
+    the packed size of the weights it replaces."""
     T = knobs.resolve_seq_len(cfg)
     B = knobs.batch_size
-    prec = PrecisionConfig(knobs.precision)
-    e = prec.activation_bytes
+    t = technique_configs(knobs, cfg)
+    e = t.precision.activation_bytes
+    n_moe = len(t.moe.moe_layers(cfg.n_layer))
     acts = None
     if knobs.workload == "train":
-        ck = CheckpointConfig(knobs.checkpointing, knobs.checkpointing_every)
-        acts = predict_activation_bytes(cfg, B, T, ck, bytes_per_el=e)
-        if knobs.attention == "naive":
-            # every layer keeps its (B, nh, T, T) probabilities (and the mask) for backward;
-            # one layer at a time adds two more T×T gradients while its backward runs
-            peak = attention_memory_bytes("naive", B, cfg.n_head, T, T, cfg.head_dim, e)
-            transient = 2 * B * cfg.n_head * T * T * e
-            acts += cfg.n_layer * (peak - transient) + transient
-    moe = MoEConfig(experts=knobs.moe_experts, top_k=knobs.moe_top_k)
-    if moe.experts and acts is not None:
-        # each MoE layer also keeps its gathered inputs, expert outputs and weighted outputs
-        # (3·top_k·B·T·C) and the router's probabilities (B·T·E)
-        n_moe = len(moe.moe_layers(cfg.n_layer))
-        acts += n_moe * (3 * moe.top_k * B * T * cfg.n_embd * e + B * T * moe.experts * 4)
-    n_params = cfg.n_params() + moe.param_delta(cfg.n_embd, cfg.n_layer)
+        acts = predict_activation_bytes(cfg, B, T, t.checkpointing, bytes_per_el=e)
+        acts += model_attention_bytes(t.attention.impl, cfg.n_layer, B, cfg.n_head, T,
+                                      cfg.head_dim, e)
+        acts += n_moe * t.moe.saved_activation_bytes(B, T, cfg.n_embd, e)
+    n_params = cfg.n_params() + t.moe.param_delta(cfg.n_embd, cfg.n_layer)
     weight_bytes = None
-    if knobs.quantization != "none":
-        # the blocks' Linear weights (12·C² per layer) packed to 1 byte (int8) or half a byte
-        # (int4), plus bf16 scales: one per output channel (int8), scale and zero per group (int4)
-        C, L = cfg.n_embd, cfg.n_layer
-        q_elems = 12 * C * C * L
-        if knobs.quantization == "int4-weight":
-            packed = q_elems // 2 + (q_elems // knobs.group_size) * 2 * 2
-        else:
-            packed = q_elems + (3 * C + C + 4 * C + C) * L * 2
-        weight_bytes = (n_params - q_elems) * prec.param_bytes + packed
+    if t.quantization.mode != "none":
+        shapes = block_linear_shapes(cfg, cfg.n_layer - n_moe)
+        shapes += t.moe.linear_shapes(cfg.n_embd) * n_moe
+        weight_bytes = predicted_weight_bytes(shapes, t.quantization, n_params,
+                                              t.precision.param_bytes)
     return predict_memory(cfg, knobs.workload, B, T, knobs.gen_tokens, e,
-                          param_bytes=prec.param_bytes, activation_bytes=acts,
+                          param_bytes=t.precision.param_bytes, activation_bytes=acts,
                           n_params=n_params, weight_bytes=weight_bytes)
 
 
@@ -268,8 +256,6 @@ def largest_batch(cfg: ModelConfig | str, workload: str, budget_bytes: int,
     Memory grows linearly in the batch size (parameters and optimizer state are fixed, the rest
     scales with B), so a doubling search then a bisection finds the edge in a few formula calls.
     """
-    from efflab.config import Knobs, get_preset
-
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
     base = Knobs(workload=workload, seq_len=seq_len, gen_tokens=gen_tokens, **knobs)
@@ -289,3 +275,41 @@ def largest_batch(cfg: ModelConfig | str, workload: str, budget_bytes: int,
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def attention_memory_sweep(seq_lens, impls=("naive", "sdpa"), batch_size: int = 1,
+                           heads: int = 4, head_dim: int = 32, device: str = "cpu"):
+    """Measure, per impl and sequence length, the bytes one causal attention call keeps for
+    backward and the peak of its forward+backward, beside :func:`attention_memory_bytes`.
+
+    Tracked with :class:`MemoryTracker` on the attention alone (q, k, v of
+    shape (B, nh, T, hs) in fp32), so the T² of the naive scores is not hidden by the rest of
+    a model. Returns a long DataFrame: impl, T, saved_bytes (autocast-free activations saved),
+    peak_bytes (everything alive at the fullest moment, inputs and gradients included),
+    predicted_peak_bytes (the formula plus q, k, v, out and their four gradients, 8·B·nh·T·hs
+    floats), max_abs_diff (output vs naive).
+    """
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for T in seq_lens:
+        shape = (batch_size, heads, T, head_dim)
+        q, k, v = (torch.randn(shape, generator=gen).to(device).requires_grad_() for _ in range(3))
+        reference = None
+        for impl in impls:
+            core = CORES[impl]()
+            tracker = MemoryTracker()
+            tracker.track_existing([q, k, v], "other")
+            with tracker:
+                out = core(q, k, v)  # (B, nh, T, hs)
+                out.sum().backward()
+            rep = tracker.report()
+            if reference is None:
+                reference = out.detach()
+            rows.append({"impl": impl, "T": T,
+                         "saved_bytes": rep["max_by_category"]["activations"],
+                         "peak_bytes": rep["peak_bytes"],
+                         "predicted_peak_bytes": 8 * batch_size * heads * T * head_dim * 4
+                         + attention_memory_bytes(impl, batch_size, heads, T, T, head_dim),
+                         "max_abs_diff": (out.detach() - reference).abs().max().item()})
+            q.grad = k.grad = v.grad = None
+    return pd.DataFrame(rows)

@@ -22,25 +22,27 @@ from dataclasses import dataclass
 import torch
 
 from efflab.config import Knobs, ModelConfig
+from efflab.techniques import moe
+from efflab.techniques.attention import AttentionConfig, set_attention
+from efflab.techniques.checkpointing import CheckpointConfig, apply_checkpointing
+from efflab.techniques.moe import MoEConfig, apply_moe
+from efflab.techniques.precision import PrecisionConfig, apply_precision
+from efflab.techniques.quantization import QuantConfig, check_fits, quantize_
+from efflab.weights import load_model
 
 
 @dataclass(frozen=True)
 class TechniqueConfigs:
-    precision: object
-    attention: object
-    checkpointing: object
-    quantization: object
-    moe: object
+    precision: PrecisionConfig
+    attention: AttentionConfig
+    checkpointing: CheckpointConfig
+    quantization: QuantConfig
+    moe: MoEConfig
 
 
 def technique_configs(knobs: Knobs, cfg: ModelConfig | None = None) -> TechniqueConfigs:
     """Every technique's config for these knobs; an impossible choice raises ConfigError here,
     before any work (with ``cfg``, also choices that do not fit the model's shape)."""
-    from efflab.techniques.attention import AttentionConfig
-    from efflab.techniques.checkpointing import CheckpointConfig
-    from efflab.techniques.moe import MoEConfig
-    from efflab.techniques.precision import PrecisionConfig
-    from efflab.techniques.quantization import QuantConfig, check_fits
 
     quant = QuantConfig(knobs.quantization, knobs.group_size)
     if cfg is not None and knobs.quantization != "none":
@@ -57,11 +59,6 @@ def technique_configs(knobs: Knobs, cfg: ModelConfig | None = None) -> Technique
 
 def apply_techniques(model, knobs: Knobs, seed: int | None = None):
     """Transform ``model`` in place for ``knobs`` and return it."""
-    from efflab.techniques.attention import set_attention
-    from efflab.techniques.checkpointing import apply_checkpointing
-    from efflab.techniques.moe import apply_moe
-    from efflab.techniques.precision import apply_precision
-    from efflab.techniques.quantization import quantize_
 
     cfgs = technique_configs(knobs, model.cfg)
     if cfgs.moe.experts:
@@ -79,7 +76,6 @@ def build(preset: str = "cpu-small", knobs: Knobs | None = None, weights="auto",
     """The preset's model (shipped weights with ``weights="auto"``, else random) with the
     techniques of ``knobs`` applied — what ``measure`` runs, to print or inspect.
     Dense weights hold no experts, so a mixture-of-experts model starts random."""
-    from efflab.weights import load_model
 
     knobs = knobs or Knobs()
     if knobs.moe_experts:
@@ -89,7 +85,6 @@ def build(preset: str = "cpu-small", knobs: Knobs | None = None, weights="auto",
 
 def auxiliary_loss(model) -> torch.Tensor | None:
     """Extra training losses the techniques ask for (MoE load balancing), or None."""
-    from efflab.techniques import moe
 
     if not moe.moe_layers(model):  # looks through checkpointing wrappers too
         return None

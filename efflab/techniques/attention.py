@@ -140,82 +140,55 @@ def attention_memory_bytes(impl: str, B: int, nh: int, T: int, S: int, hs: int,
     return lse
 
 
-def attention_memory_sweep(seq_lens, impls=("naive", "sdpa"), batch_size: int = 1,
-                           heads: int = 4, head_dim: int = 32, device: str = "cpu"):
-    """Measure, per impl and sequence length, the bytes one causal attention call keeps for
-    backward and the peak of its forward+backward, beside :func:`attention_memory_bytes`.
-
-    Tracked with :class:`efflab.measurement.memory.MemoryTracker` on the attention alone (q, k, v of
-    shape (B, nh, T, hs) in fp32), so the T² of the naive scores is not hidden by the rest of
-    a model. Returns a long DataFrame: impl, T, saved_bytes (autocast-free activations saved),
-    peak_bytes (everything alive at the fullest moment, inputs and gradients included),
-    predicted_peak_bytes (the formula plus q, k, v, out and their four gradients, 8·B·nh·T·hs
-    floats), max_abs_diff (output vs naive).
-    """
-    import pandas as pd
-
-    from efflab.measurement.memory import MemoryTracker
-
-    rows = []
-    gen = torch.Generator().manual_seed(0)
-    for T in seq_lens:
-        shape = (batch_size, heads, T, head_dim)
-        q, k, v = (torch.randn(shape, generator=gen).to(device).requires_grad_() for _ in range(3))
-        reference = None
-        for impl in impls:
-            core = CORES[impl]()
-            tracker = MemoryTracker()
-            tracker.track_existing([q, k, v], "other")
-            with tracker:
-                out = core(q, k, v)  # (B, nh, T, hs)
-                out.sum().backward()
-            rep = tracker.report()
-            if reference is None:
-                reference = out.detach()
-            rows.append({"impl": impl, "T": T,
-                         "saved_bytes": rep["max_by_category"]["activations"],
-                         "peak_bytes": rep["peak_bytes"],
-                         "predicted_peak_bytes": 8 * batch_size * heads * T * head_dim * 4
-                         + attention_memory_bytes(impl, batch_size, heads, T, T, head_dim),
-                         "max_abs_diff": (out.detach() - reference).abs().max().item()})
-            q.grad = k.grad = v.grad = None
-    return pd.DataFrame(rows)
+def model_attention_bytes(impl: str, n_layer: int, B: int, nh: int, T: int, hs: int,
+                          bytes_per_el: int = 4) -> int:
+    """Bytes a whole model's training step keeps for attention beyond the default (``sdpa``)
+    activation formula: for ``naive``, every layer keeps its (B, nh, T, T) probabilities and
+    the mask for backward, and the one layer whose backward is running adds two more T×T
+    gradients (:func:`attention_memory_bytes` is that one layer's peak); 0 for the fused impls."""
+    if impl != "naive":
+        return 0
+    peak = attention_memory_bytes("naive", B, nh, T, T, hs, bytes_per_el)
+    transient = 2 * B * nh * T * T * bytes_per_el
+    return n_layer * (peak - transient) + transient
 
 
-# Measured on the 2-core machine efflab was built on (a cpu-small training step, 1,400 tile
-# programs, took ~10 s interpreted): the interpreter pays per tile program, not per FLOP.
-INTERPRETED_SECONDS_PER_TILE = 0.007
 INTERPRETED_STEP_LIMIT_S = 5.0
 
 
-def interpreted_step_seconds(cfg, batch_size: int, seq_len: int, train: bool) -> float:
+def interpreted_step_seconds(cfg, batch_size: int, seq_len: int, train: bool,
+                             seconds_per_program: float) -> float:
     """Predicted seconds of one step's attention through the Triton *interpreter* (CPU).
 
-    Each causal (query block, key block) tile is one interpreted program; backward runs two
-    kernels over the same tiles plus a per-row preprocess. Blocks are 64 wide there.
+    The interpreter pays per kernel program, not per FLOP: each causal (query block, key block)
+    tile is one program, and backward runs two kernels over the same tiles plus a per-row
+    preprocess. Blocks are 64 wide there. ``seconds_per_program`` is measured on this machine
+    (:func:`efflab.measurement.hardware.interpreter_seconds_per_program`).
     """
     nq = -(-seq_len // 64)  # query blocks (ceil)
     heads = batch_size * cfg.n_head * cfg.n_layer
     tiles = heads * nq * (nq + 1) // 2
     programs = tiles * (3 if train else 1) + (heads * nq if train else 0)
-    return programs * INTERPRETED_SECONDS_PER_TILE
+    return programs * seconds_per_program
 
 
 def interpreted_refusal(cfg, batch_size: int, seq_len: int, train: bool,
+                        seconds_per_program: float | None,
                         limit_s: float = INTERPRETED_STEP_LIMIT_S) -> str | None:
-    """Why a Triton-attention step should not run interpreted here (too slow), else None."""
-    from efflab.kernels.flash_attention import INTERPRETED
-
-    if not INTERPRETED:
+    """Why a Triton-attention step should not run interpreted here (too slow), else None.
+    ``seconds_per_program`` None means the kernels are compiled: nothing to refuse."""
+    if not INTERPRETED or seconds_per_program is None:
         return None
-    predicted = interpreted_step_seconds(cfg, batch_size, seq_len, train)
+    predicted = interpreted_step_seconds(cfg, batch_size, seq_len, train, seconds_per_program)
     if predicted <= limit_s:
         return None
     return (f"attention='triton' refused here: with no GPU the Triton kernel runs interpreted "
-            f"(correctness only), about {predicted:.0f} s per step for this shape (limit "
-            f"{limit_s:.0f} s). Use a smaller batch or context (e.g. preset 'cpu-tiny'), or a GPU.")
+            f"(correctness only); at {seconds_per_program * 1e3:.1f} ms per tile program, "
+            f"measured on this machine, a step of this shape would take about {predicted:.0f} s "
+            f"(limit {limit_s:.0f} s). Use a smaller batch or context (e.g. preset 'cpu-tiny'), "
+            f"or a GPU.")
 
 
 __all__ = ["AttentionConfig", "AttentionImpl", "IMPLS", "CORES", "NaiveCore", "SDPACore",
-           "TritonCore", "set_attention", "attention_memory_bytes", "attention_memory_sweep",
+           "TritonCore", "set_attention", "attention_memory_bytes", "model_attention_bytes",
            "interpreted_step_seconds", "interpreted_refusal"]

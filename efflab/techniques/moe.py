@@ -122,6 +122,20 @@ class MoEConfig:
         """Each expert's hidden width: ``expert_hidden``, or 4·n_embd // top_k."""
         return self.expert_hidden if self.expert_hidden is not None else 4 * n_embd // self.top_k
 
+    def linear_shapes(self, n_embd: int) -> list[tuple[int, int, bool]]:
+        """(out_features, in_features, has_bias) of one MoE layer's Linears: the router (E, C)
+        without bias, then per expert up (H, C) and down (C, H)."""
+        H = self.hidden(n_embd)
+        return [(self.experts, n_embd, False)] + [(H, n_embd, True), (n_embd, H, True)] * self.experts
+
+    def saved_activation_bytes(self, batch_size: int, seq_len: int, n_embd: int,
+                               bytes_per_el: int) -> int:
+        """Extra bytes one MoE layer keeps for backward beyond a dense MLP's: the gathered
+        inputs, expert outputs and weighted outputs (3·top_k·B·T·C) and the router's fp32
+        probabilities (B·T·E)."""
+        B, T = batch_size, seq_len
+        return 3 * self.top_k * B * T * n_embd * bytes_per_el + B * T * self.experts * 4
+
     def moe_layers(self, n_layer: int) -> list[int]:
         """Indices of the blocks this config turns into MoE in a model of ``n_layer`` blocks."""
         return list(range(0, n_layer, self.every)) if self.enabled else []

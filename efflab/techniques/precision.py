@@ -92,30 +92,3 @@ def refusal(config: PrecisionConfig, flops_per_step: float, calibration: dict,
             f"{fp32 / 1e9:.1f} GFLOP/s), so one step of {flops_per_step / 1e9:.1f} GFLOP would "
             f"take about {predicted:.0f} s (limit {limit_s:.0f} s). This hardware has no fast "
             f"{name} path; on a GPU (or a CPU with AVX-512 BF16 / AMX) it would be fast.")
-
-
-def availability(calibration: dict, flops_per_step: float) -> dict[str, str | None]:
-    """Each precision -> None if it runs well here, else the measured reason it is refused
-    (what a UI shows beside a disabled toggle)."""
-    return {p: refusal(PrecisionConfig(p), flops_per_step, calibration) for p in PRECISIONS}
-
-
-def availability_table(cfg, knobs, calibration: dict):
-    """One row per precision for ``knobs`` on preset ``cfg``: runs here or not, why, the
-    predicted step time at this machine's measured peak for its format, and the bytes per
-    parameter it stores (what the lesson shows beside its toggles)."""
-    import pandas as pd
-
-    from efflab.measurement.flops import step_flops_estimate
-
-    flops = step_flops_estimate(cfg, knobs)
-    rows = []
-    for p in PRECISIONS:
-        pc = PrecisionConfig(p)
-        peak = calibration["matmul"][COMPUTE_DTYPE[p]]["flops_per_s"]
-        why = refusal(pc, flops, calibration)
-        rows.append({"precision": p, "runs here": why is None,
-                     "compute format": COMPUTE_DTYPE[p], "measured peak GFLOP/s": peak / 1e9,
-                     "predicted step s": flops / peak, "bytes per weight": pc.param_bytes,
-                     "why not": why or ""})
-    return pd.DataFrame(rows)

@@ -81,11 +81,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from efflab.config import ConfigError, ModelConfig
+from efflab.weights import load_model
 
 QuantMode = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
 MODES: tuple[str, ...] = get_args(QuantMode)
@@ -299,6 +301,10 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _element_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class QuantizedLinear(nn.Module):
     """What every quantized Linear shares: shape, bias, byte count, the slow reference.
 
@@ -341,6 +347,26 @@ class QuantizedLinear(nn.Module):
         """Bytes this layer stores: codes + scales (+ zeros) + bias."""
         return _nbytes(self.buffers())
 
+    @classmethod
+    def stored_bytes(cls, out_features: int, in_features: int, bias: bool = True,
+                     group_size: int = 64) -> int:
+        """Bytes a layer of this shape will store, from the layout alone (no weights needed):
+        codes + scales (+ zeros) + an fp32 bias. Equals ``nbytes()`` of the built layer."""
+        N, K = out_features, in_features
+        return cls._code_bytes(N, K) + cls._scale_bytes(N, K, group_size) + (4 * N if bias else 0)
+
+    @classmethod
+    def _code_bytes(cls, N: int, K: int) -> int:
+        return N * K * cls.bits // 8
+
+    @classmethod
+    def _scale_bytes(cls, N: int, K: int, group_size: int) -> int:  # one scale per channel
+        return N * _element_bytes(cls._scale_dtype(N))
+
+    @classmethod
+    def _scale_dtype(cls, N: int) -> torch.dtype:
+        return torch.float32
+
     def matches(self, config: QuantConfig) -> bool:
         """Was this layer made by ``config``?"""
         return self.mode == config.mode and (self.group_size is None
@@ -363,6 +389,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
     """
 
     mode, bits, scheme = "int8-weight", 8, "int8-weight symmetric"
+
+    @classmethod
+    def _scale_dtype(cls, N: int) -> torch.dtype:  # bf16 is what the fused kernel takes
+        return KERNEL_DTYPE if _works("int8pack") else torch.float32
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
@@ -399,6 +429,14 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     """
 
     mode, bits, scheme = "int4-weight", 4, "int4-weight asymmetric"
+
+    @classmethod
+    def _scale_dtype(cls, N: int) -> torch.dtype:
+        return KERNEL_DTYPE if _works("int4pack") and N % 16 == 0 else torch.float32
+
+    @classmethod
+    def _scale_bytes(cls, N: int, K: int, group_size: int) -> int:  # (K/G, N, 2): scale, zero
+        return (K // group_size) * N * 2 * _element_bytes(cls._scale_dtype(N))
 
     def __init__(self, linear: nn.Linear, group_size: int = 64):
         super().__init__(linear)
@@ -493,6 +531,28 @@ MODULES: dict[str, type[QuantizedLinear]] = {
     "int4-weight": Int4WeightOnlyLinear,
     "int8-dynamic": Int8DynamicLinear,
 }
+
+
+def block_linear_shapes(cfg: ModelConfig, n_layers: int | None = None) -> list[tuple[int, int, bool]]:
+    """(out_features, in_features, has_bias) of every Linear ``quantize_`` replaces in
+    ``n_layers`` dense blocks (default: all): qkv (3C, C), attention out (C, C), MLP up (4C, C),
+    MLP down (C, 4C). A mixture-of-experts block lists its own (``MoEConfig.linear_shapes``)."""
+    C = cfg.n_embd
+    n = cfg.n_layer if n_layers is None else n_layers
+    return [(3 * C, C, True), (C, C, True), (4 * C, C, True), (C, 4 * C, True)] * n
+
+
+def predicted_weight_bytes(shapes: list[tuple[int, int, bool]], config: QuantConfig,
+                           n_params: int, param_bytes: int = 4) -> int:
+    """Bytes of a model of ``n_params`` parameters once ``config`` has replaced its block Linears
+    of ``shapes``: those in the scheme's layout (:meth:`QuantizedLinear.stored_bytes`), every other
+    parameter (embeddings, LayerNorms) at ``param_bytes``. Equals the built model's bytes."""
+    if config.mode == "none":
+        return n_params * param_bytes
+    layer = MODULES[config.mode]
+    replaced = sum(N * K + (N if bias else 0) for N, K, bias in shapes)
+    packed = sum(layer.stored_bytes(N, K, bias, config.group_size) for N, K, bias in shapes)
+    return (n_params - replaced) * param_bytes + packed
 
 
 # ----------------------------------------------------------------------------- the verb
@@ -606,7 +666,8 @@ __all__ = [
     "QuantizedLinear", "Int8WeightOnlyLinear", "Int4WeightOnlyLinear", "Int8DynamicLinear",
     "quantize_int8_per_channel", "quantize_int4_groupwise", "dequantize_int4",
     "quantize_per_token_int8", "pack_int4", "unpack_int4", "kernels_available",
-    "model_bytes", "weight_bytes_per_token", "sqnr_db", "layer_sqnr",
+    "model_bytes", "weight_bytes_per_token", "sqnr_db", "layer_sqnr", "block_linear_shapes",
+    "predicted_weight_bytes", "quantization_table",
 ]
 
 
@@ -615,10 +676,6 @@ def quantization_table(preset: str, schemes=("none", "int8-weight", "int4-weight
     """Per scheme, for ``preset``'s shipped weights: model bytes as stored, bytes read per
     decoded token at batch 1, the bandwidth bound tokens/s ≤ read bandwidth / bytes per token
     (with this machine's calibrated read bandwidth), and the weakest layer's SQNR."""
-    import pandas as pd
-
-    from efflab.weights import load_model
-
     rows = []
     for mode in schemes:
         config = QuantConfig(mode, group_size)
