@@ -51,3 +51,16 @@ def roofline(flops: float, nbytes: float, tokens: int, peak_flops: float,
         "bound": "compute" if t_compute >= t_memory else "memory",
         "bytes_per_step": nbytes,
     }
+
+
+def decode_bound_tokens_per_s(bandwidth: float, bytes_per_token: float, batch_size: int = 1) -> float:
+    """Decoding reads every weight once per step and uses it for all B sequences, so at best
+    ``tokens/s = B · bandwidth / bytes read per step`` (the memory roof of decoding; at
+    B = 1, bandwidth ÷ bytes per token)."""
+    return batch_size * bandwidth / bytes_per_token
+
+
+def throughput(batch_size: int, tokens_per_sequence: int, latency_s: float) -> float:
+    """Tokens per second of a step that processes B sequences of T tokens in L(B) seconds:
+    ``B · T / L(B)`` — batching pays while L(B) grows slower than B."""
+    return batch_size * tokens_per_sequence / latency_s

@@ -220,7 +220,8 @@ def activation_breakdown(cfg: ModelConfig, batch_size: int, seq_len: int,
     - ``end_of_forward``: saved + head — everything is kept, nothing is freed yet.
     - ``workspace``: the backward of the rebuilt part runs while the rebuilt values are alive:
       its gradients of the MLP's 4C-wide hidden activations (before and after GELU) are the
-      largest temporaries, 8·n (measured: without them the prediction fell ~15% short).
+      largest temporaries, 8·n (without them the prediction falls short of the measured peak;
+      ``tests/test_checkpointing.py`` holds the formula to the measurement).
     - ``during_recompute``: while the last wrapped layer j (the first one backward reaches) is
       rebuilt, layers 0..j still hold what they kept, layers after j and the head are already
       freed: Σ_{i<=j} kept_i·n + recompute + workspace.

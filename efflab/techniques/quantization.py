@@ -29,27 +29,15 @@ Only the Linears inside the transformer blocks (``model.h``) are quantized. The 
 ``lm_head`` stays in full precision: its weight *is* the token table ``wte`` (weight tying), and
 the table is also the input embedding, so quantizing one would change the other.
 
-**Which kernel, measured on this machine** (AMD EPYC, AVX2 without AVX-512, torch 2.13, one
-thread, one row times a 4608x1536 weight; the fp32 dense matmul takes ~1.5 ms):
-
-- ``aten._weight_int8pack_mm`` with bf16 activations: ~0.7 ms; fp16: ~9.5 ms. With fp32
-  activations it takes a slow path: ~20 ms against the fp32 matmul's 2.6 ms (6144x2048, two
-  threads).
-- ``aten._weight_int4pack_mm_for_cpu`` with bf16 activations: ~1.2 ms; fp16: ~19 ms; fp32:
-  ~38 ms (6144x2048, two threads). On AVX2 unpacking nibbles costs more compute than the
-  bytes it saves: both kernels run at ~5 G weights/s per thread, *compute*-bound, while the
-  fp32 matmul streams ~4 G weights/s from DRAM. Whole-model decode on the wide preset
-  (2 layers, width 1536, 229 MB fp32, 2 threads): fp32 70-82 tok/s, int8 162-174 (2.0-2.5x),
-  int4 151-156 (1.9-2.1x) — int4 reads 40% fewer bytes than int8 and is no faster here.
-- ``torch._int_mm`` (int8 x int8 -> int32) works on CPU but is slow here: ~16 ms at one row,
-  ~160 ms at 16 rows (no VNNI on this CPU); ``int8-dynamic`` decodes ~4x *slower* than fp32.
-  It is the honest integer matmul of ``int8-dynamic`` and a failure state the lesson shows:
-  integer activations pay off only on hardware with int8 matrix units (GPU tensor cores,
-  VNNI/AMX CPUs).
-- Beyond ~16 rows (prefill, eval) the fp32 dense matmul wins again (1024 rows: fp32 ~1.8 ms
-  against int8 ~4.8 ms for a 512x128 weight): weight-only quantization speeds up memory-bound
-  decoding, not compute-bound prefill. The kernels are used at every row count anyway — one
-  path, no hidden threshold — so a learner sees that trade-off in the measurements.
+**Which kernel.** PyTorch's CPU kernels ``aten._weight_int8pack_mm`` and
+``aten._weight_int4pack_mm_for_cpu`` are fast with bf16 activations and take slow paths with
+fp16 or fp32 ones; ``torch._int_mm`` (int8 x int8 -> int32, the honest integer matmul of
+``int8-dynamic``) pays off only on hardware with int8 matrix units (GPU tensor cores, VNNI/AMX
+CPUs). Whether unpacking 4-bit codes costs more than the bytes it saves, and where prefill's
+many rows make the fp32 matmul win again, depends on the CPU: measure it here with
+``benchmarks/quantization_decode.py`` (results, with the machine they came from, in
+``benchmarks/results/quantization_decode.json`` and the README). The kernels are used at every
+row count — one path, no hidden threshold — so a learner sees the trade-off in the measurements.
 
 So the weight-only modules take fp32 input, cast it to bf16 for the fused kernel, and cast the
 output back (bf16 rounds to 8 significant bits: about 0.4% per element, far below the 4-bit

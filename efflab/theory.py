@@ -1,0 +1,48 @@
+"""What theory predicts: every formula the lessons draw beside a measurement, in one index.
+
+Each formula lives next to the code it describes — a technique owns its bytes and FLOPs, the
+roofline lives with the measurement — and is listed here so a learner finds them in one place
+and every chart takes its prediction from the same function the library uses.
+
+| formula | what it says | owner |
+|---|---|---|
+| :func:`estimate_6n` | training FLOPs ≈ 6·N·tokens (2·N forward) | measurement.flops |
+| :func:`attention_flops` | attention adds 4·B·nh·T·S·hs per layer forward, ×3 with backward | measurement.flops |
+| :func:`step_flops_estimate` | a step's FLOPs from shapes alone | measurement.flops |
+| :func:`predict_memory` | a step's peak bytes by category | measurement.memory |
+| :func:`predict_for` | the same for a configuration of knobs (each technique adds its term) | measurement.memory |
+| :func:`predict_activation_bytes` | activation bytes per checkpointing policy | techniques.checkpointing |
+| :func:`recompute_flops_fraction` | checkpointing's extra compute | techniques.checkpointing |
+| :func:`attention_memory_bytes` | one attention call's bytes beyond q, k, v (T² for naive) | techniques.attention |
+| :func:`model_attention_bytes` | a model's naive-attention bytes in a training step | techniques.attention |
+| :meth:`PrecisionConfig.param_bytes` / ``activation_bytes`` | bytes per weight / activation per format | techniques.precision |
+| :func:`predicted_weight_bytes` | a quantized model's stored bytes | techniques.quantization |
+| :func:`bytes_moved` | a step's DRAM traffic (lower estimate) | measurement.roofline |
+| :func:`roofline` | time ≥ max(FLOPs / peak, bytes / bandwidth) | measurement.roofline |
+| :func:`decode_bound_tokens_per_s` | decode tokens/s ≤ B · bandwidth / bytes per step | measurement.roofline |
+| :func:`throughput` | throughput = B · T / L(B) | measurement.roofline |
+
+Formulas of later lessons (profiling, KV cache, serving, compression, scaling, distribution)
+are added to this index by the module that owns them.
+"""
+
+from __future__ import annotations
+
+from efflab.measurement.flops import attention_flops, estimate_6n, step_flops_estimate
+from efflab.measurement.memory import predict_for, predict_memory
+from efflab.measurement.roofline import (
+    bytes_moved,
+    decode_bound_tokens_per_s,
+    roofline,
+    throughput,
+)
+from efflab.techniques.attention import attention_memory_bytes, model_attention_bytes
+from efflab.techniques.checkpointing import predict_activation_bytes, recompute_flops_fraction
+from efflab.techniques.precision import PrecisionConfig
+from efflab.techniques.quantization import predicted_weight_bytes
+
+__all__ = ["estimate_6n", "attention_flops", "step_flops_estimate", "predict_memory",
+           "predict_for", "predict_activation_bytes", "recompute_flops_fraction",
+           "attention_memory_bytes", "model_attention_bytes", "PrecisionConfig",
+           "predicted_weight_bytes", "bytes_moved", "roofline", "decode_bound_tokens_per_s",
+           "throughput"]
