@@ -58,7 +58,15 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         raise WeightsError(f"weights file {str(path)!r} is not a readable safetensors file: {e}") from e
     if "efflab_model_config" not in meta:
         raise WeightsError(f"weights file {str(path)!r} has no efflab model config in its metadata")
-    return ModelConfig(**json.loads(meta["efflab_model_config"]))
+    text = meta["efflab_model_config"]
+    try:
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise TypeError(f"a {type(fields).__name__}, not an object")
+        return ModelConfig(**fields)
+    except (ValueError, TypeError) as e:  # not JSON, unknown fields, a ConfigError
+        raise WeightsError(f"weights file {str(path)!r} holds a damaged model config in its "
+                           f"metadata ({e}): {text[:120]!r}") from None
 
 
 def load_weights(path: str | os.PathLike, device="cpu") -> GPT:
@@ -70,6 +78,12 @@ def load_weights(path: str | os.PathLike, device="cpu") -> GPT:
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"weights file {str(path)!r} is corrupt: {e}") from e
     model = GPT(cfg)
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(t.shape)} (the config needs {tuple(expected[k].shape)})"
+             for k, t in state.items() if k in expected and t.shape != expected[k].shape]
+    if wrong:  # load_state_dict would raise a bare RuntimeError from inside torch
+        raise WeightsError(f"weights file {str(path)!r} holds tensors of the wrong shape for "
+                           f"its config {cfg.name!r}: {'; '.join(wrong[:3])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
