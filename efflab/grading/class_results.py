@@ -89,12 +89,18 @@ def pool(submissions: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(records, curves) of every submission, flattened, with ``machine`` and ``student``
     columns. A record handed in twice (the same store in two zips) counts once per machine.
     Curves are the rows of a ``curves`` table in a submission's store, if it has one."""
-    records, curves = [], []
+    records, curves, seen = [], [], set()
     for student, path in discover(submissions):
         sub = open_submission(path, student=student)
         fp, label = _machine(sub)
-        if sub.records:
-            df = records_frame(sub.records)
+        fresh = []
+        for r in sub.records:
+            key = (fp, json.dumps(r, sort_keys=True, default=str))
+            if key not in seen:
+                seen.add(key)
+                fresh.append(r)
+        if fresh:
+            df = records_frame(fresh)
             df["machine_fingerprint"], df["machine"], df["student"] = fp, label, student
             records.append(df)
         if sub.tables.get("curves"):
@@ -102,9 +108,6 @@ def pool(submissions: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
             df["machine"], df["student"] = label, student
             curves.append(df)
     rec = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
-    key = [c for c in ("machine_fingerprint", "key", "created") if c in rec]
-    if len(key) == 3:
-        rec = rec.drop_duplicates(subset=key).reset_index(drop=True)
     return rec, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
 
 
