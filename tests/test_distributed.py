@@ -262,7 +262,7 @@ def test_allreduce_records_every_size_with_its_samples(two_ranks):
 
 def test_two_process_ddp_equals_single_process_at_the_same_global_batch(two_ranks):
     res, _, _ = two_ranks
-    ref = run_local(DDP_JOB)
+    ref = run_local(DDP_JOB, threads=1)
     assert ref["status"] == "ok" and ref["world_size"] == 1
     curves = loss_frame(res.records + [ref])
     one = curves[curves.series == "1 process"]["loss"].to_numpy()

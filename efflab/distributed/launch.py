@@ -39,7 +39,7 @@ from pathlib import Path
 
 from efflab.config import ConfigError
 from efflab.distributed.ddp import DataParallelConfig
-from efflab.distributed.worker import PROGRESS_PREFIX, TASKS
+from efflab.distributed.worker import PROGRESS_PREFIX, TASKS, describe
 from efflab.distributed.zero import ShardingConfig
 from efflab.measurement.hardware import RefusedError
 from efflab.store import Store, config_key
@@ -188,18 +188,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def print_progress(event: dict) -> None:
     """The default progress display: one short line per event."""
-    if event.get("event") == "joined":
-        print(f"{event['world_size']} ranks joined ({event['backend']})", flush=True)
-    elif event.get("event") == "error":
-        print(f"rank {event['rank']}: {event['message']}", flush=True)
-    elif event.get("task") == "allreduce":
-        print(f"all-reduce {event['bytes']:>10,} B: {event['median_ms']:.3f} ms "
-              f"({event['done']}/{event['of']})", flush=True)
-    elif event.get("task") == "ddp":
-        print(f"ddp bucket {event['bucket_cap_mb']} MiB: step {event['done']}/{event['of']} "
-              f"loss {event['loss']:.4f}", flush=True)
-    elif event.get("task") == "sharding":
-        print(f"sharding: {event['done']} layouts counted", flush=True)
+    print(describe(event), flush=True)
 
 
 def _check_jobs(jobs: list[dict], nproc: int) -> None:

@@ -58,8 +58,30 @@ def pick_backend(requested: str, local_world_size: int) -> str:
     return "gloo"
 
 
-def run_job(job: dict, rank: int, world: int, backend: str, device: str) -> tuple[dict, dict]:
-    """Run one job on this rank: (the knobs it was given, its result)."""
+def describe(event: dict) -> str:
+    """One short human line for a progress event (what a launch prints as it goes)."""
+    if event.get("event") == "joined":
+        return f"{event['world_size']} ranks joined ({event['backend']})"
+    if event.get("event") == "error":
+        return f"rank {event['rank']}: {event['message']}"
+    if event.get("task") == "allreduce":
+        return (f"all-reduce {event['bytes']:>10,} B: {event['median_ms']:.3f} ms "
+                f"({event['done']}/{event['of']})")
+    if event.get("task") == "ddp":
+        return (f"ddp bucket {event['bucket_cap_mb']} MiB: step {event['done']}/{event['of']} "
+                f"loss {event['loss']:.4f}")
+    if event.get("task") == "sharding":
+        return f"sharding: {event['done']} layouts counted"
+    return json.dumps(event)
+
+
+def run_job(job: dict, rank: int, world: int, backend: str, device: str,
+            on_event=None) -> tuple[dict, dict]:
+    """Run one job on this rank: (the knobs it was given, its result). Progress events go to
+    ``on_event`` (default: ``EFFLAB {json}`` lines on rank 0's stdout, for the launcher)."""
+    if on_event is None:
+        def on_event(ev):
+            emit(ev, rank)
     task = job.get("task")
     if task == "allreduce":
         sizes = [int(s) for s in job["sizes"]]
@@ -71,8 +93,8 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str) -> tupl
                                   knobs["target_s"], device=device)[0]
             rows.append(row)
             med = sorted(row["samples_s"])[len(row["samples_s"]) // 2]
-            emit({"task": task, "done": i + 1, "of": len(sizes), "bytes": nbytes,
-                  "median_ms": med * 1e3}, rank)
+            on_event({"task": task, "done": i + 1, "of": len(sizes), "bytes": nbytes,
+                      "median_ms": med * 1e3})
         return knobs, {"sizes": rows}
     if task == "ddp":
         cfg = DataParallelConfig.from_dict(job.get("config", {}))
@@ -80,20 +102,20 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str) -> tupl
 
         def on_step(i, loss):
             if i % every == 0 or i == cfg.steps:
-                emit({"task": task, "done": i, "of": cfg.steps, "loss": loss,
-                      "bucket_cap_mb": cfg.bucket_cap_mb}, rank)
+                on_event({"task": task, "done": i, "of": cfg.steps, "loss": loss,
+                          "bucket_cap_mb": cfg.bucket_cap_mb})
 
         return cfg.to_dict(), train_data_parallel(cfg, rank, world, device, on_step)
     if task == "sharding":
         cfg = ShardingConfig.from_dict(job.get("config", {}))
         rows = sharded_state(cfg, rank, world, backend, device)
-        emit({"task": task, "done": len(rows), "of": len(rows)}, rank)
+        on_event({"task": task, "done": len(rows), "of": len(rows)})
         return cfg.to_dict(), {"shardings": rows}
     raise ValueError(f"job task={task!r} is not one of {', '.join(map(repr, TASKS))}")
 
 
 def execute(job: dict, index: int, rank: int, world: int, backend: str, device: str,
-            env: dict) -> dict:
+            env: dict, on_event=None) -> dict:
     """Run one job on this rank and return its record (status "error" with the traceback when
     it raised: the caller decides whether to stop)."""
     rec = new_record(job.get("task"), rank=rank, world_size=world, backend=backend,
@@ -101,7 +123,7 @@ def execute(job: dict, index: int, rank: int, world: int, backend: str, device: 
                      preset=job.get("config", {}).get("preset"), env=env, job=index)
     t0 = time.perf_counter()
     try:
-        knobs, result = run_job(job, rank, world, backend, device)
+        knobs, result = run_job(job, rank, world, backend, device, on_event)
         rec.update(status="ok", message=None, knobs=knobs, result=result)
     except Exception as e:  # recorded: a wrong setting or a failed collective says why
         rec.update(status="error", knobs=job, message=f"{type(e).__name__}: {e}",
@@ -109,13 +131,23 @@ def execute(job: dict, index: int, rank: int, world: int, backend: str, device: 
     return finish_record(rec, time.perf_counter() - t0)
 
 
-def run_local(job: dict, device: str = "cpu") -> dict:
-    """Run a ``ddp`` job alone in *this* process (world size 1, no process group): the
-    single-process reference a data-parallel run is compared with, as the same kind of record."""
+def run_local(job: dict, device: str = "cpu", threads: int | None = None,
+              progress: bool = True) -> dict:
+    """Run a ``ddp`` job alone in *this* process (world size 1, no process group, ``threads``
+    torch threads — default: as many as now): the single-process reference a data-parallel run
+    is compared with, as the same kind of record. ``progress`` prints a line now and then."""
     if job.get("task") != "ddp":
         raise ValueError(f"only a 'ddp' job runs in one process; task={job.get('task')!r} needs "
                          "a process group (use launch)")
-    return execute(job, 0, 0, 1, "none", device, environment(device))
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        show = (lambda ev: print("1 process: " + describe(ev), flush=True)) if progress \
+            else (lambda ev: None)
+        return execute(job, 0, 0, 1, "none", device, environment(device), show)
+    finally:
+        torch.set_num_threads(before)
 
 
 def main(argv: list[str] | None = None) -> int:
