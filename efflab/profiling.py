@@ -276,6 +276,7 @@ class StepProfile:
     profiled_ms: float  # the profiled step's wall time
     ops_ms: float  # the sum of the top-level operators' times
     trace: Path | None = None
+    kernels: list[str] = field(default_factory=list)  # fused kernels of compiled code, step 0
     meta: dict = field(default_factory=dict)
 
     def by_kind(self) -> pd.DataFrame:
@@ -344,6 +345,10 @@ def profile_step(step: Callable[[], None], *, device: str = "cpu", warmup: int =
                      "shapes": str(_tensors(shapes)), "time_ms": ev.cpu_time_total / 1e3,
                      "flops": flops, "bytes": nbytes})
     calls = pd.DataFrame(rows)
+    # compiled code: each fused kernel Inductor generated is one event (with
+    # torch._inductor.config.cpp.enable_kernel_profile on a CPU; Triton kernels on a GPU)
+    kernels = [ev.name for ev in prof.events() if _step_index(ev) == 0
+               and ("cpp_fused" in ev.name or ev.name.startswith("triton_"))]
     if optimizer_params is not None and (calls["phase"] == "optimizer").any():
         # the foreach operators' tensor lists carry no shapes: one point for the whole update
         f, b = adamw_cost(optimizer_params, bytes_per_el)
@@ -378,7 +383,7 @@ def profile_step(step: Callable[[], None], *, device: str = "cpu", warmup: int =
     ops_ms = float(calls["time_ms"].sum()) / repeats if len(calls) else 0.0
     step_ms = summarize(samples) if samples else {}
     return StepProfile(ops=ops, calls=calls, step_ms=step_ms, profiled_ms=wall * 1e3,
-                       ops_ms=ops_ms, trace=trace,
+                       ops_ms=ops_ms, trace=trace, kernels=kernels,
                        meta={"label": label, "device": device, "bytes_per_el": bytes_per_el,
                              "threads": torch.get_num_threads(), "repeats": repeats})
 

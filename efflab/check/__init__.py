@@ -58,3 +58,17 @@ __all__ = ["REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answ
 from efflab.check.distributed import alpha_beta, step_time_8, zero1_bytes  # noqa: E402
 
 __all__ += ["alpha_beta", "step_time_8", "zero1_bytes"]
+
+# lesson 08 (inside a step): a matmul on the roofline from its shapes; which roof bounds each op
+# lesson 09 (fusion): bytes a fused bias+GELU saves; the row reduction of a fused softmax
+from efflab.check.fusion import gelu_bias_bytes, softmax_row_reduction  # noqa: E402
+from efflab.check.inside_step import matmul_roofline, which_roof  # noqa: E402
+
+__all__ += ["matmul_roofline", "which_roof", "gelu_bias_bytes", "softmax_row_reduction"]
+
+# lesson 12 (compression): structured sparsity halving the MLP's FLOPs; the soft-target loss
+# lesson 13 (scaling laws): compute-optimal N and D at 10x the budget; the loss predicted there
+from efflab.check.compression import mlp_flops_sparsity, soft_target_loss  # noqa: E402
+from efflab.check.scaling import compute_optimal, optimal_loss  # noqa: E402
+
+__all__ += ["mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"]
