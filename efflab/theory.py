@@ -21,6 +21,11 @@ and every chart takes its prediction from the same function the library uses.
 | :func:`roofline` | time ≥ max(FLOPs / peak, bytes / bandwidth) | measurement.roofline |
 | :func:`decode_bound_tokens_per_s` | decode tokens/s ≤ B · bandwidth / bytes per step | measurement.roofline |
 | :func:`throughput` | throughput = B · T / L(B) | measurement.roofline |
+| :func:`alpha_beta_time` | one collective on n bytes: t = α + n/β | distributed.comm |
+| :func:`ring_allreduce_time` | ring all-reduce: 2(N−1)·α + 2(N−1)/N · n/β per link | distributed.comm |
+| :func:`predicted_step_time` | data-parallel step ≈ compute + Σ buckets (α + bytes/β) | distributed.ddp |
+| :func:`step_time_at` | the same at N ranks, same global batch (compute ÷ N, ring scaling) | distributed.ddp |
+| :func:`memory_per_rank` | per-rank bytes: 4P + 4P + 8P, each ÷ N where ZeRO-1 / FSDP shards it | distributed.zero |
 
 Formulas of later lessons (profiling, KV cache, serving, compression, scaling, distribution)
 are added to this index by the module that owns them.
@@ -46,3 +51,29 @@ __all__ = ["estimate_6n", "attention_flops", "step_flops_estimate", "predict_mem
            "attention_memory_bytes", "model_attention_bytes", "PrecisionConfig",
            "predicted_weight_bytes", "bytes_moved", "roofline", "decode_bound_tokens_per_s",
            "throughput"]
+
+# lesson 14 (distributed): the α–β model, the data-parallel step, per-rank memory under ZeRO
+from efflab.distributed.comm import alpha_beta_time, ring_allreduce_time  # noqa: E402
+from efflab.distributed.ddp import predicted_step_time, step_time_at  # noqa: E402
+from efflab.distributed.zero import memory_per_rank  # noqa: E402
+
+__all__ += ["alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "step_time_at",
+            "memory_per_rank"]
+
+# lessons 08-09 (inside a step, fusion): an operator's FLOPs and bytes from its shapes, the roof
+# that bounds it, and the traffic fusion removes
+from efflab.kernels.cross_entropy import cross_entropy_bytes  # noqa: E402
+from efflab.kernels.layernorm import layernorm_bytes  # noqa: E402
+from efflab.profiling import (  # noqa: E402
+    adamw_cost,
+    attention_cost,
+    intensity,
+    matmul_cost,
+    op_cost,
+    roof_bound,
+)
+from efflab.techniques.compile import elementwise_chain_bytes, fused_bytes_saved  # noqa: E402
+
+__all__ += ["matmul_cost", "attention_cost", "adamw_cost", "op_cost", "intensity", "roof_bound",
+            "elementwise_chain_bytes", "fused_bytes_saved", "layernorm_bytes",
+            "cross_entropy_bytes"]
