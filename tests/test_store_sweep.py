@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from efflab.config import Knobs
 from efflab.store import Store, config_key, results
@@ -100,3 +101,161 @@ def test_points_from_the_store_say_so(tmp_path, quick_cal):
                   progress=False, calibration=quick_cal)
     assert list(first["reused"]) == [False] and list(again["reused"]) == [True]
     assert "reused" not in Store(tmp_path).records()[0]  # the stored record is unchanged
+
+
+# ----------------------------------------------------------------------------- stale results
+
+def _fake_measure(calls, status=lambda k: "ok"):
+    """Stands in for measure(): fast, counts its calls, returns a plausible record."""
+
+    def fake(k, **kw):
+        calls.append((k.batch_size, kw.get("target_s")))
+        st = status(k)
+        return {**fake_record(k.batch_size, st), "message": None if st == "ok" else "boom",
+                "budget_bytes": kw.get("budget_bytes")}
+
+    return fake
+
+
+def _run(tmp_path, **kw):
+    return sweep(Knobs(seq_len=16), {"batch_size": [1, 2]}, preset="cpu-tiny", store=tmp_path,
+                 progress=False, **kw)
+
+
+def test_a_smoke_point_is_not_reused_by_a_full_run(tmp_path, monkeypatch):
+    sw = importlib.import_module("efflab.sweeping")
+    calls = []
+    monkeypatch.setattr(sw, "measure", _fake_measure(calls))
+    _run(tmp_path, target_s=0.05)  # a rough SMOKE timing
+    full = _run(tmp_path, target_s=1.0)
+    assert calls == [(1, 0.05), (2, 0.05), (1, 1.0), (2, 1.0)]  # measured again, not reused
+    assert not full["reused"].any()
+    again = _run(tmp_path, target_s=1.0)
+    assert len(calls) == 4 and again["reused"].all()  # the same run is reused
+
+
+def test_a_record_from_another_machine_or_efflab_version_is_not_reused(tmp_path, monkeypatch):
+    sw = importlib.import_module("efflab.sweeping")
+    ctx = importlib.import_module("efflab.measurement.context")
+    calls = []
+    monkeypatch.setattr(sw, "measure", _fake_measure(calls))
+    _run(tmp_path)
+    monkeypatch.setattr(ctx, "code_fingerprint", lambda: "another-efflab")
+    _run(tmp_path)
+    assert len(calls) == 4
+    monkeypatch.setattr(ctx, "fingerprint", lambda threads=None: "another-machine")
+    _run(tmp_path)
+    assert len(calls) == 6
+    monkeypatch.setattr(ctx.torch, "__version__", "9.9.9")
+    _run(tmp_path)
+    assert len(calls) == 8
+
+
+def test_an_error_is_measured_again_and_a_refusal_reused_only_under_its_budget(tmp_path, monkeypatch):
+    sw = importlib.import_module("efflab.sweeping")
+    calls = []
+    monkeypatch.setattr(sw, "measure", _fake_measure(calls, lambda k: "error"))
+    _run(tmp_path)
+    monkeypatch.setattr(sw, "measure", _fake_measure(calls, lambda k: "refused"))
+    first = _run(tmp_path, budget_bytes=1 << 20)
+    assert len(calls) == 4 and set(first["status"]) == {"refused"}  # errors retried
+    _run(tmp_path, budget_bytes=1 << 20)
+    assert len(calls) == 4  # the same budget: the refusal stands
+    _run(tmp_path, budget_bytes=2 << 20)
+    assert len(calls) == 6  # another budget: asked again
+
+
+def test_weights_content_is_part_of_the_key(tmp_path, monkeypatch):
+    from efflab.measurement.context import weights_fingerprint
+    from efflab.model import build_model
+    from efflab.config import get_preset
+    from efflab.weights import save_weights
+
+    path = save_weights(build_model(get_preset("cpu-tiny"), seed=0), tmp_path / "w.safetensors")
+    first = weights_fingerprint(path)
+    time.sleep(0.01)
+    save_weights(build_model(get_preset("cpu-tiny"), seed=1), path)  # same name, new bytes
+    assert weights_fingerprint(path) != first
+    assert weights_fingerprint(None) == "random-init"
+
+
+# ----------------------------------------------------------------------------- where the store lives
+
+def test_store_location_env_then_checkout_then_user_data(tmp_path, monkeypatch):
+    st = importlib.import_module("efflab.store")
+    monkeypatch.setenv("EFFLAB_RESULTS", str(tmp_path / "mine"))
+    assert st.default_results_dir() == tmp_path / "mine"
+    monkeypatch.delenv("EFFLAB_RESULTS")
+    assert st.default_results_dir() == st.CHECKOUT / "results"  # this checkout is writable
+    installed = tmp_path / "lib" / "site-packages"
+    (installed / "efflab").mkdir(parents=True)
+    monkeypatch.setattr(st, "CHECKOUT", installed)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    where = st.default_results_dir()
+    assert where == tmp_path / "xdg" / "efflab" / "results"
+    assert "site-packages" not in where.parts
+
+
+def test_pip_installed_efflab_writes_its_store_outside_site_packages(tmp_path):
+    """A real, non-editable install of this checkout (built as a wheel into a site-packages
+    folder) puts its default store in the user's data folder."""
+    root = Path(__file__).resolve().parent.parent
+    site = tmp_path / "lib" / "python" / "site-packages"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                            "--no-build-isolation", "--target", str(site), str(root)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (site / "efflab" / "store.py").exists() and not (site / "efflab.egg-link").exists()
+    env = {k: v for k, v in os.environ.items() if k != "EFFLAB_RESULTS"}
+    env.update(PYTHONPATH=str(site), XDG_DATA_HOME=str(tmp_path / "xdg"))
+    code = ("import efflab.store as s; print(s.__file__); st = s.Store(); "
+            "st.append({'status': 'ok', 'preset': 'p', 'knobs': {}}); print(st.path)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module_file, store_path = out.stdout.split()
+    assert module_file.startswith(str(site))  # the installed copy ran, not the checkout
+    assert store_path == str(tmp_path / "xdg" / "efflab" / "results" / "efflab.sqlite")
+    assert not list(site.rglob("*.sqlite"))
+
+
+def test_a_corrupt_store_is_one_clear_error_and_is_left_alone(tmp_path):
+    from efflab.store import StoreError
+
+    bad = tmp_path / "efflab.sqlite"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    before = bad.read_bytes()
+    try:
+        Store(bad)
+    except StoreError as e:
+        assert str(bad) in str(e) and "not a readable efflab store" in str(e)
+    else:
+        raise AssertionError("a corrupt store was opened")
+    assert bad.read_bytes() == before  # never overwritten or recreated
+
+
+def test_a_store_from_a_newer_efflab_is_refused(tmp_path):
+    from efflab.store import STORE_SCHEMA, StoreError
+
+    st = Store(tmp_path)
+    with sqlite3.connect(st.path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE name = 'store_schema'", (str(STORE_SCHEMA + 1),))
+    try:
+        Store(tmp_path)
+    except StoreError as e:
+        assert "newer efflab" in str(e) and str(st.path) in str(e)
+    else:
+        raise AssertionError("a newer store was opened")
+
+
+def test_a_read_only_store_is_one_clear_error(tmp_path):
+    import pytest
+
+    from efflab.store import StoreError
+
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions: a read-only store cannot be made here")
+    st = Store(tmp_path)
+    os.chmod(st.path, 0o444)
+    with pytest.raises(StoreError, match="read-only"):
+        Store(tmp_path)
