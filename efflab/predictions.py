@@ -95,7 +95,7 @@ def _fmt(x) -> str:
     x = float(x)
     if not math.isfinite(x):
         return str(x)
-    return f"{x:,.3g}" if abs(x) < 1e5 else f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 1e3 else f"{x:,.0f}"
 
 
 def miss_text(guessed, measured) -> str:
