@@ -132,14 +132,20 @@ def one_layer(spec: dict, prefix: str) -> list[dict]:
     return layer_rows(spec, layers[0])
 
 
-def svg_marks(svg: str, prefix: str) -> int:
-    """How many point marks the SVG holds inside mark groups named ``prefix...``."""
-    total = 0
+def svg_points(svg: str, prefix: str) -> list[str]:
+    """The ``<path>`` of every point mark inside mark groups named ``prefix...``."""
+    paths = []
     for m in re.finditer(r'<g class="mark-symbol role-mark (\w+)"[^>]*>', svg):
         if m.group(1).startswith(prefix):
             end = svg.index("</g>", m.end())
-            total += svg[m.end():end].count('aria-roledescription="point"')
-    return total
+            paths += [p for p in re.findall(r"<path [^>]*>", svg[m.end():end])
+                      if 'aria-roledescription="point"' in p]
+    return paths
+
+
+def svg_marks(svg: str, prefix: str) -> int:
+    """How many point marks the SVG holds inside mark groups named ``prefix...``."""
+    return len(svg_points(svg, prefix))
 
 
 # ----------------------------------------------------------------------------- the data
@@ -465,4 +471,157 @@ def test_pareto_chart_draws_every_point_the_front_and_the_best():
     svg = to_svg(pareto_chart(df, "peak MiB", "quality.bits_per_byte", front=front, best=best,
                               budget=2.2))
     # dotted column names must not be read as nested fields: every ok point is drawn
-    assert svg.count('aria-roledescription="circle"') == 4
+    assert svg_marks(svg, "every_") == 4
+
+
+# ----------------------------------------------------------------------------- reused and noisy marks
+
+REUSED_AT = {2, 8}   # batch sizes taken from the store
+NOISY_AT = {4, 8}    # batch sizes whose timing the measurement flagged
+
+
+def marked_records():
+    """The batch sweep, with batch 2 and 8 reused from the store, batch 4 and 8 noisy
+    (IQR/median 14%), and the refused batch 32 reused too."""
+    recs = []
+    for b in SIZES:
+        r = ok_record(b, budget=BUDGET)
+        if b in NOISY_AT:
+            r["latency_ms"] = {**r["latency_ms"], "noisy": True, "iqr_over_median": 0.14,
+                               "cv": 0.12}
+        if b in REUSED_AT:
+            r["reused"] = True
+        recs.append(r)
+    return recs + [{**failed_record(32, budget=BUDGET), "reused": True}]
+
+
+def is_hollow(path: str) -> bool:
+    """No fill of its own: the SVG root's fill="none" shows through (an outline only)."""
+    return not re.search(r' fill="(?!none"|transparent")', path)
+
+
+def is_triangle(path: str) -> bool:
+    d = re.search(r' d="([^"]+)"', path).group(1)
+    return "A" not in d and d.count("L") == 2  # circles are arcs; a triangle is three lines
+
+
+def encoding_of(spec: dict, prefix: str) -> dict:
+    return layers_named(spec, prefix)[0]["encoding"]
+
+
+@pytest.mark.parametrize("builder", [throughput_chart, latency_chart])
+def test_reused_points_are_hollow_and_noisy_ones_triangles_with_legends(builder):
+    frame = records_frame(marked_records())
+    spec = builder(frame).to_dict()
+    enc = encoding_of(spec, "measured_")
+    series = ["measured", "theory (roofline bound)", "failed / refused"]
+    assert enc["fill"]["scale"] == {"domain": [*series, charts.REUSED],
+                                    "range": ["#1f77b4", "#ff7f0e", "#d62728", "transparent"]}
+    assert enc["fill"]["legend"] is not None      # the legend: the series and a hollow entry
+    assert enc["color"]["legend"] is None         # ... in place of the colour legend
+    assert enc["shape"]["scale"] == {"domain": [charts.STABLE, charts.NOISY],
+                                     "range": ["circle", "triangle-up"]}
+    assert enc["stroke"]["legend"] is None  # the outline keeps a hollow point visible
+    rows = one_layer(spec, "measured_")
+    assert {r["x"] for r in rows if r["fill_key"] == charts.REUSED} == REUSED_AT
+    assert {r["x"] for r in rows if r["source"] == charts.REUSED} == REUSED_AT
+    assert {r["x"] for r in rows if r["timing"] == charts.NOISY} == NOISY_AT
+    notes = {r["x"]: r["spread_note"] for r in rows}
+    assert notes[4] == "noisy: IQR/median 14%"
+    assert notes[1] == "stable: IQR/median 13%"  # from the record's own p25/p75: (1.08-0.95)
+    tips = {t["field"] for t in enc["tooltip"]}
+    assert {"source", "spread_note"} <= tips
+    text = json.dumps(spec)
+    assert "hollow: 3 point(s) reused from the store" in text  # 2, 8 and the refused 32
+    assert "triangles: 2 point(s) with a noisy timing" in text
+    svg = to_svg(spec)
+    points = svg_points(svg, "measured_")
+    assert len(points) == len(SIZES)
+    assert sum(map(is_hollow, points)) == len(REUSED_AT)
+    assert sum(map(is_triangle, points)) == len(NOISY_AT)
+    # the reused refused record: a hollow cross
+    crosses = svg_points(svg, "failed_")
+    assert len(crosses) == 1 and is_hollow(crosses[0])
+    assert charts.REUSED in svg and charts.NOISY in svg  # the legends are drawn
+
+
+def test_fresh_stable_records_get_no_mark_legends_or_notes(df):
+    for builder in (throughput_chart, latency_chart, memory_chart, quality_chart):
+        spec = builder(df).to_dict()
+        for layer in layers_named(spec, "measured_") + layers_named(spec, "memory_"):
+            assert not {"fill", "shape", "stroke"} & set(layer["encoding"])
+            assert layer["encoding"]["color"]["legend"] is not None
+        text = json.dumps(spec)
+        assert "hollow:" not in text and "triangles:" not in text
+    svg = to_svg(throughput_chart(df))
+    assert not any(map(is_hollow, svg_points(svg, "measured_")))
+    assert not any(map(is_triangle, svg_points(svg, "measured_")))
+
+
+def test_memory_and_quality_mark_reused_records_but_not_timing_noise():
+    frame = records_frame(marked_records())
+    mem = memory_chart(frame).to_dict()
+    enc = encoding_of(mem, "memory_")
+    assert enc["fill"]["scale"]["range"][-1] == "transparent" and "shape" not in enc
+    bars = pd.DataFrame(one_layer(mem, "memory_"))
+    assert set(bars.loc[bars["fill_key"] == charts.REUSED, "x"]) == REUSED_AT
+    fresh = bars[bars["source"] == charts.FRESH]
+    assert set(fresh["x"]) == set(SIZES) - REUSED_AT and (fresh["fill_key"] == fresh["series"]).all()
+    assert "triangles:" not in json.dumps(mem)  # memory is not timed: noise is not its business
+    svg = to_svg(mem)
+    drawn = [p for p in re.findall(r"<path [^>]*>", svg) if 'aria-roledescription="bar"' in p]
+    assert len(drawn) == len(bars)
+    assert sum(map(is_hollow, drawn)) == int((bars["source"] == charts.REUSED).sum())
+    quality = quality_chart(frame).to_dict()
+    enc = encoding_of(quality, "measured_")
+    assert "fill" in enc and "shape" not in enc
+    assert sum(map(is_hollow, svg_points(to_svg(quality), "measured_"))) == len(REUSED_AT)
+
+
+def test_dashboard_with_marks_renders_every_chart():
+    chart = dashboard(records_frame(marked_records()))
+    svg = to_svg(chart)
+    points = svg_points(svg, "measured_")  # throughput, latency, quality
+    assert len(points) == 3 * len(SIZES)
+    assert sum(map(is_hollow, points)) == 3 * len(REUSED_AT)
+    assert sum(map(is_triangle, points)) == 2 * len(NOISY_AT)  # quality is not timed
+
+
+def test_mark_columns_trust_the_records_flags():
+    from efflab.viz.frame import mark_columns
+
+    frame = pd.DataFrame({"reused": [True, None, False, float("nan")],
+                          "latency_ms.noisy": [None, True, False, True],
+                          "latency_ms.median": [10.0, 10.0, 10.0, None],
+                          "latency_ms.p25": [9.0, 9.0, 9.5, None],
+                          "latency_ms.p75": [12.0, 11.0, 10.5, None],
+                          "latency_ms.iqr_over_median": [None, 0.5, None, None]})
+    m = mark_columns(frame)
+    assert m["reused"].tolist() == [True, False, False, False]
+    assert m["noisy"].tolist() == [False, True, False, True]
+    # the record's own IQR/median when it has one, else from its quartiles
+    assert m["iqr_rel"].tolist()[:3] == pytest.approx([0.3, 0.5, 0.1])
+    assert m["spread_note"].tolist() == ["stable: IQR/median 30%", "noisy: IQR/median 50%",
+                                         "stable: IQR/median 10%", ""]
+    # a frame without the columns: nothing is marked
+    bare = mark_columns(pd.DataFrame({"x": [1, 2]}))
+    assert not bare["reused"].any() and not bare["noisy"].any()
+
+
+def test_pareto_marks_reused_always_and_noise_only_on_a_timed_axis():
+    from efflab.viz.charts import pareto_chart
+
+    df = pd.DataFrame({"status": ["ok"] * 4, "config": ["a", "b", "c", "d"],
+                       "ms per token": [1.0, 2.0, 3.0, 2.5], "peak MiB": [4.0, 3.0, 2.0, 5.0],
+                       "quality.bits_per_byte": [2.0, 1.8, 1.7, 1.9],
+                       "reused": [True, None, None, True],
+                       "latency_ms.noisy": [None, True, None, None]})
+    timed = pareto_chart(df, "ms per token", "quality.bits_per_byte")
+    enc = encoding_of(timed.to_dict(), "every_")
+    assert "fill" in enc and "shape" in enc
+    points = svg_points(to_svg(timed), "every_")
+    assert sum(map(is_hollow, points)) == 2 and sum(map(is_triangle, points)) == 1
+    untimed = pareto_chart(df, "peak MiB", "quality.bits_per_byte").to_dict()
+    enc = encoding_of(untimed, "every_")
+    assert "fill" in enc and "shape" not in enc
+    assert "triangles:" not in json.dumps(untimed)

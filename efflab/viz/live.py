@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable
 import altair as alt
 import pandas as pd
 
-from efflab.viz.charts import chart_title, dashboard, records_frame, save_chart, static_bundle
+from efflab.records import records_frame
+from efflab.viz.export import chart_title, save_chart, static_bundle
+from efflab.viz.records import dashboard
 
 STATIC_ENV = "EFFLAB_STATIC_CHARTS"
 
