@@ -53,3 +53,53 @@ def test_train_writes_checkpoint_and_record(tmp_path):
 def test_vary_parsing():
     assert _parse_vary(["batch_size=1,2,4", "workload=train,eval"]) == {
         "batch_size": [1, 2, 4], "workload": ["train", "eval"]}
+
+
+def test_float_knobs_from_the_command_line():
+    assert _parse_vary(["moe_capacity=1.5,2"]) == {"moe_capacity": [1.5, 2.0]}
+    assert _parse_vary(["threads=auto,2", "seq-len=none,16"]) == {
+        "threads": [None, 2], "seq_len": [None, 16]}
+    from efflab.cli import _knobs_from, build_parser
+
+    args = build_parser().parse_args(["measure", "--moe-experts", "4", "--moe-capacity", "1.5"])
+    k = _knobs_from(args)
+    assert k.moe_capacity == 1.5 and k.moe_experts == 4
+
+
+def test_bad_knob_text_names_the_knob(capsys):
+    assert main(["measure", "--preset", "cpu-tiny", "--moe-capacity", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "moe_capacity='lots'" in err and "a number" in err
+    assert main(["sweep", "--preset", "cpu-tiny", "--vary", "batch_size=1,two"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size='two'" in err and "an integer" in err
+
+
+def test_lab_and_cli_read_knob_text_with_the_same_parser():
+    from efflab.config import parse_knob
+
+    assert parse_knob("batch_size", " 8 ") == 8
+    assert parse_knob("moe_capacity", "1.25") == 1.25
+    assert parse_knob("seq_len", "auto") is None
+    assert parse_knob("precision", "bf16") == "bf16"
+
+
+def test_bad_corpus_and_weights_are_bad_input_not_failed_measurements(tmp_path, capsys):
+    store = tmp_path / "store"
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("x = 1\n" * 3)  # a real file, far shorter than one sequence
+    for corpus, expect in ((tmp_path / "missing", "does not exist"), (tiny, None)):
+        code = main(["measure", "--preset", "cpu-tiny", "--corpus", str(corpus), "--store", str(store)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and str(corpus.name) in err, err
+        if expect:
+            assert expect in err
+    truncated = tmp_path / "w.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # a header cut short
+    code = main(["sweep", "--preset", "cpu-tiny", "--weights", str(truncated), "--store", str(store),
+                 "--vary", "batch_size=1,2"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(truncated) in err and "Traceback" not in err
+    from efflab.store import Store
+
+    assert not (store / "efflab.sqlite").exists() or Store(store).count() == 0  # nothing recorded
