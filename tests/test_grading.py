@@ -424,3 +424,19 @@ def test_moe_loss_at_equal_flops_from_stored_curves():
     (row,) = moe_loss_ratios(curves)
     # compared at 2.5 FLOPs, the most both reached: dense interpolates to 1.75
     assert row["comparison"] == "MoE ÷ dense loss" and row["value"] == pytest.approx(2.2 / 1.75)
+
+
+def test_grade_command_without_running_a_kernel(tmp_path, capsys):
+    subs = tmp_path / "subs"
+    (subs / "zed").mkdir(parents=True)
+    (subs / "zed" / "answers.docx").write_bytes(b"PK\x03\x04 not really a zip")
+    (subs / "amy.txt").write_text("I did not do it")
+    out = tmp_path / "book.csv"
+    assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--out", str(out)]) == 0
+    book = pd.read_csv(out)
+    assert list(book["student"]) == ["amy", "amy", "zed", "zed"]
+    assert list(book["status"]) == ["not_a_notebook"] * 2 + ["malformed"] * 2
+    assert book["points"].sum() == 0 and book["max_points"].sum() == 6
+    assert "4 rows, 2 students" in capsys.readouterr().out
+    assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--workers", "0"]) == 2
+    assert main(["grade", str(subs), "--source", str(tmp_path / "none.ipynb")]) == 2
