@@ -1,4 +1,4 @@
-"""The ``efflab`` command: train, measure, sweep, calibrate, results, report, presets.
+"""The ``efflab`` command: train, measure, sweep, calibrate, results, report, presets, scaling.
 
 Knob flags (``--batch-size``, ``--seq-len`` ...) are generated from ``efflab.Knobs``, so a new
 technique's field appears here by itself. Bad input ends with one clear line and exit status 2,
@@ -19,6 +19,7 @@ from efflab.grading.cli import add_commands as add_course_commands
 from efflab.measurement import measure
 from efflab.measurement.hardware import RefusedError, calibrate
 from efflab.report import build_report
+from efflab.scaling import ScalingSpec, export_runs, isoflop_sweep, scaling_fit
 from efflab.store import Store, results
 from efflab.sweeping import sweep
 from efflab.train import train
@@ -138,6 +139,39 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError("--budgets", text, "comma-separated FLOP counts, e.g. 1e10,3e10,1e11") from None
+
+
+def cmd_scaling(args) -> int:
+    spec = ScalingSpec(budgets=_budgets(args.budgets)) if args.budgets else ScalingSpec()
+    plan = spec.plan()
+    print(f"IsoFLOP sweep: {len(spec.budgets)} budgets, {len(plan)} runs, "
+          f"{sum(r['flops'] for r in plan):.2e} training FLOPs in all")
+
+    def line(r):
+        tag = "reused" if r.get("reused") else f"{r['seconds']:.0f} s"
+        print(f"C={r['budget']:.0e} {r['name']:>8} N={r['n_params']:>8,} {r['steps']:>6} steps "
+              f"loss {r['val_loss']:.4f} ± {1.96 * r['val_se']:.4f} ({tag})", flush=True)
+
+    df = isoflop_sweep(spec, store=args.store, resume=not args.again, threads=args.threads,
+                       device=args.device or "cpu", on_point=line)
+    if args.export:
+        print(f"wrote {export_runs(df, args.export, note=args.note or '')}")
+    if df["budget"].nunique() >= 2:
+        fit = scaling_fit(df)
+        for _, r in fit["budgets"].iterrows():
+            where = "inside" if r["inside"] else "OUTSIDE the sizes tried"
+            print(f"C={r['budget']:.0e}: N_opt {r['n_opt']:,.0f} [{r['n_opt_lo']:,.0f}, "
+                  f"{r['n_opt_hi']:,.0f}], D_opt {r['d_opt']:,.0f}, vertex {where}")
+        print(f"N_opt ∝ C^{fit['a']:.3f} (95% [{fit['a_ci'][0]:.3f}, {fit['a_ci'][1]:.3f}]), "
+              f"D_opt ∝ C^{fit['b']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="efflab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -197,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets and where they run")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("scaling", help="run (or resume) the IsoFLOP scaling-law sweep")
+    p.add_argument("--budgets", default=None, help="FLOP budgets, e.g. 1e10,3e10,1e11,3e11 "
+                   "(default: the shipped sweep's)")
+    p.add_argument("--store", default=None, help="results database (default results/scaling.sqlite)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--again", action="store_true", help="train even what the store holds")
+    p.add_argument("--export", default=None, help="also write the runs as JSON here "
+                   "(data/scaling/isoflop.json is what the notebook draws)")
+    p.add_argument("--note", default=None, help="a note stored with the exported runs")
+    p.set_defaults(func=cmd_scaling)
 
     add_course_commands(sub)  # assign, submit, grade, class-results
     return ap

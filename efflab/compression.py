@@ -91,6 +91,14 @@ def build_candidate(recipe: Recipe, bases: dict[str, nn.Module], corpus, *, batc
     return model.eval()
 
 
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights as stored: parameters and buffers (packed int4 counted packed, the
+    tied table once), without pruning masks — a deployed model would not carry them."""
+    masks = sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                if n.endswith(".mask"))
+    return model_bytes(model) - masks
+
+
 def decode_speed(model: nn.Module, corpus, gen_tokens: int = 32, target_s: float = 0.5,
                  seed: int = 0) -> dict:
     """Decode tokens/s at batch 1 (one token per step against a filled KV cache): median with
@@ -125,7 +133,7 @@ def measure_candidate(label: str, model: nn.Module, corpus, teacher_row: dict | 
     q = heldout_quality(model, corpus, T, windows)
     row = {"label": label, **(parts or {}), "bits_per_byte": q["bits_per_byte"],
            "bits_per_byte_ci95": q["bits_per_byte_ci95"], "window_losses": q["window_losses"],
-           "weight_bytes": model_bytes(model), **decode_speed(model, corpus, target_s=target_s),
+           "weight_bytes": weight_bytes(model), **decode_speed(model, corpus, target_s=target_s),
            "params": sum(p.numel() for p in model.parameters()),
            "loadavg": list(os.getloadavg())}
     if teacher_row is not None:
@@ -155,6 +163,62 @@ def evaluate_recipes(recipes: list[Recipe], bases: dict[str, nn.Module], corpus,
         rows.append(row)
         if on_point:
             on_point(row)
+    return pd.DataFrame(rows)
+
+
+def matmul_flops_per_token(model: nn.Module) -> int:
+    """2 FLOPs per weight of every Linear a token passes through (blocks + output head): the
+    decode step's matmul work, zeros included — a dense kernel multiplies them too."""
+    seen, n = set(), 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            n += m.weight.numel()
+    return 2 * n
+
+
+def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
+                   windows: int = 256, target_s: float = 0.3, finetune_steps: int = 0,
+                   finetune_batch: int = 16, on_point=None) -> pd.DataFrame:
+    """Prune a copy of ``model`` with each config and measure it: one row per config with
+    method, sparsity (fraction of block weights gone), bits/byte (95% interval), decode tokens/s
+    at batch 1 (p25/p75, n), weight bytes, and ``theory_tokens_per_s`` — the dense model's
+    speed scaled by its matmul FLOPs over the pruned model's (zeros in a dense layout are still
+    multiplied, so only structured pruning moves it). With ``finetune_steps`` each pruned model
+    is also fine-tuned and measured again (``finetuned`` True)."""
+    from efflab.techniques.pruning import block_linears
+
+    dense_w = sum(m.weight.numel() for _, m in block_linears(model))
+    dense_flops = matmul_flops_per_token(model)
+    rows, dense_speed = [], None
+    for cfg in configs:
+        m = prune_(copy.deepcopy(model).eval(), cfg)
+        zeros = sum(int((mod.weight == 0).sum()) for _, mod in block_linears(m))
+        kept = sum(mod.weight.numel() for _, mod in block_linears(m))
+        sparsity = 1 - (kept - zeros) / dense_w
+        method = ("dense" if cfg.method == "none" or (cfg.method != "2:4" and cfg.sparsity == 0
+                                                     and not cfg.heads)
+                  else cfg.method if cfg.method != "unstructured" else f"unstructured-{cfg.scope}")
+        stages = [(False, m)]
+        if finetune_steps and method != "dense":
+            stages.append((True, None))
+        for tuned, mm in stages:
+            if tuned:
+                finetune(m, corpus, finetune_steps, batch_size=finetune_batch)
+            q = heldout_quality(m, corpus, m.cfg.block_size, windows)
+            speed = decode_speed(m, corpus, target_s=target_s)
+            if dense_speed is None and method == "dense":
+                dense_speed = speed["tokens_per_s"]
+            theory = (None if dense_speed is None
+                      else dense_speed * dense_flops / matmul_flops_per_token(m))
+            row = {"method": method, "sparsity": round(sparsity, 4), "finetuned": tuned,
+                   "heads_removed": cfg.heads, "bits_per_byte": q["bits_per_byte"],
+                   "bits_per_byte_ci95": q["bits_per_byte_ci95"],
+                   "weight_bytes": weight_bytes(m), **speed, "theory_tokens_per_s": theory,
+                   "loadavg": list(os.getloadavg())}
+            rows.append(row)
+            if on_point:
+                on_point(row)
     return pd.DataFrame(rows)
 
 
@@ -193,4 +257,5 @@ def claim(df: pd.DataFrame, cost: str = "speedup", floor: float = QUALITY_FLOOR,
 
 
 __all__ = ["QUALITY_FLOOR", "TARGET_RATIO", "Recipe", "build_candidate", "decode_speed",
+           "matmul_flops_per_token", "sparsity_sweep", "weight_bytes",
            "quality_ratio", "measure_candidate", "evaluate_recipes", "frontier", "claim"]

@@ -53,7 +53,7 @@ from efflab.config import ConfigError, ModelConfig
 from efflab.data import fixed_batches, load_corpus, random_batch
 from efflab.measurement.hardware import environment
 from efflab.model import build_model
-from efflab.store import Store
+from efflab.store import Store, default_results_dir
 from efflab.train import lr_at
 from efflab.workloads import LN2, make_optimizer, optimizer_step
 
@@ -132,7 +132,7 @@ class ScalingSpec:
     sizes: tuple[tuple[int, int], ...] = LADDER
     min_tokens_per_param: float = 2.0
     max_tokens_per_param: float = 500.0
-    batch_size: int = 16
+    batch_size: int = 8
     seq_len: int = 64
     lr: float = 3e-3
     eval_batches: int = 32
@@ -287,9 +287,8 @@ def isoflop_sweep(spec: ScalingSpec | None = None, store: Store | str | os.PathL
 
 
 def _default_store() -> Path:
-    from efflab.store import DEFAULT_DIR
-
-    return Path(DEFAULT_DIR) / "scaling.sqlite"
+    """``scaling.sqlite`` beside the measurement records (``EFFLAB_RESULTS`` moves both)."""
+    return default_results_dir() / "scaling.sqlite"
 
 
 def runs_frame(records: Iterable[dict]) -> pd.DataFrame:

@@ -126,3 +126,16 @@ def test_sweep_resumes_from_its_store_and_exports(tmp_path):
     back = load_shipped(path)
     assert back["val_loss"].tolist() == pytest.approx(first["val_loss"].tolist())
     assert back.attrs["note"] == "test"
+
+
+def test_cli_runs_resumes_and_rejects_bad_budgets(tmp_path, capsys):
+    from efflab.cli import main
+
+    store = str(tmp_path / "cli.sqlite")
+    assert main(["scaling", "--budgets", "3e8", "--store", store, "--threads", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "2 runs" in first and "L1-d8" in first and "reused" not in first
+    assert main(["scaling", "--budgets", "3e8", "--store", store]) == 0
+    assert first.count("C=3e+08") == capsys.readouterr().out.count("reused")
+    assert main(["scaling", "--budgets", "lots"]) == 2
+    assert "--budgets" in capsys.readouterr().err

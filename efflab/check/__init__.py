@@ -65,3 +65,10 @@ from efflab.check.fusion import gelu_bias_bytes, softmax_row_reduction  # noqa: 
 from efflab.check.inside_step import matmul_roofline, which_roof  # noqa: E402
 
 __all__ += ["matmul_roofline", "which_roof", "gelu_bias_bytes", "softmax_row_reduction"]
+
+# lesson 12 (compression): structured sparsity halving the MLP's FLOPs; the soft-target loss
+# lesson 13 (scaling laws): compute-optimal N and D at 10x the budget; the loss predicted there
+from efflab.check.compression import mlp_flops_sparsity, soft_target_loss  # noqa: E402
+from efflab.check.scaling import compute_optimal, optimal_loss  # noqa: E402
+
+__all__ += ["mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"]
