@@ -36,6 +36,8 @@ import pandas as pd
 
 from efflab.grading.submit import discover, open_submission
 from efflab.records import records_frame
+from efflab.viz.class_results import class_results_chart
+from efflab.viz.export import save_chart
 
 TOKENS_PER_S = "throughput.tokens_per_s"
 PEAK = "memory.peak_bytes"
@@ -226,9 +228,6 @@ def class_results(submissions: str | os.PathLike, out: str | os.PathLike = "clas
                   csv: str | os.PathLike | None = None) -> pd.DataFrame:
     """Pool ``submissions``, write the chart to ``out`` (.html/.svg/.png/.json) and the table
     to ``csv`` (default: beside the chart); return the table."""
-    from efflab.viz.class_results import class_results_chart
-    from efflab.viz.export import save_chart
-
     table = class_table(*pool(submissions))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,8 @@ from efflab.config import ConfigError
 from efflab.grading import cells as C
 from efflab.grading.sandbox import CellRun, Limits, SandboxResult, run_sandboxed
 from efflab.grading.submit import Submission, discover, open_submission
+from efflab.measurement import hardware
+from efflab.report import NOTEBOOK_DIR
 
 COLUMNS = ["student", "notebook", "grade_id", "exercises", "points", "max_points", "status",
            "feedback"]
@@ -209,8 +211,6 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
     sandbox's time and memory limits. ``workers``: submissions graded at once (each in its
     own process; math threads per kernel default to cores ÷ workers).
     """
-    from efflab.report import NOTEBOOK_DIR
-
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError("--workers", workers, "an integer >= 1")
     sources = load_sources(source if source is not None else NOTEBOOK_DIR)
@@ -218,8 +218,6 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
     if limits.threads is None:
         limits = Limits(**{**asdict(limits), "threads": max(1, (os.cpu_count() or 1) // workers)})
     if calibration_dir is None:
-        from efflab.measurement import hardware
-
         calibration_dir = getattr(hardware, "CACHE_DIR", None)
     entries = discover(submissions)
 

@@ -48,6 +48,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from queue import Empty
 
 TRACE = "@@efflab-cell "
 NOTEBOOK = "@@efflab-notebook "
@@ -73,6 +74,8 @@ class Limits:
     threads: int | None = None
 
     def __post_init__(self):
+        # imported here: the child runs this file as a script and must not import efflab
+        # (and torch) just to run a notebook
         from efflab.config import ConfigError
 
         for name in ("cell_s", "notebook_s", "probe_s"):
@@ -159,9 +162,7 @@ def _read_answers(path: Path, cap: int = 4 * 2**20) -> list:
 
 async def _quiet_execute(client, code: str, timeout: float) -> bool:
     """Run ``code`` silently in the kernel; True if it answered within ``timeout`` seconds."""
-    from queue import Empty
-
-    from jupyter_core.utils import ensure_async
+    from jupyter_core.utils import ensure_async  # child side: see _run_cells
 
     kc = client.kc
     msg_id = await ensure_async(kc.execute(code, silent=True, store_history=False,
@@ -182,7 +183,9 @@ async def _quiet_execute(client, code: str, timeout: float) -> bool:
 
 
 async def _run_cells(job: dict) -> None:
+    # imported here, in the child, after __main__ has taken this folder off sys.path
     import nbformat
+    from jupyter_core.utils import ensure_async
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -247,8 +250,6 @@ async def _run_cells(job: dict) -> None:
                     if which == "notebook":
                         stopped = reason
                         continue
-                    from jupyter_core.utils import ensure_async
-
                     await ensure_async(client.km.interrupt_kernel())
                     if not await _quiet_execute(client, "pass", timeout=limits["probe_s"]):
                         stopped = f"the kernel did not stop after the {reason}"

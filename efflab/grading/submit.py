@@ -35,10 +35,13 @@ from pathlib import Path
 
 import nbformat
 
+from efflab import __version__, store
 from efflab.check.core import ANSWERS_ENV, DEFAULT_ANSWERS
 from efflab.config import ConfigError
 from efflab.grading.assign import assignment_of
 from efflab.grading.cells import read_notebook
+from efflab.measurement import hardware
+from efflab.report import run_notebook
 
 SCHEMA = "efflab.submission/1"
 MAX_ZIP_BYTES = 256 * 2**20      # uncompressed, all members together
@@ -52,8 +55,6 @@ def _sha256(data: bytes) -> str:
 
 def _store_path(results: str | os.PathLike | None) -> Path:
     if results is None:
-        from efflab import store
-
         results = os.environ.get("EFFLAB_RESULTS") or store.DEFAULT_DIR
     p = Path(results)
     return p if p.suffix == ".sqlite" else p / "efflab.sqlite"
@@ -88,8 +89,6 @@ def dump_store(path: Path) -> dict[str, bytes]:
 
 def machine_info(calibrate_if_missing: bool = True) -> dict:
     """Fingerprint, environment and every cached calibration of this machine."""
-    from efflab.measurement import hardware
-
     fp = hardware.fingerprint()
     cache = Path(getattr(hardware, "CACHE_DIR", Path.home() / ".cache" / "efflab"))
     cals = []
@@ -120,8 +119,6 @@ def submit(notebook: str | os.PathLike, out: str | os.PathLike | None = None,
     if student is not None and not re.fullmatch(r"[\w.@-]{1,64}", student):
         raise ConfigError("--student", student, "letters, digits and . _ @ - (at most 64)")
     if execute:
-        from efflab.report import run_notebook
-
         ran = Path(tempfile.mkdtemp(prefix="efflab-submit-"))
         nb_bytes = run_notebook(nb_path, ran, {}, results_dir=None).read_bytes()
     else:
@@ -140,14 +137,11 @@ def submit(notebook: str | os.PathLike, out: str | os.PathLike | None = None,
     machine = machine_info(calibrate_if_missing)
     files["machine.json"] = json.dumps(machine, indent=1, default=str).encode()
 
-    from efflab import __version__
-    from efflab.measurement.hardware import efflab_commit
-
     manifest = {
         "schema": SCHEMA, "student": student, "notebook": nb_path.name,
         "assignment": assignment_of(nb) or nb_path.stem,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "efflab_version": __version__, "efflab_commit": efflab_commit(),
+        "efflab_version": __version__, "efflab_commit": hardware.efflab_commit(),
         "fingerprint": machine["fingerprint"],
         "executed_cells": sum(1 for c in nb.cells if c.cell_type == "code" and c.get("execution_count")),
         "files": {name: _sha256(data) for name, data in sorted(files.items())},
