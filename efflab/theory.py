@@ -77,3 +77,23 @@ from efflab.techniques.compile import elementwise_chain_bytes, fused_bytes_saved
 __all__ += ["matmul_cost", "attention_cost", "adamw_cost", "op_cost", "intensity", "roof_bound",
             "elementwise_chain_bytes", "fused_bytes_saved", "layernorm_bytes",
             "cross_entropy_bytes"]
+
+# lessons 12-13 (compression, scaling laws): FLOPs a pruned MLP / attention keeps, the
+# soft-target loss, and compute-optimal training (C = 6·N·D, D = C / 6N, the 20-tokens rule)
+from efflab.distill import soft_target_loss  # noqa: E402
+from efflab.scaling import (  # noqa: E402
+    attention_share,
+    chinchilla_optimum,
+    compute_params,
+    tokens_for_budget,
+    training_flops,
+)
+from efflab.techniques.pruning import (  # noqa: E402
+    attention_flops_per_token,
+    kept_channels,
+    mlp_flops_per_token,
+)
+
+__all__ += ["mlp_flops_per_token", "attention_flops_per_token", "kept_channels",
+            "soft_target_loss", "compute_params", "training_flops", "tokens_for_budget",
+            "attention_share", "chinchilla_optimum"]
