@@ -458,3 +458,8 @@ def test_probe_checks_take_a_seed_and_the_judge_regenerates_from_it(name):
     assert ev["seed"] == 1234 and check.judge(name, ev)
     assert not check.judge(name, {**ev, "seed": 99})  # outputs of other probes do not pass
     assert check.judge(name, {**ev, "seed": "x"}).status == "error"
+
+
+def test_given_data_may_be_passed_by_position():
+    assert check.throughput(4 * 128 / 0.012, _sweep(), 4)
+    assert check.throughput(4 * 128 / 0.012, _sweep(), batch_size=4)

@@ -272,12 +272,12 @@ class Exercise:
         return fn
 
     # -- the two halves -------------------------------------------------------------------
-    def collect(self, answer: Any, **given: Any) -> dict:
+    def collect(self, answer: Any, *args: Any, **given: Any) -> dict:
         """Evidence for ``answer``; never raises (a crash is kept as ``collect_error``)."""
         if is_unanswered(answer):
             return {"unanswered": True}
         try:
-            ev = self.collect_fn(answer, **given)
+            ev = self.collect_fn(answer, *args, **given)
         except Unanswered:
             return {"unanswered": True}
         except Exception as e:  # the learner's answer or code: report, never crash
@@ -320,8 +320,8 @@ class Exercise:
                         expected=v.expected, got=v.got, hint=v.hint, status=status)
 
     # -- what a notebook calls ------------------------------------------------------------
-    def __call__(self, answer: Any = None, **given: Any) -> Feedback:
-        evidence = self.collect(answer, **given)
+    def __call__(self, answer: Any = None, *args: Any, **given: Any) -> Feedback:
+        evidence = self.collect(answer, *args, **given)
         line = json.dumps({"exercise": self.name, "evidence": evidence,
                            "efflab_version": _efflab_version(),
                            "time": _dt.datetime.now(_dt.timezone.utc).isoformat()},
