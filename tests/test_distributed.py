@@ -35,7 +35,8 @@ from efflab.distributed import (
 )
 from efflab.distributed.comm import split_held_out
 from efflab.distributed.launch import LaunchError, run_streaming, torchrun_command
-from efflab.distributed.worker import execute, main as worker_main
+from efflab.distributed.worker import execute
+from efflab.distributed.worker import main as worker_main
 from efflab.distributed.zero import fsdp_refusal
 from efflab.measurement.hardware import RefusedError
 from efflab.store import Store
@@ -204,6 +205,30 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if text.encode() in f.read() and _alive(int(d)):
+                        pids.append(int(d))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find leftover ranks")
+def test_a_launch_out_of_time_raises_and_leaves_no_rank_behind():
+    with pytest.raises(LaunchError, match="timed out") as e:
+        launch([COMM_JOB], nproc=2, timeout_s=2, on_progress=None, threads_per_rank=1)
+    folder = str(e.value).split("log (", 1)[1].split(")", 1)[0]
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(folder)
 
 
 def test_a_failing_job_becomes_an_error_record_not_a_crash():
