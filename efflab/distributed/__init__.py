@@ -29,7 +29,13 @@ from efflab.distributed.ddp import (
     predicted_step_time,
     step_time_at,
 )
-from efflab.distributed.launch import LaunchError, LaunchResult, launch, launch_refusal
+from efflab.distributed.launch import (
+    LaunchError,
+    LaunchResult,
+    collect_records,
+    launch,
+    launch_refusal,
+)
 from efflab.distributed.records import (
     allreduce_frame,
     ddp_frame,
@@ -45,6 +51,7 @@ from efflab.distributed.zero import SHARDINGS, ShardingConfig, fsdp_refusal, mem
 __all__ = ["AlphaBeta", "alpha_beta_time", "extrapolate", "fit_alpha_beta", "fit_with_held_out",
            "message_sizes", "ring_allreduce_time", "DataParallelConfig", "comm_time", "n_buckets",
            "predicted_step_time", "step_time_at", "LaunchError", "LaunchResult", "launch",
+           "collect_records",
            "launch_refusal", "allreduce_frame", "ddp_frame", "fit_frame", "fit_line",
            "loss_frame", "memory_frame", "refusals", "run_local", "SHARDINGS", "ShardingConfig",
            "fsdp_refusal", "memory_per_rank"]

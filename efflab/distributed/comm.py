@@ -202,12 +202,13 @@ def allreduce_sweep(sizes: list[int], min_repeats: int = 5, max_repeats: int = 5
             if str(device).startswith("cuda"):
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            slowest = torch.tensor([dt], dtype=torch.float64)
+            slowest = torch.tensor([dt], dtype=torch.float64, device=device)  # NCCL: on the GPU
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             samples.append(float(slowest))
             spent += samples[-1]
             go_on = torch.tensor([int(len(samples) < max_repeats and
-                                      (len(samples) < min_repeats or spent < target_s))])
+                                      (len(samples) < min_repeats or spent < target_s))],
+                                 device=device)
             dist.broadcast(go_on, src=0)  # rank 0 decides: every rank runs the same collectives
             if not int(go_on):
                 break

@@ -199,7 +199,7 @@ def train_data_parallel(config: DataParallelConfig, rank: int = 0, world_size: i
             step_s.append(pair[0])
             compute_s.append(pair[1])
     if world_size > 1 and step_s:  # a step is done when the slowest rank is done
-        both = torch.tensor([step_s, compute_s], dtype=torch.float64)
+        both = torch.tensor([step_s, compute_s], dtype=torch.float64, device=device)
         dist.all_reduce(both, op=dist.ReduceOp.MAX)
         step_s, compute_s = both[0].tolist(), both[1].tolist()
 

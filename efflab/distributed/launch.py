@@ -255,10 +255,7 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     status, tail = run_streaming(cmd, env, timeout_s, on_line)
     seconds = time.perf_counter() - t0
     (folder / "launch.log").write_text("\n".join(tail))
-    records = _collect(folder, run, nproc)
-    if store is not None:
-        for r in records:
-            store.append(r, key=r["key"], sweep=run)
+    records = collect_records(folder, store, run)
     result = LaunchResult(records, cmd, status, seconds, run, tail)
     errors = [r for r in records if r["status"] == "error"]
     if status != 0 or errors:
@@ -269,12 +266,16 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     return result
 
 
-def _collect(folder: Path, run: str, nproc: int) -> list[dict]:
+def collect_records(folder: str | os.PathLike, store: Store | None = None,
+                    run: str | None = None) -> list[dict]:
+    """Every ``rank<r>.jsonl`` record in ``folder`` (e.g. the ``--out`` folder of a torchrun
+    started by hand, on this or several machines), each given the ``run`` id (default: the
+    folder's name) and a store key, and appended to ``store`` when one is given."""
+    folder = Path(folder)
+    run = run or folder.name
     records = []
-    for rank in range(nproc):
-        path = folder / f"rank{rank}.jsonl"
-        if not path.exists():
-            continue
+    paths = sorted(folder.glob("rank*.jsonl"), key=lambda p: int(p.stem[4:] or 0))
+    for path in paths:
         for line in path.read_text().splitlines():
             if not line.strip():
                 continue
@@ -285,8 +286,11 @@ def _collect(folder: Path, run: str, nproc: int) -> list[dict]:
                                      "world_size": rec.get("world_size"), "run": run,
                                      "job": rec.get("job")})
             records.append(rec)
+    if store is not None:
+        for r in records:
+            store.append(r, key=r["key"], sweep=run)
     return records
 
 
 __all__ = ["LaunchError", "LaunchResult", "free_port", "loopback_interface", "launch_refusal",
-           "torchrun_command", "run_streaming", "print_progress", "launch"]
+           "torchrun_command", "run_streaming", "print_progress", "launch", "collect_records"]
