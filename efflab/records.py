@@ -28,9 +28,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def _slim(record: dict) -> dict:
-    """A record without what does not fit a table cell: tracebacks, training curves and the
-    per-window held-out losses (kept in the record for paired quality comparisons)."""
-    out = {k: v for k, v in record.items() if k not in ("traceback", "curve")}
-    if isinstance(out.get("quality"), dict) and "window_losses" in out["quality"]:
-        out["quality"] = {k: v for k, v in out["quality"].items() if k != "window_losses"}
-    return out
+    """A record without what does not fit a table: tracebacks and training curves. (The
+    per-window held-out losses stay, as ``quality.window_losses``: the paired quality
+    comparisons of ``efflab.analysis`` read them.)"""
+    return {k: v for k, v in record.items() if k not in ("traceback", "curve")}

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from efflab.analysis import batching_table, calibration_table, saturation
+from efflab.analysis import batching_table, calibration_table, saturation, technique_table
 from efflab.config import get_preset
 from efflab.explain import explain
 from efflab.measurement.memory import largest_batch, predict_memory
@@ -77,3 +77,26 @@ def test_explain_covers_each_metric(quick_cal):
     assert f"n={rec['latency_ms']['n']}" in text
     refused = explain({**rec, "status": "refused", "message": "too big"})
     assert "refused" in refused and "too big" in refused
+
+
+def test_technique_table_says_when_a_quality_difference_is_inside_the_noise():
+    import numpy as np
+
+    from efflab.records import records_frame
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.13, 0.38, 256)
+
+    def rec(mode, losses):
+        return {"status": "ok", "knobs": {"quantization": mode},
+                "latency_ms": {"median": 1.0, "p25": 0.9, "p75": 1.1, "n": 5},
+                "throughput": {"tokens_per_s": 100.0}, "context": {"corpus": "c"},
+                "quality": {"val_loss": float(np.mean(losses)), "bits_per_byte": 1.6,
+                            "val_loss_ci95": 0.05, "seq_len": 128,
+                            "window_losses": [float(v) for v in losses]}}
+
+    df = records_frame([rec("none", base), rec("int8", base + rng.normal(0, 0.001, 256)),
+                        rec("int4", base * 1.02)])
+    t = technique_table(df, "quantization")
+    assert list(t["quality vs first"].iloc[1:]) == ["inside noise", "worse"]
+    assert t["Δ loss vs first %"].iloc[2] == pytest.approx(2.0, abs=0.1)
