@@ -25,10 +25,11 @@ from efflab.analysis import (
     calibration_table,
     curve_gaps,
     pareto_front,
+    quality_difference,
     saturation,
     technique_table,
 )
-from efflab.weights import load_model, training_record
+from efflab.weights import WeightsError, load_model, training_record
 from efflab.compare import compare_gradients
 from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
 from efflab import check
@@ -38,7 +39,9 @@ from efflab.measurement.hardware import calibrate
 from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.model import sample
 from efflab.predictions import predict
-from efflab.store import Store, results
+from efflab import theory
+from efflab.data import CorpusError
+from efflab.store import Store, StoreError, results
 from efflab.sweeping import sweep
 from efflab.techniques import build
 from efflab.train import train_curves
@@ -58,7 +61,7 @@ def __getattr__(name):  # the lab panel pulls in ipywidgets and altair: load it 
     raise AttributeError(f"module 'efflab' has no attribute {name!r}")
 
 
-__all__ = ["PRESETS", "ConfigError", "Knobs", "ModelConfig", "get_preset", "SCHEMA", "measure",
+__all__ = ["theory", "quality_difference", "StoreError", "WeightsError", "CorpusError", "PRESETS", "ConfigError", "Knobs", "ModelConfig", "get_preset", "SCHEMA", "measure",
            "Store", "results", "sweep", "Lab", "calibrate", "calibration_table", "load_model",
            "training_record", "sample", "explain", "batching_table", "saturation",
            "largest_batch", "predict_memory", "check", "train_curves", "curve_gaps",
