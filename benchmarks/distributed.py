@@ -57,7 +57,7 @@ def main() -> None:
             + [{"task": "sharding", "config": {"preset": args.preset, "batch": 2,
                                                "seq_len": args.seq_len}}])
     res = ed.launch(jobs, nproc=args.nproc, timeout_s=900)
-    one = ed.run_local(ddp[-1])
+    one = ed.run_local(ddp[-1], threads=res.records[0]["threads_per_rank"])  # one rank's cores
     records = res.records + [one]
 
     table = ed.allreduce_frame(records)

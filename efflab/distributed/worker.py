@@ -68,8 +68,9 @@ def describe(event: dict) -> str:
         return (f"all-reduce {event['bytes']:>10,} B: {event['median_ms']:.3f} ms "
                 f"({event['done']}/{event['of']})")
     if event.get("task") == "ddp":
-        return (f"ddp bucket {event['bucket_cap_mb']} MiB: step {event['done']}/{event['of']} "
-                f"loss {event['loss']:.4f}")
+        who = ("1 process" if event.get("world_size") == 1
+               else f"ddp bucket {event['bucket_cap_mb']} MiB")
+        return f"{who}: step {event['done']}/{event['of']} loss {event['loss']:.4f}"
     if event.get("task") == "sharding":
         return f"sharding: {event['done']} layouts counted"
     return json.dumps(event)
@@ -103,7 +104,7 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str,
         def on_step(i, loss):
             if i % every == 0 or i == cfg.steps:
                 on_event({"task": task, "done": i, "of": cfg.steps, "loss": loss,
-                          "bucket_cap_mb": cfg.bucket_cap_mb})
+                          "bucket_cap_mb": cfg.bucket_cap_mb, "world_size": world})
 
         return cfg.to_dict(), train_data_parallel(cfg, rank, world, device, on_step)
     if task == "sharding":
@@ -143,8 +144,7 @@ def run_local(job: dict, device: str = "cpu", threads: int | None = None,
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        show = (lambda ev: print("1 process: " + describe(ev), flush=True)) if progress \
-            else (lambda ev: None)
+        show = (lambda ev: print(describe(ev), flush=True)) if progress else (lambda ev: None)
         return execute(job, 0, 0, 1, "none", device, environment(device), show)
     finally:
         torch.set_num_threads(before)
