@@ -26,7 +26,9 @@ def run_notebook(path: str | os.PathLike, out_dir: str | os.PathLike,
     """Execute one notebook under papermill; return the executed copy's path.
 
     ``results_dir`` points the notebook's store (``EFFLAB_RESULTS``) somewhere else, so a test
-    or a report does not mix its records with the learner's.
+    or a report does not mix its records with the learner's. The exercises' answer log
+    (``EFFLAB_ANSWERS``) goes beside the executed copy as ``<name>.answers.jsonl`` unless the
+    caller has set ``EFFLAB_ANSWERS`` itself.
     """
     import papermill
 
@@ -34,8 +36,11 @@ def run_notebook(path: str | os.PathLike, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
-    saved = {k: os.environ.get(k) for k in ("EFFLAB_STATIC_CHARTS", "EFFLAB_RESULTS")}
+    saved = {k: os.environ.get(k) for k in ("EFFLAB_STATIC_CHARTS", "EFFLAB_RESULTS",
+                                            "EFFLAB_ANSWERS")}
     os.environ["EFFLAB_STATIC_CHARTS"] = "1"
+    if not saved["EFFLAB_ANSWERS"]:
+        os.environ["EFFLAB_ANSWERS"] = str((out_dir / f"{path.stem}.answers.jsonl").resolve())
     if results_dir is not None:
         os.environ["EFFLAB_RESULTS"] = str(Path(results_dir).resolve())
     try:

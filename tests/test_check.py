@@ -463,3 +463,23 @@ def test_probe_checks_take_a_seed_and_the_judge_regenerates_from_it(name):
 def test_given_data_may_be_passed_by_position():
     assert check.throughput(4 * 128 / 0.012, _sweep(), 4)
     assert check.throughput(4 * 128 / 0.012, _sweep(), batch_size=4)
+
+
+def test_add_costs_names_only_the_knobs_that_apply_and_the_per_request_latency():
+    from efflab.analysis import add_costs
+    df = pd.DataFrame({"knobs.quantization": ["none", "int4-weight"], "knobs.group_size": [64, 32],
+                       "knobs.batch_size": [4, 4], "status": ["ok", "ok"],
+                       "latency_ms.median": [8.0, 6.0], "latency_ms.unit": ["token", "token"],
+                       "throughput.tokens_per_s": [500.0, 4 / 0.006]})
+    out = add_costs(df, vary=["quantization", "group_size", "batch_size"])
+    assert list(out["config"]) == ["quantization=none, batch_size=4",
+                                   "quantization=int4-weight, group_size=32, batch_size=4"]
+    assert list(out["ms per request token"]) == [8.0, 6.0]  # the step, not 1000 / throughput
+    assert out["ms per token"].iloc[0] == pytest.approx(2.0)
+
+
+def test_request_latency_takes_a_row_of_the_sweep_table_too():
+    row = pd.Series({"workload": "decode", "latency_ms.median": 8.0, "knobs.batch_size": 4,
+                     "throughput.tokens_per_s": 500.0})
+    assert check.request_latency(8.0, row)
+    assert not check.request_latency(2.0, row)

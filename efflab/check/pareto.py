@@ -85,14 +85,26 @@ def _judge_pareto(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} frontiers exact")
 
 
+def _field(record, *path):
+    """``record[a][b]`` of a record dict, or ``record["a.b"]`` of a results-table row."""
+    flat = ".".join(path)
+    if hasattr(record, "index") and flat in record.index:  # a pandas row
+        return record[flat]
+    value = record
+    for key in path:
+        value = value[key]
+    return value
+
+
 @exercise("request_latency", points=1, topic="pareto")
-def request_latency(answer, record: dict):
-    """Milliseconds one user waits per generated token in a batched decode measurement."""
-    if record.get("workload") != "decode":
-        raise ValueError(f"expected a decode record, got workload={record.get('workload')!r}")
-    return {"answer": number(answer), "latency_ms": number(record["latency_ms"]["median"]),
-            "batch_size": int(record["knobs"]["batch_size"]),
-            "tokens_per_s": number(record["throughput"]["tokens_per_s"])}
+def request_latency(answer, record):
+    """Milliseconds one user waits per generated token in a batched decode measurement
+    (``record``: a record dict or a row of a sweep's table)."""
+    if _field(record, "workload") != "decode":
+        raise ValueError(f"expected a decode record, got workload={_field(record, 'workload')!r}")
+    return {"answer": number(answer), "latency_ms": number(_field(record, "latency_ms", "median")),
+            "batch_size": int(_field(record, "knobs", "batch_size")),
+            "tokens_per_s": number(_field(record, "throughput", "tokens_per_s"))}
 
 
 @request_latency.judge_with
