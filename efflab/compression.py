@@ -237,6 +237,8 @@ def claim(df: pd.DataFrame, cost: str = "speedup", floor: float = QUALITY_FLOOR,
     ok = df[(df["quality"] >= floor) & (df["label"] != "teacher")]
     sure = ok[ok["quality_lo"] >= floor]
     what = {"speedup": "decode tokens/s at batch 1", "shrink": "bytes of weights"}[cost]
+    what_ratio = {"speedup": "decodes {:.2f}x as fast as the teacher",
+                  "shrink": "stores {:.2f}x fewer weight bytes than the teacher"}
     if ok.empty:
         return {"met": False, "best": None, "ratio": 1.0,
                 "verdict": f"No candidate keeps {floor:.0%} of the teacher's quality; the "
@@ -246,7 +248,7 @@ def claim(df: pd.DataFrame, cost: str = "speedup", floor: float = QUALITY_FLOOR,
     met = ratio >= target
     surely = not sure.empty and float(sure[cost].max()) >= target
     verdict = (f"On {what}: the cheapest candidate keeping >= {floor:.0%} is "
-               f"'{best['label']}', {ratio:.2f}x cheaper than the teacher at quality "
+               f"'{best['label']}', which {what_ratio[cost].format(ratio)} at quality "
                f"{best['quality']:.3f} (95% {best['quality_lo']:.3f}-{best['quality_hi']:.3f}). "
                + (f"{target:g}x at {floor:.0%} is reached"
                   + ("" if surely else " (but the interval's lower end dips below the floor)")

@@ -128,7 +128,7 @@ class ScalingSpec:
     ``seq_len`` bytes; held-out loss over ``eval_batches`` × ``eval_batch_size`` fixed windows.
     """
 
-    budgets: tuple[float, ...] = (1e10, 3e10, 1e11, 3e11)
+    budgets: tuple[float, ...] = (1e10, 3e10, 1e11)
     sizes: tuple[tuple[int, int], ...] = LADDER
     min_tokens_per_param: float = 2.0
     max_tokens_per_param: float = 500.0
