@@ -25,6 +25,7 @@ import collections
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,11 +259,12 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     records = collect_records(folder, store, run)
     result = LaunchResult(records, cmd, status, seconds, run, tail)
     errors = [r for r in records if r["status"] == "error"]
-    if status != 0 or errors:
+    if status != 0 or errors:  # the folder stays: its log and records explain the failure
         said = "; ".join(f"rank {r['rank']}: {r['message']}" for r in errors[:2])
         why = "timed out" if status == 124 else f"exited with status {status}"
         raise LaunchError(f"torchrun {why}{' — ' + said if said else ''}\n"
                           f"log ({folder}):\n" + "\n".join(tail[-25:]))
+    shutil.rmtree(folder, ignore_errors=True)  # everything it held is in the records now
     return result
 
 
