@@ -91,7 +91,8 @@ def ddp_frame(records, fit: AlphaBeta | None = None) -> pd.DataFrame:
         step, comp = _spread(res["step_s"]), _spread(res["compute_s"])
         row = {"world_size": r["world_size"], "bucket_cap_mb": k["bucket_cap_mb"],
                "preset": r.get("preset"), "global_batch": k["global_batch"],
-               "n_buckets": len(res["bucket_bytes"]), "grad_bytes": res["grad_bytes"],
+               "n_buckets": len(res["bucket_bytes"]), "bucket_bytes": list(res["bucket_bytes"]),
+               "grad_bytes": res["grad_bytes"],
                "step_ms": step["median_ms"], "step_p25_ms": step["p25_ms"],
                "step_p75_ms": step["p75_ms"], "n": step["n"],
                "compute_ms": comp["median_ms"], "compute_p25_ms": comp["p25_ms"],
