@@ -30,7 +30,7 @@ from efflab.grading.class_results import class_table, pool
 from efflab.grading.grade import grade, score_cell
 from efflab.grading.sandbox import CellRun, Limits
 from efflab.grading.submit import open_submission, submit
-from efflab.report import NOTEBOOK_DIR, notebooks, run_notebook
+from efflab.report import NOTEBOOK_DIR, run_notebook
 from efflab.store import Store
 from efflab.viz.class_results import class_results_chart
 
@@ -110,7 +110,7 @@ def test_a_solution_outside_a_solution_cell_is_refused_with_the_reason():
 def test_assign_every_lesson(tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["assign", str(NOTEBOOK_DIR), "--out", str(out)]) == 0
-    lessons = notebooks(NOTEBOOK_DIR)
+    lessons = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in lessons)
     with_solutions = 0
     for path in lessons:
@@ -346,6 +346,10 @@ def test_the_fixture_class_grades_as_expected(graded_class):
     by_student = {s["student"]: s for s in log["submissions"]}
     assert by_student["ivan"]["restored"] == ["restored deleted cell check_tokens_per_s"]
     assert by_student["alice"]["restored"] == []
+    bob = {c["cell_id"]: c for c in by_student["bob"]["cells"]}
+    assert bob["scratch-ex1-check"]["status"] == "error"  # input() raised; nothing hung
+    assert "StdinNotImplementedError" in bob["scratch-ex1-check"]["reason"]
+    assert bob["ex2-check"]["status"] == "ok"  # and the cells after it ran
     executed = root / "out" / "gradebook_executed"
     assert (executed / "alice--alice.ipynb").is_file() and not (executed / "gina--gina.ipynb").exists()
 
@@ -440,3 +444,32 @@ def test_grade_command_without_running_a_kernel(tmp_path, capsys):
     assert "4 rows, 2 students" in capsys.readouterr().out
     assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--workers", "0"]) == 2
     assert main(["grade", str(subs), "--source", str(tmp_path / "none.ipynb")]) == 2
+
+
+def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
+    import psutil
+
+    from efflab.grading.sandbox import run_sandboxed
+
+    cells = ["x = 1",
+             "import subprocess, time\n"
+             "p = subprocess.Popen(['sleep', '300'], start_new_session=True)  # detached\n"
+             "print(p.pid, flush=True)\n"
+             "time.sleep(300)",
+             "y = 2"]
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    for i, source in enumerate(cells):
+        cell = nbformat.v4.new_code_cell(source)
+        cell["id"] = f"c{i}"
+        nb.cells.append(cell)
+    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=25, probe_s=5))
+    status = {c.cell_id: (c.status, c.reason) for c in result.cells}
+    assert status["c0"][0] == "ok"
+    assert status["c1"] == ("timeout", "notebook time limit (25 s) reached")
+    assert status["c2"] == ("not_run", "notebook time limit (25 s) reached")
+    assert result.violations == []
+    pid = int(result.notebook["cells"][1]["outputs"][0]["text"].split()[0])
+    time.sleep(0.5)
+    alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    assert not alive, "a process the submission started outlived the grading run"
