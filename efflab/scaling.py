@@ -406,11 +406,15 @@ def scaling_fit(df: pd.DataFrame, n_boot: int = 400, seed: int = 0) -> dict:
     the bootstrap 95% interval of n_opt), ``a`` / ``b`` (N_opt ∝ C^a, D_opt ∝ C^b = C^(1-a))
     with ``a_ci`` (paired bootstrap over the held-out batches) and ``a_ci_ols`` (regression
     t-interval), ``n_law`` / ``loss_law`` (power laws N_opt(C), L_opt(C)), ``bootstrap_dropped``
-    (resamples where some budget's parabola had no minimum), and ``all_inside``.
+    (resamples where some budget's parabola had no minimum), ``all_inside``, and
+    ``skipped_budgets`` (budgets with fewer than 3 sizes finished, left out of the fit).
     """
-    df = df.reset_index(drop=True)
+    counts = df.groupby("budget")["n_params"].transform("count")
+    skipped = sorted(float(b) for b in df.loc[counts < 3, "budget"].unique())
+    df = df[counts >= 3].reset_index(drop=True)  # a parabola needs three sizes
     if df["budget"].nunique() < 2:
-        raise ValueError("a scaling fit needs >= 2 budgets")
+        raise ValueError("a scaling fit needs >= 2 budgets with >= 3 sizes each "
+                         f"(budgets with fewer sizes: {skipped})")
     means = {i: float(v) for i, v in df["val_loss"].items()}
     vert = _vertices(df, means)
     budgets = sorted(vert)
@@ -448,7 +452,8 @@ def scaling_fit(df: pd.DataFrame, n_boot: int = 400, seed: int = 0) -> dict:
     return {"budgets": pd.DataFrame(rows), "a": a, "b": 1.0 - a, "a_ci": a_ci,
             "b_ci": (1.0 - a_ci[1], 1.0 - a_ci[0]), "a_ci_ols": n_law["ci_ols"],
             "n_law": n_law, "loss_law": loss_law, "bootstrap": len(a_samples),
-            "bootstrap_dropped": dropped, "all_inside": all(r["inside"] for r in rows)}
+            "bootstrap_dropped": dropped, "all_inside": all(r["inside"] for r in rows),
+            "skipped_budgets": skipped}
 
 
 def predict_optimal(fit: dict, budget: float) -> dict:

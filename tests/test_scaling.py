@@ -139,3 +139,12 @@ def test_cli_runs_resumes_and_rejects_bad_budgets(tmp_path, capsys):
     assert first.count("C=3e+08") == capsys.readouterr().out.count("reused")
     assert main(["scaling", "--budgets", "lots"]) == 2
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_fit_leaves_out_budgets_with_too_few_sizes():
+    df = _synthetic()
+    partial = pd.concat([df, df[df["budget"] == 1e12].head(2).assign(budget=1e13)])
+    fit = scaling_fit(partial, n_boot=20)
+    assert fit["skipped_budgets"] == [1e13] and len(fit["budgets"]) == 3
+    with pytest.raises(ValueError, match=">= 3 sizes"):
+        scaling_fit(df[df["budget"] == 1e10], n_boot=5)
