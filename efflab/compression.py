@@ -198,7 +198,8 @@ def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
         sparsity = 1 - (kept - zeros) / dense_w
         method = ("dense" if cfg.method == "none" or (cfg.method != "2:4" and cfg.sparsity == 0
                                                      and not cfg.heads)
-                  else cfg.method if cfg.method != "unstructured" else f"unstructured-{cfg.scope}")
+                  else f"unstructured-{cfg.scope}" if cfg.method == "unstructured"
+                  else "structured+heads" if cfg.heads else cfg.method)
         stages = [(False, m)]
         if finetune_steps and method != "dense":
             stages.append((True, None))
