@@ -59,3 +59,22 @@ def test_candidates_are_smaller(corpus):
                                   quant=QuantConfig("int4-weight", 64)), bases, corpus)
     assert model_bytes(both) < model_bytes(pruned) < full
     assert model_bytes(bases["teacher"]) == full  # the base is copied, never changed
+
+
+def test_sparsity_sweep_rows_and_theory(corpus):
+    from efflab.compression import sparsity_sweep
+
+    cfg = ModelConfig("t", n_layer=2, n_head=2, n_embd=64, block_size=48)
+    model = build_model(cfg, 0).eval()
+    df = sparsity_sweep(model, corpus, [PruneConfig("none"), PruneConfig("unstructured", 0.5),
+                                        PruneConfig("structured", 0.5)], windows=4, target_s=0.01)
+    rows = {r["method"]: r for r in df.to_dict("records")}
+    assert set(rows) == {"dense", "unstructured-global", "structured"}
+    dense, unstr, struct = rows["dense"], rows["unstructured-global"], rows["structured"]
+    assert unstr["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert struct["sparsity"] == pytest.approx(1 / 3, abs=1e-3)  # half the MLP = a third of a block
+    assert dense["theory_tokens_per_s"] == pytest.approx(dense["tokens_per_s"])
+    assert unstr["theory_tokens_per_s"] == pytest.approx(dense["tokens_per_s"])  # zeros still multiplied
+    assert struct["theory_tokens_per_s"] > dense["tokens_per_s"]
+    assert unstr["weight_bytes"] == dense["weight_bytes"] > struct["weight_bytes"]  # masks not counted
+    assert unstr["bits_per_byte"] != dense["bits_per_byte"]
