@@ -17,7 +17,7 @@ LAYERS = [
     {"efflab.kernels", "efflab.weights"},
     {"efflab.techniques"},
     {"efflab.workloads"},
-    {"efflab.measurement"},
+    {"efflab.measurement", "efflab.profiling", "efflab.memory_timeline", "efflab.fusion"},
     {"efflab.store", "efflab.sweeping", "efflab.theory", "efflab.train", "efflab.analysis"},
     {"efflab.viz"},
     {"efflab.lab", "efflab.cli", "efflab.report"},
