@@ -191,3 +191,13 @@ def test_fused_bytes_saved():
     assert comp.fused_bytes_saved(n, 2) == 2 * n * 4
     assert comp.elementwise_chain_bytes(n, 3, fused=True) == 2 * n * 4
     assert comp.fused_bytes_saved(n, 1) == 0
+
+
+def test_compile_knob_reaches_the_cli():
+    import argparse
+
+    from efflab.cli import _knobs_from
+
+    assert _knobs_from(argparse.Namespace(compile="max-autotune")).compile == "max-autotune"
+    with pytest.raises(ConfigError, match="compile"):
+        _knobs_from(argparse.Namespace(compile="fastest"))
