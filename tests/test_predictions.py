@@ -72,3 +72,16 @@ def test_bad_names_and_values_are_refused_clearly(store):
         efflab.predict("", 1, store=store)
     with pytest.raises(ValueError, match="value"):
         efflab.predict("x", object(), store=store)
+
+
+def test_db_per_bit_line_runs_through_the_widest_scheme_with_slope_six():
+    from efflab.viz.predictions import db_per_bit_chart
+    rows = [{"name": "h.0.mlp", "scheme": "int8-weight", "sqnr_db": 40.0},
+            {"name": "h.1.mlp", "scheme": "int8-weight", "sqnr_db": 42.0},
+            {"name": "h.0.mlp", "scheme": "int4-weight", "sqnr_db": 19.0},
+            {"name": "h.1.mlp", "scheme": "none", "sqnr_db": float("inf")}]
+    spec = db_per_bit_chart(rows).to_dict()
+    line = [r for d in spec["datasets"].values() for r in d if "what" in r]
+    assert [(r["bits"], round(r["sqnr_db"], 2)) for r in line] == [(4, 41.0 - 4 * 6.02), (8, 41.0)]
+    pts = [r for d in spec["datasets"].values() for r in d if "name" in r]
+    assert len(pts) == 3  # the unquantized row (no bits, infinite SQNR) is left out

@@ -67,4 +67,39 @@ def compare_prediction(name: str, measured, theory=None, *, unit: str | None = N
     return prediction_chart(c)
 
 
-__all__ = ["prediction_chart", "compare_prediction"]
+
+
+def _bits(scheme: str) -> int | None:
+    digits = "".join(ch for ch in str(scheme).split("-")[0] if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def db_per_bit_chart(rows, *, db_per_bit: float = 6.02,
+                     title: str = "SQNR against bits: each bit buys ~6 dB") -> alt.TopLevelMixin:
+    """Per-layer SQNR (points) at each scheme's bits, beside the rule of thumb (dashed): a line of
+    slope ``db_per_bit`` through the mean SQNR of the widest scheme. ``rows``: dicts or a
+    DataFrame with name, scheme ("int8-weight", "int4-weight" ...) and sqnr_db."""
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    frame["bits"] = [_bits(s) for s in frame["scheme"]]
+    frame = frame.dropna(subset=["bits"])
+    frame = frame[frame["sqnr_db"].map(lambda v: math.isfinite(float(v)))]
+    if frame.empty:
+        return alt.Chart(pd.DataFrame({"t": ["no quantized layers"]})).mark_text().encode(
+            text="t:N").properties(title=title)
+    hi = frame["bits"].max()
+    anchor = frame[frame["bits"] == hi]["sqnr_db"].mean()
+    lo = min(frame["bits"].min(), hi - 1)
+    theory = pd.DataFrame({"bits": [lo, hi], "sqnr_db": [anchor - db_per_bit * (hi - lo), anchor],
+                           "what": [f"{db_per_bit:g} dB per bit"] * 2})
+    x = alt.X("bits:Q", title="bits per weight", scale=alt.Scale(domain=[lo - 0.5, hi + 0.5]))
+    y = alt.Y("sqnr_db:Q", title="SQNR (dB)")
+    points = alt.Chart(frame).mark_point(filled=True, size=60, opacity=0.7).encode(
+        x=x, y=y, color=alt.Color("scheme:N", title="scheme"),
+        tooltip=["name", "scheme", alt.Tooltip("sqnr_db:Q", format=".1f")])
+    line = alt.Chart(theory).mark_line(color=COLORS["theory"], strokeDash=[6, 4]).encode(
+        x=x, y=y, tooltip=["what"])
+    return alt.layer(line, points).properties(width=320, height=220,
+                                              title=alt.TitleParams(title, anchor="start"))
+
+
+__all__ = ["prediction_chart", "compare_prediction", "db_per_bit_chart"]
