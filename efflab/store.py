@@ -126,13 +126,27 @@ class Store:
         row = db.execute("SELECT value FROM meta WHERE name='store_schema'").fetchone()
         return int(row[0]) if row else None
 
-    def append(self, record: dict, key: str | None = None, sweep: str | None = None) -> int:
-        """Commit one record now; returns its row id."""
+    def append(self, record: dict, key: str | None = None, sweep: str | None = None, *,
+               unless_held: bool = False) -> int:
+        """Commit one record now; returns its row id.
+
+        ``unless_held=True`` (what a resuming sweep uses): when a reusable record under ``key``
+        is already stored — another sweep or panel measured the same configuration while this
+        one did — store nothing and return that record's id. The check and the write are one
+        transaction, so writers racing on one configuration leave exactly one record.
+        """
         key = key or record.get("key") or config_key(record["preset"], record["knobs"],
                                                      record.get("context"))
         record = {k: v for k, v in record.items() if k != "reused"}  # said to callers, not stored
         record["key"] = key
         with self._guard("write"), self._connect() as db:
+            if unless_held:
+                db.execute("BEGIN IMMEDIATE")  # the write lock first: no writer between check and insert
+                marks = ", ".join("?" for _ in REUSABLE)
+                held = db.execute(f"SELECT id FROM records WHERE key = ? AND status IN ({marks}) "
+                                  "ORDER BY id DESC LIMIT 1", (key, *REUSABLE)).fetchone()
+                if held is not None:
+                    return int(held[0])
             cur = db.execute(
                 "INSERT INTO records (key, sweep, status, preset, workload, created, record) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -83,7 +83,8 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
                       device=device, budget_bytes=budget_bytes, target_s=target_s,
                       calibration=calibration, **extra)
             rec["key"] = key
-            st.append(rec, key=key, sweep=name)
+            # resuming: if another writer stored this configuration meanwhile, keep theirs
+            st.append(rec, key=key, sweep=name, unless_held=resume)
         if on_record is not None:
             on_record(rec)
     return to_frame([{**st.get(key), "reused": key in reused} for key in keys])

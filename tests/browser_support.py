@@ -10,8 +10,9 @@ What is read from the page is plain DOM, never a library's internals:
 
 * a chart is a ``.vega-embed`` element; its *marks* are the SVG items inside Vega's data mark
   groups (``g.role-mark``, not axes or legends), so "drawn" means at least one mark;
-* a widget output is ``.jp-OutputArea-output`` with the widget-view MIME type; "rendered" means
-  it holds elements and no "Error displaying widget";
+* a widget output is a ``.jp-OutputArea-output`` with no ``data-mime-type`` of its own (text,
+  HTML and images have one); "rendered" means it holds a widget's elements (``.jupyter-widgets``
+  or a chart) and the page shows no "Error displaying widget";
 * the Lab panel is the widget output whose text starts "efflab lab".
 """
 
@@ -39,7 +40,6 @@ CHROMIUM_ENV = "EFFLAB_CHROMIUM"  # a browser binary elsewhere
 CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "chromium",
               "chromium-browser", "google-chrome")
 
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # Vega's SVG items inside data mark groups (axes, legends and titles are other roles)
 MARKS = "svg g.role-mark:not(.mark-group) > *"
 # what a broken chart or widget shows instead of itself
@@ -347,7 +347,7 @@ def run_all(page, timeout_s: float) -> PageState:
 
 def lab_panel(page):
     """The Lab panel's widget output (the widget whose text starts "efflab lab")."""
-    return page.locator(f'.jp-OutputArea-output[data-mime-type="{WIDGET_MIME}"]',
+    return page.locator(".jp-OutputArea-output:not([data-mime-type])",  # a widget view
                         has_text="efflab lab").first
 
 

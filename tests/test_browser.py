@@ -32,6 +32,7 @@ import pytest
 SUITE = ("00_tour.ipynb", "03_checkpointing.ipynb")
 # charts each suite lesson must draw at least (the tour: training curve + the Lab's dashboard)
 MIN_CHARTS = {"00_tour.ipynb": 2, "03_checkpointing.ipynb": 1}
+PANEL_LESSONS = {"00_tour.ipynb"}  # lessons that must show the Lab panel
 RUN_ALL_TIMEOUT_S = float(os.environ.get("EFFLAB_BROWSER_TIMEOUT_S", 600))
 
 
@@ -122,7 +123,9 @@ def test_lesson_draws_in_a_real_browser(server, browser, name):
         assert not unrendered, f"{name}: widgets not rendered: {unrendered}"
         assert not browser.offsite_requests, (
             f"{name}: the page asked other hosts for {browser.offsite_requests[:5]}")
-        if bs.lab_panel(page).count():
+        has_panel = bs.lab_panel(page).count() > 0
+        assert has_panel or name not in PANEL_LESSONS, f"{name}: the Lab panel is not on the page"
+        if has_panel:
             _check_lab_panel(page, stem)
     except BaseException:
         bs.screenshot(page, f"{stem}-failure")
