@@ -19,8 +19,9 @@ LAYERS = [
     {"efflab.workloads"},
     {"efflab.measurement", "efflab.profiling", "efflab.memory_timeline", "efflab.fusion"},
     {"efflab.store", "efflab.sweeping", "efflab.theory", "efflab.train", "efflab.analysis"},
-    {"efflab.viz"},
-    {"efflab.lab", "efflab.cli", "efflab.report"},
+    {"efflab.viz", "efflab.check", "efflab.predictions"},
+    {"efflab.lab", "efflab.panel_state", "efflab.panel_runner", "efflab.cli", "efflab.report",
+     "efflab.grading"},
 ]
 
 
