@@ -272,7 +272,7 @@ class PageState:
     executed: int
     charts: list[dict]
     widgets: list[dict]
-    text: str
+    text: str = field(repr=False)
     errors: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
 
