@@ -6,7 +6,8 @@ it has named parts — ``block.attn.core``, ``block.attn``, ``block.mlp`` — th
 ``efflab.techniques`` replace.
 
 Shapes: B batch, T tokens in this call, S tokens the keys span (T, or cache length + T),
-C = n_embd, nh heads, hs = C // nh head size, V = vocab size.
+C = n_embd, nh heads, hs = C // nh head size, nkv key/value heads (nh for multi-head attention,
+1 for multi-query, a divisor of nh for grouped-query), V = vocab size.
 """
 
 from __future__ import annotations
@@ -48,19 +49,20 @@ def causal_mask(T: int, S: int, device) -> torch.Tensor:
 class KVCache:
     """Keys and values of every layer, preallocated for ``max_len`` positions.
 
-    ``k[l]``, ``v[l]``: (B, nh, max_len, hs). ``pos`` counts the positions filled so far; the
-    model advances it once per forward, after every layer has written.
+    ``k[l]``, ``v[l]``: (B, nkv, max_len, hs). ``pos`` counts the positions filled so far; the
+    model advances it once per forward, after every layer has written. Its size is
+    ``cfg.kv_cache_bytes(B, max_len, bytes)``.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
+        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.max_len = max_len
         self.pos = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write this call's (B, nh, T, hs) keys/values; return all (B, nh, pos+T, hs) so far."""
+        """Write this call's (B, nkv, T, hs) keys/values; return all (B, nkv, pos+T, hs) so far."""
         T = k.size(2)
         end = self.pos + T
         if end > self.max_len:
@@ -77,20 +79,26 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_head = cfg.n_head
+        self.n_kv_head = cfg.kv_heads
         self.layer = layer  # which slot of a KVCache this layer owns
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
+        kv_width = cfg.kv_heads * cfg.head_dim  # = C for multi-head attention
+        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv_width)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.core = SDPACore()  # the part the attention lesson swaps (naive / sdpa / triton)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        hs, nkv = C // self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([C, nkv * hs, nkv * hs], dim=2)  # (B,T,C), 2 x (B,T,nkv*hs)
         # (B, T, C) -> (B, nh, T, hs): each head attends independently
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs)
+            k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hs): only nkv heads are cached
+        if nkv != self.n_head:  # grouped/multi-query: each kv head serves nh // nkv query heads
+            k = k.repeat_interleave(self.n_head // nkv, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_head // nkv, dim=1)
         y = self.core(q, k, v)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.c_proj(y)
