@@ -483,3 +483,11 @@ def test_request_latency_takes_a_row_of_the_sweep_table_too():
                      "throughput.tokens_per_s": 500.0})
     assert check.request_latency(8.0, row)
     assert not check.request_latency(2.0, row)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SOLUTIONS))
+def test_a_student_placeholder_is_no_answer_yet(name):
+    def placeholder(*args, **kwargs):
+        raise NotImplementedError("replace this with your answer")
+    fb = check.REGISTRY[name](placeholder)
+    assert fb.status == "unanswered" and fb.points == 0

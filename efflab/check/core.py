@@ -278,7 +278,7 @@ class Exercise:
             return {"unanswered": True}
         try:
             ev = self.collect_fn(answer, *args, **given)
-        except Unanswered:
+        except (Unanswered, NotImplementedError):  # nbgrader's placeholder is still there
             return {"unanswered": True}
         except Exception as e:  # the learner's answer or code: report, never crash
             return {"collect_error": f"{type(e).__name__}: {e}"}
@@ -394,7 +394,8 @@ def probe_outputs(fn: Callable, probes: list[dict]) -> list:
     """Call a learner's ``fn(**probe)`` on each probe; keep each output or the error it raised.
 
     Returns a list with one entry per probe: ``{"out": <jsonable>}`` or ``{"error": "..."}``.
-    ``None`` from every probe means the function is still the template: raise Unanswered.
+    ``None`` from every probe, or a NotImplementedError (nbgrader's placeholder), means the
+    function is still the template: raise Unanswered.
     """
     if not callable(fn):
         raise TypeError(f"expected your function, got {type(fn).__name__}")
@@ -402,6 +403,8 @@ def probe_outputs(fn: Callable, probes: list[dict]) -> list:
     for p in probes:
         try:
             outs.append({"out": to_jsonable(fn(**p))})
+        except NotImplementedError as e:  # the student version's placeholder: not answered yet
+            raise Unanswered() from e
         except Exception as e:  # the learner's code: keep the reason
             outs.append({"error": f"{type(e).__name__}: {e}"})
     if outs and all(o.get("out", 0) is None for o in outs):
