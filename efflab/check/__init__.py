@@ -72,3 +72,10 @@ from efflab.check.compression import mlp_flops_sparsity, soft_target_loss  # noq
 from efflab.check.scaling import compute_optimal, optimal_loss  # noqa: E402
 
 __all__ += ["mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"]
+
+# lesson 10 (KV cache, speculative decoding): a cache's bytes; the break-even acceptance rate
+# lesson 11 (serving): the worst paged waste; which policy meets a p99 TTFT target at a load
+from efflab.check.speculation import break_even_acceptance, kv_cache_bytes  # noqa: E402
+from efflab.check.serving import paged_waste, policy_meets_ttft  # noqa: E402
+
+__all__ += ["kv_cache_bytes", "break_even_acceptance", "paged_waste", "policy_meets_ttft"]
