@@ -531,6 +531,8 @@ def test_reused_points_are_hollow_and_noisy_ones_triangles_with_legends(builder)
     assert notes[1] == "stable: IQR/median 13%"  # from the record's own p25/p75: (1.08-0.95)
     tips = {t["field"] for t in enc["tooltip"]}
     assert {"source", "spread_note"} <= tips
+    if builder is latency_chart:
+        assert "cv" in tips and {r["x"]: r["cv"] for r in rows}[4] == pytest.approx(0.12)
     text = json.dumps(spec)
     assert "hollow: 3 point(s) reused from the store" in text  # 2, 8 and the refused 32
     assert "triangles: 2 point(s) with a noisy timing" in text

@@ -156,6 +156,7 @@ def latency_chart(df: pd.DataFrame, x: str = "knobs.batch_size", *, log_x: bool 
                 alt.Tooltip("lat_p25:Q", title="p25 (ms)", format=".3f"),
                 alt.Tooltip("lat_p75:Q", title="p75 (ms)", format=".3f"),
                 alt.Tooltip("n:Q", title="n timings"),
+                alt.Tooltip("cv:Q", title="CV (std / mean)", format=".1%"),
                 alt.Tooltip("unit:N", title="timed per"),
                 alt.Tooltip("theory_ms:Q", title="roofline lower bound (ms)", format=".3f")]
         return _measured_vs_theory(
