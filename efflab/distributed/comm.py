@@ -176,44 +176,57 @@ def message_sizes(min_bytes: int = 4, max_bytes: int = 16 << 20, factor: int = 4
 
 
 def allreduce_sweep(sizes: list[int], min_repeats: int = 5, max_repeats: int = 50,
-                    target_s: float = 0.2, warmup: int = 2, device="cpu") -> list[dict]:
+                    target_s: float = 0.2, warmup: int = 2, device="cpu",
+                    on_round=None) -> list[dict]:
     """Time ``dist.all_reduce`` (sum, fp32) for each message size, on every rank of the
     initialised default process group.
 
-    Every sample starts after a barrier, so all ranks enter together; a sample's time is the
-    *slowest* rank's (an all-reduce is finished when every rank has its result). The number of
-    repeats is decided on rank 0 and shared, so every rank runs the same collectives.
+    The sizes are timed in interleaved *rounds* (every size once per round, the order reversed
+    every other round), so a burst of load on a shared machine lands on all sizes alike instead
+    of spoiling a few — the curve stays comparable across sizes. Every sample starts after a
+    barrier, so all ranks enter together; a sample's time is the *slowest* rank's (an all-reduce
+    is finished when every rank has its result). Rounds go on until at least ``min_repeats``
+    and ``target_s`` seconds per size on average (at most ``max_repeats``); rank 0 decides and
+    tells the others, so every rank runs the same collectives. ``on_round(rounds, rows)`` is
+    called on every rank after each round.
     Returns one row per size: bytes, the samples in seconds, and n.
     """
     import torch
     import torch.distributed as dist
 
-    rows = []
-    for nbytes in sizes:
-        x = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)  # (n/4,)
+    bufs = [torch.ones(max(1, n // 4), dtype=torch.float32, device=device) for n in sizes]  # (n/4,)
+    for x in bufs:
         for _ in range(warmup):
             dist.all_reduce(x)
-        samples: list[float] = []
-        spent = 0.0
-        while True:
+    samples: list[list[float]] = [[] for _ in sizes]
+    spent = 0.0
+    rounds = 0
+    while True:
+        order = range(len(sizes)) if rounds % 2 == 0 else reversed(range(len(sizes)))
+        mine = [0.0] * len(sizes)
+        for i in order:
             dist.barrier()
             t0 = time.perf_counter()
-            dist.all_reduce(x)
+            dist.all_reduce(bufs[i])
             if str(device).startswith("cuda"):
                 torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            slowest = torch.tensor([dt], dtype=torch.float64, device=device)  # NCCL: on the GPU
-            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-            samples.append(float(slowest))
-            spent += samples[-1]
-            go_on = torch.tensor([int(len(samples) < max_repeats and
-                                      (len(samples) < min_repeats or spent < target_s))],
-                                 device=device)
-            dist.broadcast(go_on, src=0)  # rank 0 decides: every rank runs the same collectives
-            if not int(go_on):
-                break
-        rows.append({"bytes": int(x.numel() * 4), "samples_s": samples, "n": len(samples)})
-    return rows
+            mine[i] = time.perf_counter() - t0
+        slowest = torch.tensor(mine, dtype=torch.float64, device=device)  # NCCL: on the GPU
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        for i, dt in enumerate(slowest.tolist()):
+            samples[i].append(dt)
+            spent += dt
+        rounds += 1
+        rows = [{"bytes": int(x.numel() * 4), "samples_s": s, "n": len(s)}
+                for x, s in zip(bufs, samples)]
+        if on_round is not None:
+            on_round(rounds, rows)
+        go_on = torch.tensor([int(rounds < max_repeats and
+                                  (rounds < min_repeats or spent < target_s * len(sizes)))],
+                             device=device)
+        dist.broadcast(go_on, src=0)  # rank 0 decides: every rank runs the same collectives
+        if not int(go_on):
+            return rows
 
 
 __all__ = ["AlphaBeta", "alpha_beta_time", "ring_allreduce_time", "extrapolate",

@@ -65,8 +65,9 @@ def describe(event: dict) -> str:
     if event.get("event") == "error":
         return f"rank {event['rank']}: {event['message']}"
     if event.get("task") == "allreduce":
-        return (f"all-reduce {event['bytes']:>10,} B: {event['median_ms']:.3f} ms "
-                f"({event['done']}/{event['of']})")
+        return (f"all-reduce round {event['round']} over {event['sizes']} sizes: median so far "
+                f"{event['first_bytes']:,} B {event['first_ms']:.3f} ms … "
+                f"{event['last_bytes']:,} B {event['last_ms']:.3f} ms")
     if event.get("task") == "ddp":
         who = ("1 process" if event.get("world_size") == 1
                else f"ddp bucket {event['bucket_cap_mb']} MiB")
@@ -88,14 +89,16 @@ def run_job(job: dict, rank: int, world: int, backend: str, device: str,
         sizes = [int(s) for s in job["sizes"]]
         knobs = {"sizes": sizes, "min_repeats": job.get("min_repeats", 5),
                  "max_repeats": job.get("max_repeats", 50), "target_s": job.get("target_s", 0.2)}
-        rows = []
-        for i, nbytes in enumerate(sizes):
-            row = allreduce_sweep([nbytes], knobs["min_repeats"], knobs["max_repeats"],
-                                  knobs["target_s"], device=device)[0]
-            rows.append(row)
-            med = sorted(row["samples_s"])[len(row["samples_s"]) // 2]
-            on_event({"task": task, "done": i + 1, "of": len(sizes), "bytes": nbytes,
-                      "median_ms": med * 1e3})
+        def on_round(rounds, rows):
+            if rounds & (rounds - 1):  # report rounds 1, 2, 4, 8, ... only
+                return
+            medians = [sorted(r["samples_s"])[len(r["samples_s"]) // 2] * 1e3 for r in rows]
+            on_event({"task": task, "round": rounds, "sizes": len(rows),
+                      "first_bytes": rows[0]["bytes"], "first_ms": medians[0],
+                      "last_bytes": rows[-1]["bytes"], "last_ms": medians[-1]})
+
+        rows = allreduce_sweep(sizes, knobs["min_repeats"], knobs["max_repeats"],
+                               knobs["target_s"], device=device, on_round=on_round)
         return knobs, {"sizes": rows}
     if task == "ddp":
         cfg = DataParallelConfig.from_dict(job.get("config", {}))
