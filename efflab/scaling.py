@@ -304,6 +304,7 @@ def export_runs(df_or_records, path: str | os.PathLike = SHIPPED, note: str = ""
     """Write a sweep's runs as the JSON ``load_shipped`` reads (what ships in ``data/``)."""
     records = (df_or_records.to_dict("records") if isinstance(df_or_records, pd.DataFrame)
                else list(df_or_records))
+    records = [{k: v for k, v in r.items() if k != "reused"} for r in records]  # store detail
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": SCHEMA, "note": note, "env": environment("cpu"), "runs": records}
