@@ -19,10 +19,11 @@ def _median_error(alpha_s: float, bandwidth: float, n: np.ndarray, t: np.ndarray
 
 @exercise("alpha_beta", points=2, topic="distributed")
 def alpha_beta(answer, *, nbytes, seconds):
-    """``(alpha_s, bandwidth_bytes_per_s)`` fitted to your own all-reduce medians.
+    """``(alpha_s, bandwidth_bytes_per_s)`` fitted to your own all-reduce times.
 
-    ``nbytes`` and ``seconds`` are the message sizes and median times you measured; the answer
-    is judged by how well it predicts them, so any sound fitting method passes.
+    ``nbytes`` and ``seconds`` are the message sizes and the times you fitted (one statistic per
+    size, e.g. the lower quartile); the answer is judged by how well it predicts them, so any
+    sound fitting method passes.
     """
     if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
         raise TypeError("answer with a pair: (alpha in seconds, bandwidth in bytes per second)")

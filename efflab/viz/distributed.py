@@ -20,17 +20,19 @@ def _empty(title: str, text: str) -> alt.Chart:
 
 
 def allreduce_chart(frame: pd.DataFrame, fit: pd.DataFrame | None = None,
-                    held_out_bytes=(), *, title: str = "All-reduce time vs message size",
+                    held_out_bytes=(), *, stat: str = "p25_ms",
+                    title: str = "All-reduce time vs message size",
                     subtitle: str | None = None) -> alt.TopLevelMixin:
-    """Measured all-reduce medians (points, p25–p75 bars) on log–log axes, held-out sizes marked
-    apart, and the fitted t = α + n/β as a line (``fit``: columns bytes, fit_ms)."""
+    """Measured all-reduce times on log–log axes — a point at the statistic the fit uses
+    (``stat``), a bar from p25 to p75, a tick at the median — held-out sizes marked apart, and
+    the fitted t = α + n/β as a line (``fit``: columns bytes, fit_ms)."""
     if frame is None or frame.empty:
         return _empty(title, "no all-reduce measurements yet")
     t = frame.copy()
     held = {float(b) for b in held_out_bytes}
     t["used for"] = ["held out (test)" if float(b) in held else "fit" for b in t["bytes"]]
     x = alt.X("bytes:Q", scale=alt.Scale(type="log"), title="message size (bytes)")
-    y = alt.Y("median_ms:Q", scale=alt.Scale(type="log"), title="time per all-reduce (ms)")
+    y = alt.Y(f"{stat}:Q", scale=alt.Scale(type="log"), title="time per all-reduce (ms)")
     color = alt.Color("used for:N", scale=alt.Scale(domain=["fit", "held out (test)"],
                                                     range=["#4c78a8", "#e45756"]))
     tips = [alt.Tooltip("bytes:Q", format=","), alt.Tooltip("median_ms:Q", format=".4f"),
@@ -39,6 +41,9 @@ def allreduce_chart(frame: pd.DataFrame, fit: pd.DataFrame | None = None,
     base = alt.Chart(t)
     layers = [base.mark_rule().encode(x=x, y=alt.Y("p25_ms:Q", scale=alt.Scale(type="log")),
                                       y2="p75_ms:Q", color=color),
+              base.mark_tick(thickness=2, size=10).encode(
+                  x=x, y=alt.Y("median_ms:Q", scale=alt.Scale(type="log")), color=color,
+                  tooltip=tips),
               base.mark_point(filled=True, size=60).encode(x=x, y=y, color=color, tooltip=tips)]
     if fit is not None and not fit.empty:
         f = fit.assign(series="α–β fit")
@@ -46,7 +51,9 @@ def allreduce_chart(frame: pd.DataFrame, fit: pd.DataFrame | None = None,
             x=x, y=alt.Y("fit_ms:Q", scale=alt.Scale(type="log")),
             tooltip=[alt.Tooltip("bytes:Q", format=","), alt.Tooltip("fit_ms:Q", format=".4f")]))
     return alt.layer(*layers).properties(
-        title=alt.Title(title, subtitle=subtitle or "dashed: the α–β fit · bars: p25–p75"),
+        title=alt.Title(title, subtitle=subtitle or (
+            f"dots: {'lower quartile' if stat == 'p25_ms' else 'median'} (what the fit uses) · "
+            "ticks: median · bars: p25–p75 · dashed: the α–β fit")),
         width=WIDTH, height=HEIGHT)
 
 
