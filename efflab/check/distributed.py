@@ -40,7 +40,7 @@ def _judge_alpha_beta(ev: dict) -> Verdict:
     ref_err = _median_error(ref.alpha_s, ref.bandwidth, n, t)
     allowed = ref_err + 0.15  # as good as a least-squares fit, give or take 15 points
     expected = (f"α (s) and β (bytes/s) whose t = α + n/β predicts your {n.size} measured "
-                f"medians with a median error within {allowed:.0%} (a relative least-squares "
+                f"times with a median error within {allowed:.0%} (a relative least-squares "
                 f"fit gets {ref_err:.0%})")
     got_txt = f"α = {a:.3g} s, β = {bw:.3g} B/s"
     if not (math.isfinite(a) and math.isfinite(bw)) or a < 0 or bw <= 0:
