@@ -52,8 +52,9 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
     if why:
         return {"refused": why}
     out = {}
-    before = inductor_config.cpp.enable_kernel_profile
+    before = (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache)
     inductor_config.cpp.enable_kernel_profile = True  # one profiler event per fused kernel
+    inductor_config.fx_graph_cache = False  # a cached graph may lack those events
     try:
         for variant, m in (("eager", "none"), ("compiled", mode)):
             model = apply_techniques(load_model(preset, weights, knobs.seed, dev), knobs)
@@ -70,7 +71,7 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
                             "bytes_from_shapes": float(fb["bytes"].sum()),
                             "first_step_s": cold, "ops_ms": p.ops_ms}
     finally:
-        inductor_config.cpp.enable_kernel_profile = before
+        inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache = before
     out["source"] = f"measured live, {time.strftime('%Y-%m-%d %H:%M')}"
     return out
 
