@@ -1,0 +1,102 @@
+"""Checks for lesson 03 (activation checkpointing): what a step keeps, and what recomputing costs."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
+from efflab.techniques.checkpointing import CheckpointConfig, activation_breakdown
+
+PROBE_SEED = 3
+MODES = ("none", "blocks", "selective")
+
+
+def kept_probes(seed: int = PROBE_SEED) -> list[dict]:
+    """Seeded shapes, every mode, fp32 and 16-bit activations."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(9):
+        out.append({"B": rng.choice((1, 2, 4, 8, 16)), "T": rng.choice((32, 64, 128, 256)),
+                    "C": rng.choice((64, 128, 256)), "n_layer": rng.choice((2, 4, 6, 12)),
+                    "mode": MODES[i % 3], "bytes_per_value": (4, 2)[i // 6]})
+    return out
+
+
+def reference_kept_bytes(B: int, T: int, C: int, n_layer: int, mode: str,
+                         bytes_per_value: int = 4) -> int:
+    """What the blocks keep from forward to backward (the technique's own ``saved`` term)."""
+    cfg = SimpleNamespace(n_embd=C, n_layer=n_layer, vocab_size=256)
+    return activation_breakdown(cfg, B, T, CheckpointConfig(mode), bytes_per_value)["saved"]
+
+
+@exercise("kept_activations", points=2, topic="checkpointing")
+def kept_activations(fn, seed: int = PROBE_SEED):
+    """``fn(B, T, C, n_layer, mode, bytes_per_value) -> bytes`` the blocks keep for backward."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, kept_probes(seed))}
+
+
+@kept_activations.judge_with
+def _judge_kept(ev: dict) -> Verdict:
+    probes = kept_probes(seed_of(ev, PROBE_SEED))
+    outs = ev["outputs"]
+    if len(outs) != len(probes):
+        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    expected = f"bytes kept for backward, for {len(probes)} shapes in modes {', '.join(MODES)}"
+    for p, o in zip(probes, outs):
+        shape = (f"B={p['B']}, T={p['T']}, C={p['C']}, n_layer={p['n_layer']}, "
+                 f"mode={p['mode']!r}, {p['bytes_per_value']} bytes per value")
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{shape}: your function raised {o['error']}",
+                           hint="it takes B, T, C, n_layer, mode, bytes_per_value")
+        got, want = number(o["out"]), reference_kept_bytes(**p)
+        if got == want:
+            continue
+        n = p["B"] * p["T"] * p["C"]
+        per_layer = got / (n * p["bytes_per_value"] * p["n_layer"])
+        if got * p["bytes_per_value"] == want:
+            hint = "that counts values; multiply by the bytes per value"
+        elif p["mode"] == "none":
+            hint = "each plain block keeps 17·B·T·C values (count the tensors in the table)"
+        elif p["mode"] == "blocks" and abs(per_layer - 17) < 1e-9:
+            hint = "a checkpointed block keeps only its input; the rest is rebuilt in backward"
+        elif p["mode"] == "blocks":
+            hint = "a checkpointed block keeps one B·T·C tensor: its input"
+        else:
+            hint = ("selective recomputes only the MLP's two 4C-wide hidden tensors "
+                    "(GELU's input and output)")
+        return Verdict(False, expected=expected,
+                       got=f"{shape}: {got:,.0f} bytes ({got / want:.3g}x the kept bytes)",
+                       hint=hint)
+    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+
+
+def _latency(df, mode: str) -> float:
+    rows = df[(df["knobs.checkpointing"] == mode) & (df["status"] == "ok")]
+    if rows.empty:
+        raise ValueError(f"no successful measurement with checkpointing={mode!r} in the sweep")
+    return number(rows.iloc[0]["latency_ms.median"])
+
+
+@exercise("recompute_overhead", points=1, topic="checkpointing")
+def recompute_overhead(answer, df, mode: str = "blocks"):
+    """Extra step time of ``mode`` over no checkpointing, as a fraction, from your own sweep."""
+    return {"answer": number(answer), "mode": str(mode), "latency_ms": _latency(df, mode),
+            "latency_ms_none": _latency(df, "none")}
+
+
+@recompute_overhead.judge_with
+def _judge_overhead(ev: dict) -> Verdict:
+    with_ck, plain = number(ev["latency_ms"]), number(ev["latency_ms_none"])
+    if with_ck <= 0 or plain <= 0:
+        raise ValueError("latencies must be positive")
+    truth = with_ck / plain - 1
+    return judge_number(
+        number(ev["answer"]), truth, rel=0.02, abs_=0.005,
+        expected=f"{ev['mode']}'s extra step time as a fraction of the plain step's (0.25 = 25% "
+                 "slower), from your sweep's medians",
+        slips=[(truth * 100, "as a fraction (0.25), not a percentage (25)"),
+               (truth + 1, "that is the ratio of the two times; the extra is the ratio minus 1"),
+               (plain / with_ck - 1, "upside down: divide by the time without checkpointing"),
+               (1 - plain / with_ck, "divide the extra time by the time *without* checkpointing")],
+        hint="(median with checkpointing ÷ median without) − 1")

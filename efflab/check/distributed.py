@@ -1,0 +1,137 @@
+"""Checks for lesson 14 (distributed): α and β from your own all-reduce times, a step time at 8
+ranks predicted from the fit, and the per-rank memory under ZeRO-1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from efflab.check.core import Verdict, exercise, judge_number, number
+from efflab.distributed.comm import AlphaBeta, fit_alpha_beta
+from efflab.distributed.ddp import predicted_step_time, step_time_at
+from efflab.distributed.zero import memory_per_rank
+
+
+def _median_error(alpha_s: float, bandwidth: float, n: np.ndarray, t: np.ndarray) -> float:
+    return float(np.median(np.abs(alpha_s + n / bandwidth - t) / t))
+
+
+@exercise("alpha_beta", points=2, topic="distributed")
+def alpha_beta(answer, *, nbytes, seconds):
+    """``(alpha_s, bandwidth_bytes_per_s)`` fitted to your own all-reduce times.
+
+    ``nbytes`` and ``seconds`` are the message sizes and the times you fitted (one statistic per
+    size, e.g. the lower quartile); the answer is judged by how well it predicts them, so any
+    sound fitting method passes.
+    """
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+        raise TypeError("answer with a pair: (alpha in seconds, bandwidth in bytes per second)")
+    return {"alpha_s": number(answer[0]), "bandwidth": number(answer[1]),
+            "nbytes": [number(x) for x in nbytes], "seconds": [number(x) for x in seconds]}
+
+
+@alpha_beta.judge_with
+def _judge_alpha_beta(ev: dict) -> Verdict:
+    n = np.asarray(ev["nbytes"], dtype=np.float64)
+    t = np.asarray(ev["seconds"], dtype=np.float64)
+    a, bw = number(ev["alpha_s"]), number(ev["bandwidth"])
+    ref = fit_alpha_beta(n, t)
+    ref_err = _median_error(ref.alpha_s, ref.bandwidth, n, t)
+    allowed = ref_err + 0.15  # as good as a least-squares fit, give or take 15 points
+    expected = (f"α (s) and β (bytes/s) whose t = α + n/β predicts your {n.size} measured "
+                f"times with a median error within {allowed:.0%} (a relative least-squares "
+                f"fit gets {ref_err:.0%})")
+    got_txt = f"α = {a:.3g} s, β = {bw:.3g} B/s"
+    if not (math.isfinite(a) and math.isfinite(bw)) or a < 0 or bw <= 0:
+        return Verdict(False, expected=expected, got=got_txt,
+                       hint="α is a time ≥ 0 and β a positive rate")
+    err = _median_error(a, bw, n, t)
+    if err <= allowed:
+        return Verdict(True, expected=expected, got=f"{got_txt}: median error {err:.0%}")
+    got = f"{got_txt}: median error {err:.0%}"
+    # which slip? try the usual unit mistakes and see whether they would have fitted
+    def fits(aa, bb):
+        return aa >= 0 and bb > 0 and _median_error(aa, bb, n, t) <= allowed
+
+    if fits(a / 1e3, bw) or fits(a / 1e6, bw):
+        hint = "α looks like milliseconds or microseconds; give it in seconds"
+    elif fits(a, 1 / bw):
+        hint = "that β is seconds per byte; the bandwidth is its inverse, bytes per second"
+    elif fits(a, bw / 8) or fits(a, bw * 1e6) or fits(a, bw * 1e9):
+        hint = "β must be in bytes per second (not bits, not MB/s or GB/s)"
+    elif fits(ref.alpha_s, bw):
+        hint = ("β looks right; α does not: it is the time a tiny message takes (where the "
+                "curve flattens)")
+    elif fits(a, ref.bandwidth):
+        hint = ("α looks right; β does not: take it from the large messages, where "
+                "t ≈ n/β (bytes ÷ seconds)")
+    else:
+        hint = ("α is where the curve flattens for small messages; β is bytes ÷ seconds where "
+                "it rises for large ones")
+    return Verdict(False, expected=expected, got=got, hint=hint)
+
+
+@exercise("step_time_8", points=2, topic="distributed")
+def step_time_8(answer, *, compute_per_sample_s, global_batch, bucket_bytes, alpha_s, bandwidth,
+                fit_world_size=2):
+    """Seconds per data-parallel step at 8 ranks, same global batch, from your α–β fit (made at
+    ``fit_world_size`` ranks), ring all-reduce and no overlap."""
+    return {"answer": number(answer), "compute_per_sample_s": number(compute_per_sample_s),
+            "global_batch": int(global_batch), "bucket_bytes": [number(b) for b in bucket_bytes],
+            "alpha_s": number(alpha_s), "bandwidth": number(bandwidth),
+            "fit_world_size": int(fit_world_size)}
+
+
+@step_time_8.judge_with
+def _judge_step_time_8(ev: dict) -> Verdict:
+    fit = AlphaBeta(number(ev["alpha_s"]), number(ev["bandwidth"]), int(ev["fit_world_size"]))
+    c, G, buckets = number(ev["compute_per_sample_s"]), int(ev["global_batch"]), ev["bucket_bytes"]
+    truth = step_time_at(8, c, G, buckets, fit)
+    one_bucket = [float(sum(buckets))]
+    return judge_number(
+        number(ev["answer"]), truth, rel=0.03, unit="s",
+        expected="t_compute(G/8 samples) + Σ over buckets of the ring all-reduce time at N = 8, "
+                 "in seconds",
+        slips=[(predicted_step_time(c * G / 8, buckets, fit), "the all-reduce at 8 ranks is not "
+                "the one you measured at 2: scale the ring's latency term by (N−1) and its "
+                "bandwidth term by 2(N−1)/N"),
+               (predicted_step_time(c * G, buckets, fit, 8), "each of the 8 ranks computes only "
+                "G/8 of the batch"),
+               (c * G / 8, "the gradients must still be all-reduced every step"),
+               (step_time_at(8, c, G, one_bucket, fit), "every bucket pays the latency α once; "
+                "count the buckets"),
+               (truth * 1e3, "give the answer in seconds, not milliseconds")],
+        hint="compute shrinks as 1/N; each bucket costs (N−1)·α + 2(N−1)/N · bytes/β on a ring "
+             "(α, β fitted at N = 2)")
+
+
+@exercise("zero1_bytes", points=1, topic="distributed")
+def zero1_bytes(answer, *, n_params, world_size):
+    """Bytes each rank holds for parameters + gradients + AdamW state (fp32) under ZeRO-1."""
+    return {"answer": number(answer), "n_params": int(n_params), "world_size": int(world_size)}
+
+
+@zero1_bytes.judge_with
+def _judge_zero1(ev: dict) -> Verdict:
+    P, N = int(ev["n_params"]), int(ev["world_size"])
+
+    def total(s, **kw):
+        return memory_per_rank(P, N, s, **kw)["total"]
+
+    truth = total("zero1")
+    return judge_number(
+        number(ev["answer"]), truth, rel=0.01, unit="bytes",
+        expected=f"per-rank bytes of fp32 parameters + gradients + AdamW state, P = {P:,}, "
+                 f"N = {N}, ZeRO-1",
+        slips=[(total("none"), "ZeRO-1 splits the optimizer state over the ranks"),
+               (total("fsdp"), "that is ZeRO-3 / FSDP; ZeRO-1 splits only the optimizer state"),
+               (4 * P + 12 * P / N, "that also splits the gradients (ZeRO-2); ZeRO-1 keeps "
+                "every gradient on every rank"),
+               (total("zero1", optimizer_bytes=4), "AdamW keeps two fp32 moments per parameter"),
+               (truth / 2**20, "give bytes, not MiB"),
+               (truth / 4, "that counts values; give bytes (4 per fp32 value)")],
+        hint="4P (weights) + 4P (gradients) + AdamW's two fp32 moments per parameter, split N ways")
+
+
+__all__ = ["alpha_beta", "step_time_8", "zero1_bytes"]

@@ -1,0 +1,155 @@
+"""Checks for lesson 02 (precision): bytes per parameter by category, and bf16 rounding."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
+from efflab.techniques.precision import PrecisionConfig
+
+CATEGORIES = ("parameters", "gradients", "optimizer")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
+
+
+def _reference_bytes(precision: str) -> dict[str, int]:
+    """Bytes per parameter, per category, for a training step with AdamW under ``precision``."""
+    w = PrecisionConfig(precision).param_bytes  # weights, and so their gradients and moments
+    return {"parameters": w, "gradients": w, "optimizer": 2 * w}  # AdamW: two moments
+
+
+@exercise("bytes_per_param", points=2, topic="precision")
+def bytes_per_param(answer: dict):
+    """``{precision: {"parameters": b, "gradients": b, "optimizer": b}}`` in bytes per parameter
+    for fp32, bf16 (autocast), fp16 (autocast + loss scaling) and bf16-pure, training with AdamW."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"expected a dict {{precision: {{category: bytes}}}}, got {type(answer).__name__}")
+    out = {}
+    for p, cats in answer.items():
+        out[str(p)] = {str(c): number(v) for c, v in dict(cats).items()}
+    return {"answer": out}
+
+
+@bytes_per_param.judge_with
+def _judge_bytes_per_param(ev: dict) -> Verdict:
+    ans = ev["answer"]
+    expected = "bytes per parameter for " + ", ".join(PRECISIONS)
+    missing = [p for p in PRECISIONS if p not in ans]
+    if missing:
+        return Verdict(False, expected=expected, got=f"no entry for {', '.join(missing)}",
+                       hint="give a dict for each of " + ", ".join(PRECISIONS))
+    wrong = []
+    for p in PRECISIONS:
+        ref = _reference_bytes(p)
+        for c in CATEGORIES:
+            if c not in ans[p]:
+                return Verdict(False, expected=expected, got=f"{p}: no {c!r}",
+                               hint="each precision needs " + ", ".join(CATEGORIES))
+            if ans[p][c] != ref[c]:
+                wrong.append((p, c, ans[p][c], ref[c]))
+    right = len(PRECISIONS) * len(CATEGORIES) - len(wrong)
+    total = len(PRECISIONS) * len(CATEGORIES)
+    if not wrong:
+        return Verdict(True, expected=expected, got=f"all {total} entries right")
+    p, c, got, want = wrong[0]
+    if got == 8 * want:
+        hint = "bytes, not bits"
+    elif c == "optimizer" and got == want / 2:
+        hint = "AdamW keeps two moments per parameter (m and v)"
+    elif p in ("bf16", "fp16") and got < want:
+        hint = ("autocast computes in 16 bits but keeps the weights — and so their gradients "
+                "and optimizer state — in fp32")
+    elif p == "bf16-pure" and got > want:
+        hint = "bf16-pure stores the weights in 16 bits, and their gradients and moments follow"
+    else:
+        hint = "each category is stored in the weights' format"
+    return Verdict(False, expected=expected,
+                   got=f"{right} of {total} right; {p} {c}: {got:g} is wrong",
+                   hint=hint, fraction=right / total if right >= total - 2 else 0.0)
+
+
+# ----------------------------------------------------------------------------- bf16 rounding
+
+PROBE_SEED = 2
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _round_bits(x: float, keep: int, mode: str = "even") -> float:
+    """Round float32 ``x`` to ``keep`` stored mantissa bits (bf16: 7), as bit arithmetic."""
+    u = struct.unpack("<I", struct.pack("<f", x))[0]
+    drop = 23 - keep
+    if mode == "truncate":
+        u &= ~((1 << drop) - 1) & 0xFFFFFFFF
+    elif mode == "half_up":  # ties away from zero
+        u = (u + (1 << (drop - 1))) & ~((1 << drop) - 1) & 0xFFFFFFFF
+    else:  # round to nearest, ties to even (IEEE default, what torch does)
+        lsb = (u >> drop) & 1
+        u = (u + (1 << (drop - 1)) - 1 + lsb) & ~((1 << drop) - 1) & 0xFFFFFFFF
+    return struct.unpack("<f", struct.pack("<I", u))[0]
+
+
+def bf16(x: float) -> float:
+    """The reference: float32 ``x`` rounded to bfloat16 (7 stored mantissa bits, ties to even)."""
+    return _round_bits(x, 7)
+
+
+def bf16_probes(seed: int = PROBE_SEED) -> list[float]:
+    """float32 values: ordinary ones, exact ties (which round to even) and near-ties."""
+    rng = random.Random(seed)
+    xs = [1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 3.14159265, 0.1, -2.7182818,
+          1 + 2 ** -7, 257.0, 259.0, 1000.0, 65535.0, 1e-3]
+    for _ in range(24):
+        xs.append(rng.choice((-1, 1)) * rng.uniform(1, 2) * 2.0 ** rng.randint(-20, 20))
+    for _ in range(6):  # ties: halfway between two bf16 neighbours
+        m = rng.randint(128, 255)
+        xs.append((m + 0.5) * 2.0 ** rng.randint(-10, 10))
+    return [_f32(x) for x in xs]
+
+
+@exercise("bf16_round", points=2, topic="precision")
+def bf16_round(fn, seed: int = PROBE_SEED):
+    """``fn(x: float) -> float``: ``x`` rounded to the nearest bfloat16 value (ties to even)."""
+    outs = probe_outputs(lambda x: float(fn(x)), [{"x": x} for x in bf16_probes(seed)])
+    return {"seed": int(seed), "outputs": outs}
+
+
+@bf16_round.judge_with
+def _judge_bf16_round(ev: dict) -> Verdict:
+    xs = bf16_probes(seed_of(ev, PROBE_SEED))
+    outs = ev["outputs"]
+    if len(outs) != len(xs):
+        raise ValueError(f"{len(outs)} outputs for {len(xs)} probes")
+    expected = f"the nearest bf16 value for {len(xs)} numbers (ties to even)"
+    errors = [o["error"] for o in outs if "error" in o]
+    if errors:
+        return Verdict(False, expected=expected, got=f"your function raised {errors[0]}",
+                       hint="it receives one Python float and returns one float")
+    got = [number(o["out"]) for o in outs]
+    want = [bf16(x) for x in xs]
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    if not bad:
+        return Verdict(True, expected=expected, got=f"all {len(xs)} exact")
+    i = bad[0]
+    shown = f"{len(bad)} of {len(xs)} differ, e.g. {xs[i]!r} -> {got[i]!r}"
+    candidates = [
+        ([_round_bits(x, 7, "truncate") for x in xs], "that chops the extra bits: round to the "
+         "nearest bf16 value instead"),
+        ([_round_bits(x, 7, "half_up") for x in xs], "exact ties (halfway between two bf16 "
+         "values) go to the neighbour whose last stored bit is 0 (round half to even)"),
+        ([_round_bits(x, 8) for x in xs], "bf16 stores 7 mantissa bits (8 significant with the "
+         "implicit leading 1), not 8"),
+        ([_round_bits(x, 6) for x in xs], "bf16 stores 7 mantissa bits, not 6"),
+        ([_round_bits(x, 10) for x in xs], "that is fp16's 10 mantissa bits; bf16 keeps 7"),
+        (xs, "the values came back unchanged: they must be rounded"),
+    ]
+    for values, hint in candidates:  # a known mistake agrees on (nearly) every probe
+        agree = sum(g == v or (math.isnan(g) and math.isnan(v)) for g, v in zip(got, values))
+        if agree >= 0.9 * len(xs):
+            return Verdict(False, expected=expected, got=shown, hint=hint)
+    return Verdict(False, expected=expected, got=shown,
+                   hint="bf16 keeps fp32's 8 exponent bits and 7 of its 23 mantissa bits: the "
+                        "spacing between neighbours near x is 2^(floor(log2|x|) - 7)")

@@ -1,0 +1,86 @@
+"""Checks for lesson 11 (serving): the most KV memory a paged cache can waste, and which
+scheduling policy meets a p99 time-to-first-token target at a given load (from your own runs)."""
+
+from __future__ import annotations
+
+import math
+
+from efflab.check.core import Verdict, exercise, judge_number, number
+
+POLICY_ANSWERS = ("static", "continuous", "both", "neither")
+
+
+@exercise("paged_waste", points=1, topic="serving")
+def paged_waste(answer, *, block_size, n_sequences, bytes_per_position):
+    """The most bytes a paged KV cache with ``block_size``-position blocks can hold reserved
+    but empty while ``n_sequences`` sequences run (``bytes_per_position`` for all layers)."""
+    return {"answer": number(answer), "block_size": int(block_size),
+            "n_sequences": int(n_sequences), "bytes_per_position": int(bytes_per_position)}
+
+
+@paged_waste.judge_with
+def _judge_paged_waste(ev: dict) -> Verdict:
+    bs, n, b = ev["block_size"], ev["n_sequences"], ev["bytes_per_position"]
+    truth = n * (bs - 1) * b
+    return judge_number(
+        number(ev["answer"]), truth, rel=0.001, unit="bytes",
+        expected=f"the worst case for {n} sequences, blocks of {bs} positions, {b} bytes per "
+                 "position",
+        slips=[(n * bs * b, "a sequence's last block holds at least one position of its own"),
+               ((bs - 1) * b, "every running sequence has its own partly filled last block"),
+               (n * (bs - 1), "that counts positions; multiply by the bytes per position"),
+               (n * bs / 2 * b, "that is the average; the question asks for the most")],
+        hint="only a sequence's last block can be partly empty; how empty can it be?")
+
+
+def _row_at(rows: list[dict], policy: str, rate: float) -> dict | None:
+    mine = [r for r in rows if r["policy"] == policy]
+    if not mine:
+        return None
+    return min(mine, key=lambda r: abs(math.log(number(r["rate"]) / rate)))
+
+
+def policy_verdict(rows: list[dict], rate: float, target_s: float, metric: str = "ttft_p99") -> str:
+    """Which policies' measured ``metric`` at the load nearest ``rate`` is within ``target_s``."""
+    ok = []
+    for policy in ("static", "continuous"):
+        r = _row_at(rows, policy, rate)
+        if r is not None and number(r[metric]) <= target_s:
+            ok.append(policy)
+    return {0: "neither", 2: "both"}.get(len(ok), ok[0] if ok else "neither")
+
+
+@exercise("policy_meets_ttft", points=2, topic="serving")
+def policy_meets_ttft(answer, *, rows, rate, ttft_p99_target_s):
+    """Which policy ("static", "continuous", "both" or "neither") keeps p99 time to first
+    token within ``ttft_p99_target_s`` at the offered ``rate`` (requests/s), judged on
+    ``rows``, your own load sweep (policy, rate, ttft_p50, ttft_p99, throughput_tok_s)."""
+    a = str(answer).strip().lower()
+    if a not in POLICY_ANSWERS:
+        raise ValueError(f"answer with one of {POLICY_ANSWERS}, not {answer!r}")
+    keep = ("policy", "rate", "ttft_p50", "ttft_p99", "throughput_tok_s")
+    return {"answer": a, "rate": number(rate), "target_s": number(ttft_p99_target_s),
+            "rows": [{k: (r[k] if k == "policy" else number(r[k])) for k in keep} for r in rows]}
+
+
+@policy_meets_ttft.judge_with
+def _judge_policy(ev: dict) -> Verdict:
+    rows, rate, target = ev["rows"], number(ev["rate"]), number(ev["target_s"])
+    truth = policy_verdict(rows, rate, target)
+    by_p50 = policy_verdict(rows, rate, target, "ttft_p50")
+    got = ev["answer"]
+    expected = (f"the policies whose measured p99 TTFT at about {rate:g} req/s is at most "
+                f"{target * 1e3:g} ms")
+    if got == truth:
+        return Verdict(True, expected=expected, got=got)
+    if got == by_p50 and by_p50 != truth:
+        hint = "that holds for the median (p50); the target is on p99 — the slowest 1%"
+    elif truth in ("both", "neither"):
+        hint = "read both policies' p99 at that load; compare each with the target"
+    else:
+        hint = ("throughput is not the criterion: compare each policy's p99 TTFT at that "
+                "offered load with the target")
+    return Verdict(False, expected=expected, got=got, hint=hint)
+
+
+__all__ = ["paged_waste", "policy_meets_ttft", "policy_verdict"]

@@ -1,0 +1,91 @@
+"""Checks for lesson 10 (KV cache and speculative decoding): the cache size of a given model
+and context, and the break-even acceptance rate of a draft of a given cost."""
+
+from __future__ import annotations
+
+from efflab.check.core import Verdict, exercise, judge_number, number
+from efflab.config import ModelConfig
+from efflab.speculative import break_even_alpha, expected_speedup
+
+
+def _cfg(ev: dict) -> ModelConfig:
+    return ModelConfig("exercise", n_layer=int(ev["n_layer"]), n_head=int(ev["n_head"]),
+                       n_embd=int(ev["n_embd"]), block_size=max(1, int(ev["context"])),
+                       n_kv_head=int(ev["n_kv_head"]))
+
+
+@exercise("kv_cache_bytes", points=1, topic="kv_cache")
+def kv_cache_bytes(answer, *, n_layer, n_head, n_kv_head, n_embd, context, batch_size,
+                   bytes_per_el=4):
+    """Bytes of the KV cache of a model with these shapes holding ``context`` positions for
+    ``batch_size`` sequences, ``bytes_per_el`` bytes per number."""
+    return {"answer": number(answer), "n_layer": int(n_layer), "n_head": int(n_head),
+            "n_kv_head": int(n_kv_head), "n_embd": int(n_embd), "context": int(context),
+            "batch_size": int(batch_size), "bytes_per_el": int(bytes_per_el)}
+
+
+@kv_cache_bytes.judge_with
+def _judge_kv_cache_bytes(ev: dict) -> Verdict:
+    cfg = _cfg(ev)
+    B, T, e = ev["batch_size"], ev["context"], ev["bytes_per_el"]
+    truth = cfg.kv_cache_bytes(B, T, e)
+    L, nh, nkv, hs = cfg.n_layer, cfg.n_head, cfg.kv_heads, cfg.head_dim
+    return judge_number(
+        number(ev["answer"]), truth, rel=0.005, unit="bytes",
+        expected=f"bytes of K and V for {L} layers, {nkv} key/value heads of {hs}, {T} positions, "
+                 f"batch {B}, {e} bytes each",
+        slips=[(truth / 2, "a cache holds keys AND values"),
+               (truth * nh / nkv, "only the key/value heads are cached, not every query head"),
+               (truth / L, "every layer keeps its own keys and values"),
+               (truth / B, "each sequence of the batch has its own cache"),
+               (truth * 8, "that is bits; give bytes"),
+               (truth / e, "that counts numbers; multiply by the bytes per number"),
+               (truth / 2**20, "give bytes, not MiB")],
+        hint="2 (K and V) · layers · kv heads · head size · bytes per number · positions · batch")
+
+
+@exercise("break_even_acceptance", points=2, topic="speculative")
+def break_even_acceptance(answer, *, k, cost_ratio, verify_cost=1.0):
+    """The per-token acceptance rate α at which speculative decoding with ``k`` draft tokens,
+    a draft step costing ``cost_ratio`` target steps and a verify pass costing ``verify_cost``
+    target steps, is exactly as fast as the target alone."""
+    return {"answer": number(answer), "k": int(k), "cost_ratio": number(cost_ratio),
+            "verify_cost": number(verify_cost)}
+
+
+def _solve(f, lo=0.0, hi=1.0) -> float:
+    """The α in [0, 1] where the increasing f crosses 0 (1.0 if it never does)."""
+    if f(hi) < 0:
+        return 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return hi
+
+
+@break_even_acceptance.judge_with
+def _judge_break_even(ev: dict) -> Verdict:
+    k, c, v = ev["k"], number(ev["cost_ratio"]), number(ev["verify_cost"])
+    truth = break_even_alpha(k, c, v)
+    cost = k * c + v
+    no_bonus = _solve(lambda a: sum(a ** i for i in range(1, k + 1)) - cost)  # forgot the bonus
+    free_draft = _solve(lambda a: expected_speedup(a, k, 0.0, v) - 1.0)  # forgot the draft cost
+    one_draft = _solve(lambda a: expected_speedup(a, k, c / k, v) - 1.0)  # paid the draft once
+    got = number(ev["answer"])
+    if not 0.0 <= got <= 1.0:
+        return Verdict(False, expected="an acceptance rate between 0 and 1",
+                       got=f"{got:g}", hint="α is a probability: give a number in [0, 1]")
+    return judge_number(
+        got, truth, abs_=0.01, rel=0.0,
+        expected=f"α where (1 − α^(k+1)) / (1 − α) = k·c + v for k = {k}, c = {c:g}, v = {v:g} "
+                 "(within 0.01)",
+        slips=[(no_bonus, "every round also yields one token of the target's own (the "
+                "correction or the bonus): the expected tokens start at 1"),
+               (free_draft, "each of the k draft steps costs c target steps"),
+               (one_draft, "the draft runs once per draft token: k steps of cost c each"),
+               (c, "the break-even is not α = c: solve E[tokens per round] = cost per round")],
+        hint="a round costs k·c + v target steps and yields (1 − α^(k+1)) / (1 − α) tokens on "
+             "average; find the α where the two are equal (bisection works)")
+
+
+__all__ = ["kv_cache_bytes", "break_even_acceptance"]

@@ -1,0 +1,194 @@
+"""The attention technique: choose how every ``block.attn.core`` computes causal attention.
+
+    from efflab.techniques.attention import AttentionConfig, set_attention
+    set_attention(model, AttentionConfig(impl="triton"))
+    print(model)  # ... (core): TritonCore(impl='triton', ...)
+
+Three implementations of the same function, softmax(q kᵀ / √hs) v with a causal mask:
+
+- ``naive``: plain torch ops that build the whole (T, S) score matrix
+  (:func:`efflab.kernels.flash_attention.naive_attention`); memory grows as T·S.
+- ``sdpa``: PyTorch's fused ``scaled_dot_product_attention`` (the model's default core).
+- ``triton``: efflab's own FlashAttention kernel
+  (:func:`efflab.kernels.flash_attention.flash_attention`); on a CPU it runs in Triton's
+  interpreter — correct, but for correctness only, never fast.
+
+:func:`attention_memory_bytes` is the theory the lesson draws beside the measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from efflab.config import ATTENTIONS, Attention, ConfigError
+from efflab.kernels.flash_attention import (
+    INTERPRETED,
+    TRITON_AVAILABLE,
+    flash_attention,
+    naive_attention,
+)
+from efflab.model import SDPACore as _ModelSDPACore
+
+AttentionImpl = Attention  # the choices live with the Knobs field, in efflab.config
+IMPLS: tuple[str, ...] = ATTENTIONS
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Which attention every layer uses: ``"naive"``, ``"sdpa"`` (default) or ``"triton"``.
+
+    Validated on construction: an unknown impl, or ``"triton"`` where triton is not
+    installed, raises :class:`efflab.config.ConfigError` naming the field.
+    """
+
+    impl: AttentionImpl = "sdpa"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ConfigError("impl", self.impl, "one of " + ", ".join(repr(i) for i in IMPLS))
+        if self.impl == "triton" and not TRITON_AVAILABLE:
+            raise ConfigError("impl", self.impl,
+                              "'naive' or 'sdpa' here: triton is not installed")
+
+
+class NaiveCore(nn.Module):
+    """Attention from plain torch ops; keeps the (B, nh, T, S) probabilities for backward."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, nh, T, hs)   k, v: (B, nh, S, hs)  ->  (B, nh, T, hs)
+        return naive_attention(q, k, v)
+
+    def extra_repr(self) -> str:
+        return "impl='naive', materialises the (T, S) scores: O(T·S) memory"
+
+
+class SDPACore(_ModelSDPACore):
+    """The model's own :class:`efflab.model.SDPACore`, made to say what it is in ``print``."""
+
+    def extra_repr(self) -> str:
+        return "impl='sdpa', torch scaled_dot_product_attention: fused, O(T) memory"
+
+
+class TritonCore(nn.Module):
+    """efflab's FlashAttention Triton kernel, forward and backward."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, nh, T, hs)   k, v: (B, nh, S, hs)  ->  (B, nh, T, hs)
+        return flash_attention(q, k, v)
+
+    def extra_repr(self) -> str:
+        mode = "interpreted, correctness only" if INTERPRETED else "compiled"
+        return f"impl='triton', efflab FlashAttention kernel ({mode}): O(T) memory"
+
+
+CORES: dict[str, type[nn.Module]] = {"naive": NaiveCore, "sdpa": SDPACore, "triton": TritonCore}
+
+
+def set_attention(model: nn.Module, config: AttentionConfig | None = None) -> nn.Module:
+    """Replace every attention core (each ``block.attn.core``) of ``model`` in place.
+
+    Returns the same model, so calls chain. Parameters are untouched (cores hold none), so
+    logits and gradients change only by floating-point rounding. Raises TypeError for a config
+    that is not an :class:`AttentionConfig` and ValueError when the model has no ``core``.
+    """
+    config = AttentionConfig() if config is None else config
+    if not isinstance(config, AttentionConfig):
+        raise TypeError(f"config must be an AttentionConfig, got {type(config).__name__}")
+    parents = [m for m in model.modules() if "core" in dict(m.named_children())]
+    if not parents:
+        raise ValueError("model has no attention core to replace (no submodule named 'core', "
+                         "as efflab.model.CausalSelfAttention has)")
+    for attn in parents:
+        core = CORES[config.impl]()
+        core.train(attn.training)
+        attn.core = core
+    return model
+
+
+def attention_memory_bytes(impl: str, B: int, nh: int, T: int, S: int, hs: int,
+                           bytes_per_el: int = 4) -> int:
+    """Bytes one attention call needs beyond q, k, v and out, for a training step (backward).
+
+    - ``naive``: at the peak, in backward, three (B, nh, T, S) matrices at once — the
+      probabilities kept from forward, their gradient and the scores' gradient — plus the
+      (T, S) bool causal mask that ``masked_fill`` keeps: ``3·B·nh·T·S·bytes_per_el + T·S``
+      (of which ``B·nh·T·S·bytes_per_el + T·S`` is what forward keeps for backward).
+    - ``sdpa``: the fp32 logsumexp, one number per query row: ``B·nh·T·4``; when
+      1 < T < S (a multi-token step after a cache) the (T, S) mask, which SDPA keeps
+      as an additive float mask, adds ``T·S·bytes_per_el``.
+    - ``triton``: the fp32 logsumexp, ``B·nh·T·4``; nothing of size T·S exists outside a tile.
+
+    ``hs`` does not enter: no impl keeps anything per head dimension beyond q, k, v, out. It is
+    in the signature so every impl is called alike.
+    """
+    if impl not in IMPLS:
+        raise ConfigError("impl", impl, "one of " + ", ".join(repr(i) for i in IMPLS))
+    for name, value in (("B", B), ("nh", nh), ("T", T), ("S", S), ("hs", hs),
+                        ("bytes_per_el", bytes_per_el)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(name, value, "an integer >= 1")
+    if S < T:
+        raise ConfigError("S", S, f"an integer >= T={T} (queries are the last T of S positions)")
+    lse = B * nh * T * 4  # fp32 logsumexp: (B, nh, T)
+    if impl == "naive":
+        return 3 * B * nh * T * S * bytes_per_el + T * S
+    if impl == "sdpa":
+        return lse + (T * S * bytes_per_el if 1 < T < S else 0)
+    return lse
+
+
+def model_attention_bytes(impl: str, n_layer: int, B: int, nh: int, T: int, hs: int,
+                          bytes_per_el: int = 4) -> int:
+    """Bytes a whole model's training step keeps for attention beyond the default (``sdpa``)
+    activation formula: for ``naive``, every layer keeps its (B, nh, T, T) probabilities and
+    the mask for backward, and the one layer whose backward is running adds two more T×T
+    gradients (:func:`attention_memory_bytes` is that one layer's peak); 0 for the fused impls."""
+    if impl != "naive":
+        return 0
+    peak = attention_memory_bytes("naive", B, nh, T, T, hs, bytes_per_el)
+    transient = 2 * B * nh * T * T * bytes_per_el
+    return n_layer * (peak - transient) + transient
+
+
+INTERPRETED_STEP_LIMIT_S = 5.0
+
+
+def interpreted_step_seconds(cfg, batch_size: int, seq_len: int, train: bool,
+                             seconds_per_program: float) -> float:
+    """Predicted seconds of one step's attention through the Triton *interpreter* (CPU).
+
+    The interpreter pays per kernel program, not per FLOP: each causal (query block, key block)
+    tile is one program, and backward runs two kernels over the same tiles plus a per-row
+    preprocess. Blocks are 64 wide there. ``seconds_per_program`` is measured on this machine
+    (:func:`efflab.measurement.hardware.interpreter_seconds_per_program`).
+    """
+    nq = -(-seq_len // 64)  # query blocks (ceil)
+    heads = batch_size * cfg.n_head * cfg.n_layer
+    tiles = heads * nq * (nq + 1) // 2
+    programs = tiles * (3 if train else 1) + (heads * nq if train else 0)
+    return programs * seconds_per_program
+
+
+def interpreted_refusal(cfg, batch_size: int, seq_len: int, train: bool,
+                        seconds_per_program: float | None,
+                        limit_s: float = INTERPRETED_STEP_LIMIT_S) -> str | None:
+    """Why a Triton-attention step should not run interpreted here (too slow), else None.
+    ``seconds_per_program`` None means the kernels are compiled: nothing to refuse."""
+    if not INTERPRETED or seconds_per_program is None:
+        return None
+    predicted = interpreted_step_seconds(cfg, batch_size, seq_len, train, seconds_per_program)
+    if predicted <= limit_s:
+        return None
+    return (f"attention='triton' refused here: with no GPU the Triton kernel runs interpreted "
+            f"(correctness only); at {seconds_per_program * 1e3:.1f} ms per tile program, "
+            f"measured on this machine, a step of this shape would take about {predicted:.0f} s "
+            f"(limit {limit_s:.0f} s). Use a smaller batch or context (e.g. preset 'cpu-tiny'), "
+            f"or a GPU.")
+
+
+__all__ = ["AttentionConfig", "AttentionImpl", "IMPLS", "CORES", "NaiveCore", "SDPACore",
+           "TritonCore", "set_attention", "attention_memory_bytes", "model_attention_bytes",
+           "interpreted_step_seconds", "interpreted_refusal"]

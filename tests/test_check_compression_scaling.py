@@ -1,0 +1,87 @@
+"""Checks of lessons 12 and 13: the right answer passes, plausible wrong ones get their hint."""
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import efflab.check as check
+from efflab.check import REGISTRY
+
+
+@pytest.fixture(autouse=True)
+def _answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFLAB_ANSWERS", str(tmp_path / "answers.jsonl"))
+
+
+def test_mlp_flops_sparsity_right_and_wrong():
+    assert check.mlp_flops_sparsity(0.5).passed
+    quad = check.mlp_flops_sparsity(1 - 0.5 ** 0.5)
+    assert not quad.passed and "linear" in quad.hint
+    share = check.mlp_flops_sparsity(1 / 3)
+    assert not share.passed and "block's weights" in share.hint
+    per_matrix = check.mlp_flops_sparsity(0.75)
+    assert not per_matrix.passed and "row of c_fc AND its column" in per_matrix.hint
+    # another target: keep a quarter of the FLOPs
+    assert check.mlp_flops_sparsity(0.75, fraction=0.25).passed
+    assert check.mlp_flops_sparsity(None).status == "unanswered"
+
+
+def _right(s, t, tau):
+    ls, lt = F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1)
+    return (lt.exp() * (lt - ls)).sum(-1).mean() * tau ** 2
+
+
+def test_soft_target_loss_right_and_wrong():
+    assert check.soft_target_loss(_right).passed
+    no_t2 = check.soft_target_loss(lambda s, t, tau: _right(s, t, tau) / tau ** 2)
+    assert not no_t2.passed and "τ²" in no_t2.hint
+    reverse = check.soft_target_loss(lambda s, t, tau: _right(t, s, tau))
+    assert not reverse.passed and "not symmetric" in reverse.hint
+    no_temp = check.soft_target_loss(lambda s, t, tau: _right(s, t, 1.0) * tau ** 2)
+    assert not no_temp.passed and "temperature" in no_temp.hint
+    ce = check.soft_target_loss(lambda s, t, tau: -(F.softmax(t / tau, -1)
+                                                    * F.log_softmax(s / tau, -1)).sum(-1).mean() * tau ** 2)
+    assert not ce.passed and "entropy" in ce.hint
+    boom = check.soft_target_loss(lambda s, t, tau: 1 / 0)
+    assert not boom.passed and "ZeroDivisionError" in boom.got
+
+
+def _fit():
+    return {"n_law": {"prefactor": 0.02, "exponent": 0.6, "n": 3},
+            "loss_law": {"prefactor": 40.0, "exponent": -0.12, "n": 3},
+            "budgets": pd.DataFrame({"budget": [1e10, 1e11, 1e12],
+                                     "loss_opt": [40 * c ** -0.12 for c in (1e10, 1e11, 1e12)]})}
+
+
+def test_compute_optimal_right_and_wrong():
+    fit, c = _fit(), 1e13
+    n = 0.02 * c ** 0.6
+    assert check.compute_optimal((n, c / (6 * n)), fit=fit, budget=c).passed
+    no6 = check.compute_optimal((n, c / n), fit=fit, budget=c)
+    assert not no6.passed and "6·N·D" in no6.hint
+    rule = check.compute_optimal((n, 20 * n), fit=fit, budget=c)
+    assert not rule.passed and "20 tokens" in rule.hint
+    chin = check.compute_optimal(((c / 120) ** 0.5, 20 * (c / 120) ** 0.5), fit=fit, budget=c)
+    assert not chin.passed and "YOUR fit" in chin.hint
+    old = 0.02 * 1e12 ** 0.6
+    stale = check.compute_optimal((old, 1e12 / (6 * old)), fit=fit, budget=c)
+    assert not stale.passed and "largest budget" in stale.hint
+
+
+def test_optimal_loss_right_and_wrong():
+    fit, c = _fit(), 1e13
+    assert check.optimal_loss(40 * c ** -0.12, fit=fit, budget=c).passed
+    last = check.optimal_loss(40 * 1e12 ** -0.12, fit=fit, budget=c)
+    assert not last.passed and "largest budget" in last.hint
+    sign = check.optimal_loss(40 * c ** 0.12, fit=fit, budget=c)
+    assert not sign.passed and "negative" in sign.hint
+
+
+def test_judges_rerun_from_logged_evidence():
+    fb = check.soft_target_loss(_right)
+    from efflab.check import latest_answers, judge
+
+    ev = latest_answers()["soft_target_loss"]
+    assert judge("soft_target_loss", ev).passed == fb.passed
+    assert {"mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"} <= set(REGISTRY)

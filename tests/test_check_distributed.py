@@ -1,0 +1,111 @@
+"""Lesson 14's checks: the right answer passes, plausible wrong ones are rejected with the hint
+that names the slip, and nothing is judged on absolute time."""
+
+import numpy as np
+import pytest
+
+from efflab.check import alpha_beta, judge, step_time_8, zero1_bytes
+from efflab.distributed import AlphaBeta, extrapolate, memory_per_rank
+
+
+@pytest.fixture(autouse=True)
+def _answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFLAB_ANSWERS", str(tmp_path / "answers.jsonl"))
+
+
+ALPHA, BW = 0.4e-3, 3e8
+N_BYTES = np.array([4, 64, 1024, 16384, 262144, 1 << 20, 4 << 20, 16 << 20], dtype=float)
+rng = np.random.default_rng(1)
+SECONDS = (ALPHA + N_BYTES / BW) * rng.lognormal(0, 0.08, N_BYTES.size)
+
+
+def _ab(a, b):
+    return alpha_beta((a, b), nbytes=N_BYTES, seconds=SECONDS)
+
+
+def test_alpha_beta_accepts_any_sound_fit():
+    assert _ab(ALPHA, BW).passed  # the true values
+    # a two-point estimate: the smallest message's time, the largest message's slope
+    a2 = SECONDS[0]
+    b2 = (N_BYTES[-1] - N_BYTES[-2]) / (SECONDS[-1] - SECONDS[-2])
+    assert _ab(a2, b2).passed
+
+
+@pytest.mark.parametrize("answer, hint", [
+    ((ALPHA * 1e3, BW), "milliseconds"),           # α in ms
+    ((ALPHA, 1 / BW), "seconds per byte"),          # β inverted
+    ((ALPHA, BW * 8), "bytes per second"),          # β in bits/s
+    ((ALPHA, BW / 1e6), "bytes per second"),        # β in MB/s
+    ((ALPHA * 40, BW), "α does not"),               # α wrong, β right
+    ((ALPHA, BW / 20), "β does not"),               # β wrong, α right
+])
+def test_alpha_beta_names_the_slip(answer, hint):
+    fb = _ab(*answer)
+    assert not fb.passed and fb.status == "wrong"
+    assert hint in fb.hint, fb.hint
+    assert f"{ALPHA:.3g}" not in fb.expected and f"{BW:.3g}" not in fb.expected  # no give-away
+
+
+def test_alpha_beta_unanswered_and_malformed_never_raise():
+    assert alpha_beta(None, nbytes=N_BYTES, seconds=SECONDS).status == "unanswered"
+    assert alpha_beta(0.001, nbytes=N_BYTES, seconds=SECONDS).status == "error"
+    assert not _ab(-1.0, BW).passed
+
+
+GIVEN = {"compute_per_sample_s": 0.02, "global_batch": 16,
+         "bucket_bytes": [1 << 20, 1 << 20, 1_300_000], "alpha_s": 5e-4, "bandwidth": 4e8}
+
+
+def _truth8():
+    fit = AlphaBeta(GIVEN["alpha_s"], GIVEN["bandwidth"], 2)
+    comm = sum(extrapolate(fit, b, 8) for b in GIVEN["bucket_bytes"])
+    return 0.02 * 16 / 8 + comm
+
+
+def test_step_time_8_right_answer_by_hand():
+    # by hand: (N−1)·α per bucket plus 2(N−1)/N · bytes/β
+    hand = 0.02 * 16 / 8 + sum(7 * 5e-4 + 2 * 7 / 8 * b / 4e8 for b in GIVEN["bucket_bytes"])
+    assert hand == pytest.approx(_truth8())
+    assert step_time_8(hand, **GIVEN).passed
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (0.02 * 16 / 8 + sum(5e-4 + b / 4e8 for b in GIVEN["bucket_bytes"]), "not the one you measured"),
+    (0.02 * 16 + sum(7 * 5e-4 + 2 * 7 / 8 * b / 4e8 for b in GIVEN["bucket_bytes"]), "G/8"),
+    (0.02 * 16 / 8, "still be all-reduced"),
+    (0.02 * 16 / 8 + 7 * 5e-4 + 2 * 7 / 8 * sum(GIVEN["bucket_bytes"]) / 4e8, "every bucket"),
+])
+def test_step_time_8_names_the_slip(wrong, hint):
+    fb = step_time_8(wrong, **GIVEN)
+    assert not fb.passed and hint in fb.hint, fb.hint
+
+
+def test_step_time_8_milliseconds_slip():
+    fb = step_time_8(_truth8() * 1e3, **GIVEN)
+    assert not fb.passed and "seconds" in fb.hint
+
+
+P, N = 85_000_000, 8
+
+
+def test_zero1_bytes_right_answer():
+    assert zero1_bytes(4 * P + 4 * P + 8 * P / N, n_params=P, world_size=N).passed
+    assert zero1_bytes(memory_per_rank(P, N, "zero1")["total"], n_params=P, world_size=N).passed
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (16 * P, "splits the optimizer state"),
+    (16 * P / N, "ZeRO-3"),
+    (4 * P + 12 * P / N, "ZeRO-2"),
+    (8 * P + 4 * P / N, "two fp32 moments"),
+    ((8 * P + 8 * P / N) / 2**20, "not MiB"),
+])
+def test_zero1_bytes_names_the_slip(wrong, hint):
+    fb = zero1_bytes(wrong, n_params=P, world_size=N)
+    assert not fb.passed and hint in fb.hint, fb.hint
+
+
+def test_the_grader_rejudges_from_the_logged_evidence():
+    fb = zero1_bytes(16 * P, n_params=P, world_size=N)
+    ev = {"answer": 16 * P, "n_params": P, "world_size": N}
+    assert judge("zero1_bytes", ev).to_dict() == fb.to_dict()

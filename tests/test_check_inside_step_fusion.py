@@ -1,0 +1,87 @@
+"""Lesson 08/09 checks: the right answer passes; plausible wrong ones fail with the right hint."""
+
+import math
+
+import pytest
+
+import efflab.check as check
+from efflab.check import judge
+
+
+@pytest.fixture(autouse=True)
+def _answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFLAB_ANSWERS", str(tmp_path / "answers.jsonl"))
+
+
+def _right(m, k, n, bytes_per_el):
+    return 2 * m * k * n, (m * k + k * n + m * n) * bytes_per_el
+
+
+def test_matmul_roofline_right_and_slips():
+    fb = check.matmul_roofline(_right)
+    assert fb.passed and fb.points == fb.max_points
+    half = check.matmul_roofline(lambda m, k, n, bytes_per_el: (m * k * n, _right(m, k, n, bytes_per_el)[1]))
+    assert not half and "multiply and one add" in half.hint
+    no_out = check.matmul_roofline(lambda m, k, n, bytes_per_el: (2 * m * k * n,
+                                                                  (m * k + k * n) * bytes_per_el))
+    assert not no_out and "output C is written" in no_out.hint
+    values = check.matmul_roofline(lambda m, k, n, bytes_per_el: (2 * m * k * n, m * k + k * n + m * n))
+    assert not values and "bytes per value" in values.hint
+    assert check.matmul_roofline(None).status == "unanswered"
+
+
+def test_which_roof_right_reversed_and_partial():
+    given = {"intensities": {"gelu": 1.0, "mlp up": 40.0, "adamw": 0.175},
+             "peak_flops": 140e9, "bandwidth": 20e9}  # ridge 7 FLOP/byte
+    right = {"gelu": "memory", "mlp up": "compute", "adamw": "memory"}
+    assert check.which_roof(right, **given).passed
+    flipped = check.which_roof({"gelu": "compute", "mlp up": "memory", "adamw": "compute"}, **given)
+    assert not flipped and "reversed" in flipped.hint
+    partial = check.which_roof({"gelu": "memory", "mlp up": "memory", "adamw": "memory"}, **given)
+    assert not partial and "peak ÷ bandwidth = 7" in partial.hint and 0 < partial.points < 1
+    missing = check.which_roof({"gelu": "memory"}, **given)
+    assert not missing and "every operator" in missing.hint
+
+
+def test_gelu_bias_bytes_right_and_slips():
+    n = 16 * 128 * 512
+    assert check.gelu_bias_bytes(2 * n * 4, numel=n).passed
+    assert "values" in check.gelu_bias_bytes(2 * n, numel=n).hint
+    assert "all the eager traffic" in check.gelu_bias_bytes(4 * n * 4, numel=n).hint
+    assert "written and read back" in check.gelu_bias_bytes(n * 4, numel=n).hint
+    # bf16: the same count at 2 bytes
+    assert check.gelu_bias_bytes(2 * n * 2, numel=n, bytes_per_el=2).passed
+
+
+def _good(m, s, block):
+    m_new = max(m, max(block))
+    return m_new, s * math.exp(m - m_new) + sum(math.exp(x - m_new) for x in block)
+
+
+def test_softmax_row_reduction_right_and_slips():
+    assert check.softmax_row_reduction(_good).passed
+
+    def no_rescale(m, s, block):
+        m_new = max(m, max(block))
+        return m_new, s + sum(math.exp(x - m_new) for x in block)
+
+    fb = check.softmax_row_reduction(no_rescale)
+    assert not fb and "exp(m_old - m_new)" in fb.hint
+
+    def no_max(m, s, block):  # forgets the maximum: exp(900) overflows
+        return max(m, max(block)), s + sum(math.exp(x) for x in block)
+
+    fb = check.softmax_row_reduction(no_max)
+    assert not fb and "overflows" in fb.hint
+
+    def crashes(m, s, block):
+        raise RuntimeError("boom")
+
+    assert check.softmax_row_reduction(crashes).status in ("wrong", "error")
+
+
+def test_judges_rerun_from_evidence_alone():
+    fb = judge("gelu_bias_bytes", {"answer": 8.0, "numel": 1, "bytes_per_el": 4})
+    assert fb.passed
+    assert not judge("which_roof", {"answer": {"a": "memory"}, "intensities": {"a": 100.0},
+                                    "peak_flops": 1e9, "bandwidth": 1e9}).passed

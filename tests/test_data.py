@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from efflab.data import CorpusError, decode, encode, fixed_batches, load_corpus, random_batch
+
+
+def test_default_corpus_is_the_stdlib_with_a_stable_hash(corpus, tmp_path):
+    assert corpus.name == "python-stdlib"
+    assert corpus.train.dtype == np.uint8 and corpus.train.size > 1_000_000
+    assert 0.02 < corpus.val.size / (corpus.train.size + corpus.val.size) < 0.10
+    fresh = load_corpus(cache_dir=tmp_path)  # prepared again from the files, not the cache
+    assert fresh.sha256 == corpus.sha256
+    assert np.array_equal(fresh.val, corpus.val)
+
+
+def test_folder_corpus_and_split(tmp_path):
+    src = tmp_path / "texts"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02d}.txt").write_text(f"file {i} " * 50)
+    (src / "blob.bin").write_bytes(b"\x00\x01" * 100)  # not text: skipped
+    c = load_corpus(src, cache_dir=tmp_path / "cache")
+    assert c.n_files == 60
+    assert c.train.size + c.val.size == sum(len(f"file {i} " * 50) + 2 for i in range(60))
+    again = load_corpus(src, cache_dir=tmp_path / "cache")  # from the cache now
+    assert again.sha256 == c.sha256
+
+
+def test_single_file_corpus_splits_head_and_tail(tmp_path):
+    f = tmp_path / "one.txt"
+    f.write_text("abcdefghij" * 1000)
+    c = load_corpus(f, cache_dir=tmp_path / "cache")
+    assert c.val.size == pytest.approx(0.05 * (c.train.size + c.val.size), rel=0.01)
+
+
+def test_missing_and_empty_corpora_are_clear_errors(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        load_corpus(tmp_path / "nope", cache_dir=tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CorpusError, match="holds no text files"):
+        load_corpus(empty, cache_dir=tmp_path)
+    (empty / "zero.txt").write_text("")
+    with pytest.raises(CorpusError, match="empty"):
+        load_corpus(empty, cache_dir=tmp_path)
+
+
+def test_bytes_roundtrip():
+    s = "héllo, wörld — ✓"
+    assert decode(encode(s)) == s
+    assert max(encode(s)) < 256
+
+
+def test_batches_are_next_byte_shifted_and_deterministic(corpus):
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x1, y1 = random_batch(corpus.train, 4, 16, g1)
+    x2, y2 = random_batch(corpus.train, 4, 16, g2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])
+    a = fixed_batches(corpus.val, 2, 3, 8)
+    b = fixed_batches(corpus.val, 2, 3, 8)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))

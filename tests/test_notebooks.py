@@ -1,0 +1,135 @@
+"""Every lesson notebook runs headless under papermill with SMOKE = True, and writes real records."""
+
+import json
+
+import nbformat
+import pytest
+
+from efflab.report import notebooks, run_notebook
+from efflab.store import Store
+
+
+def _images(nb) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if {"image/png", "image/svg+xml"} & set(o.get("data", {})))
+
+
+def _errors(nb) -> list[str]:
+    return [o.get("ename", "") + ": " + o.get("evalue", "") for c in nb.cells
+            if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_every_notebook_has_smoke_parameters_and_no_outputs():
+    found = notebooks()
+    names = [p.name for p in found]
+    assert names[:8] == [
+        "00_tour.ipynb", "01_batching.ipynb", "02_precision.ipynb", "03_checkpointing.ipynb",
+        "04_attention.ipynb", "05_quantization.ipynb", "06_moe.ipynb", "07_pareto.ipynb"]
+    # lessons are numbered without gaps: 00, 01, 02, ...
+    assert [int(n[:2]) for n in names] == list(range(len(names))), names
+    for path in found:
+        nb = json.loads(path.read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert tagged and "SMOKE = False" in "".join(tagged[0]["source"]), path.name
+        assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run each notebook once, each with its own results store."""
+    out = {}
+    for path in notebooks()[:8]:  # later lessons have a test file each
+        store = tmp_path_factory.mktemp(path.stem + "-results")
+        nb_path = run_notebook(path, tmp_path_factory.mktemp("executed"), {"SMOKE": True},
+                               timeout_s=600, results_dir=store)
+        out[path.stem] = (nbformat.read(str(nb_path), as_version=4), Store(store).records())
+    return out
+
+
+def test_tour_runs_and_records_a_measurement(executed):
+    nb, records = executed["00_tour"]
+    assert not _errors(nb)
+    ok = [r for r in records if r["status"] == "ok"]
+    assert {r["workload"] for r in ok} == {"train"}
+    assert {r["knobs"]["batch_size"] for r in ok} >= {1, 2, 4}  # the single point + the lab sweep
+    assert _images(nb) >= 2  # the training curve and the lab's static chart
+
+
+def test_batching_runs_and_records_the_sweeps_and_the_refusal(executed):
+    nb, records = executed["01_batching"]
+    assert not _errors(nb)
+    by = {(r["workload"], r["knobs"]["batch_size"], r["status"]) for r in records}
+    assert {("train", 1, "ok"), ("train", 4, "ok"), ("decode", 1, "ok"), ("decode", 8, "ok")} <= by
+    refused = [r for r in records if r["status"] == "refused"]
+    assert refused and "budget" in refused[0]["message"]
+    train = sorted((r for r in records if r["workload"] == "train" and r["status"] == "ok"
+                    and r.get("budget_bytes") is None), key=lambda r: r["knobs"]["batch_size"])
+    # memory grows with the batch: the lesson's claim, checked on its own records
+    assert train[-1]["memory"]["peak_bytes"] > train[0]["memory"]["peak_bytes"]
+    assert _images(nb) >= 3
+
+
+def _ok(records, **knobs):
+    return [r for r in records if r["status"] == "ok"
+            and all(r["knobs"].get(k) == v for k, v in knobs.items())]
+
+
+def test_precision_measures_fp32_and_refuses_only_with_a_measured_reason(executed):
+    nb, records = executed["02_precision"]
+    assert not _errors(nb)
+    assert _ok(records, precision="fp32")
+    for r in records:
+        assert r["status"] in ("ok", "refused"), r.get("message")
+        if r["status"] == "refused":
+            assert "GFLOP/s" in r["message"]
+    small = {r["knobs"]["precision"]: r for r in records
+             if r["preset"] == "cpu-tiny" and r["status"] == "ok"}
+    if "bf16-pure" in small:  # weights stored in 2 bytes instead of 4
+        assert (small["bf16-pure"]["memory"]["by_category"]["parameters"] * 2
+                == small["fp32"]["memory"]["by_category"]["parameters"])
+    assert _images(nb) >= 3
+
+
+def test_checkpointing_lowers_the_peak(executed):
+    nb, records = executed["03_checkpointing"]
+    assert not _errors(nb)
+    sweep = {r["knobs"]["checkpointing"]: r for r in records
+             if r["status"] == "ok" and r["budget_bytes"] is None}
+    assert set(sweep) == {"none", "selective", "blocks"}
+    assert (sweep["blocks"]["memory"]["peak_bytes"] < sweep["selective"]["memory"]["peak_bytes"]
+            < sweep["none"]["memory"]["peak_bytes"])
+    budgeted = [r for r in records if r["budget_bytes"] is not None]
+    assert {r["status"] for r in budgeted} == {"ok", "refused"}  # fits with it, refused without
+
+
+def test_attention_notebook_runs(executed):
+    nb, records = executed["04_attention"]
+    assert not _errors(nb)
+    assert {r["knobs"]["attention"] for r in _ok(records)} == {"naive", "sdpa"}
+    assert _images(nb) >= 1
+
+
+def test_quantization_shrinks_the_weights(executed):
+    nb, records = executed["05_quantization"]
+    assert not _errors(nb)
+    dec = {r["knobs"]["quantization"]: r for r in _ok(records, workload="decode")
+           if r["preset"] == "cpu-small"}
+    assert set(dec) >= {"none", "int8-weight", "int4-weight"}
+    w = {q: r["memory"]["by_category"]["parameters"] for q, r in dec.items()}
+    assert w["int4-weight"] < w["int8-weight"] < 0.4 * w["none"]
+    ev = {r["knobs"]["quantization"]: r["quality"]["bits_per_byte"]
+          for r in _ok(records, workload="eval")}
+    assert ev["int8-weight"] == pytest.approx(ev["none"], rel=0.01)
+
+
+def test_moe_notebook_trains_and_draws_the_load(executed):
+    nb, _ = executed["06_moe"]
+    assert not _errors(nb)
+    assert _images(nb) >= 4  # live curves, load histogram, loss per FLOP, loss per second
+
+
+def test_pareto_notebook_finds_a_frontier(executed):
+    nb, records = executed["07_pareto"]
+    assert not _errors(nb)
+    assert _ok(records, workload="decode") and _ok(records, workload="train")
+    assert _images(nb) >= 2

@@ -1,0 +1,67 @@
+import pytest
+
+from efflab.config import ConfigError, Knobs, get_preset
+from efflab.measurement import measure
+from efflab.measurement.refusals import availability_table
+from efflab.techniques.precision import PrecisionConfig, refusal
+from efflab.train import train_curves
+
+
+def fake_cal(bf16=1e9, fp16=1e9, fp32=100e9):
+    return {"fingerprint": "test", "bandwidth_bytes_per_s": 10e9,
+            "matmul": {"float32": {"flops_per_s": fp32, "sizes": [256]},
+                       "bfloat16": {"flops_per_s": bf16, "sizes": [256]},
+                       "float16": {"flops_per_s": fp16, "sizes": [256]}}}
+
+
+def test_bad_precision_names_the_choices():
+    with pytest.raises(ConfigError) as e:
+        Knobs(precision="fp8")
+    assert e.value.field == "precision" and "'bf16-pure'" in str(e.value)
+    with pytest.raises(ConfigError):
+        PrecisionConfig("int8")
+
+
+def test_refusal_is_predicted_from_the_measured_peak():
+    slow = refusal(PrecisionConfig("bf16"), flops_per_step=10e9, calibration=fake_cal(bf16=1e9))
+    assert slow and "1.00 GFLOP/s" in slow and "10 s" in slow
+    assert refusal(PrecisionConfig("bf16"), 10e9, fake_cal(bf16=400e9)) is None
+    assert refusal(PrecisionConfig("fp32"), 10e9, fake_cal(bf16=1e9)) is None
+
+
+def test_a_catastrophically_slow_format_is_refused_before_work():
+    rec = measure(Knobs(precision="fp16", batch_size=32), preset="cpu-small",
+                  calibration=fake_cal(fp16=0.3e9))
+    assert rec["status"] == "refused" and "float16" in rec["message"]
+    assert "latency_ms" not in rec
+
+
+def test_availability_table_matches_refusals():
+    cfg = get_preset("cpu-small")
+    t = availability_table(cfg, Knobs(batch_size=8), fake_cal(bf16=1e9, fp16=500e9))
+    runs = dict(zip(t["precision"], t["runs here"]))
+    assert runs == {"fp32": True, "bf16": False, "fp16": True, "bf16-pure": False}
+    assert (t.loc[t["precision"] == "bf16-pure", "bytes per weight"] == 2).all()
+
+
+def test_bf16_pure_stores_weights_in_two_bytes(quick_cal):
+    cal = fake_cal(bf16=1e12, fp16=1e12, fp32=quick_cal["matmul"]["float32"]["flops_per_s"])
+    rec = measure(Knobs(precision="bf16-pure", batch_size=2, seq_len=16, workload="eval"),
+                  preset="cpu-tiny", target_s=0.02, calibration=cal)
+    assert rec["status"] == "ok", rec.get("message")
+    n = get_preset("cpu-tiny").n_params()
+    assert rec["memory"]["by_category"]["parameters"] == 2 * n
+    assert rec["model"]["dtype"] == "bfloat16"
+
+
+def test_bf16_and_fp16_losses_track_fp32_over_the_first_steps():
+    cal = fake_cal(bf16=1e12, fp16=1e12)  # never refuse: this test is about numerics
+    df = train_curves({"fp32": Knobs(), "bf16": Knobs(precision="bf16"),
+                       "fp16": Knobs(precision="fp16")},
+                      preset="cpu-tiny", steps=25, batch_size=4, seq_len=32, warmup=5,
+                      eval_every=0, calibration=cal, progress=False)
+    loss = df.pivot(index="step", columns="variant", values="train_loss")
+    assert loss["fp32"].iloc[-1] < loss["fp32"].iloc[0] - 1.0  # it is actually learning
+    # stated tolerance: within 0.05 nats of fp32 at every one of the first 25 steps
+    assert (loss["bf16"] - loss["fp32"]).abs().max() < 0.05
+    assert (loss["fp16"] - loss["fp32"]).abs().max() < 0.05
