@@ -266,11 +266,19 @@ def isoflop_sweep(spec: ScalingSpec | None = None, store: Store | str | os.PathL
     """
     spec = spec or ScalingSpec()
     st = store if isinstance(store, Store) else Store(store or _default_store())
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    plan = spec.plan()
+    try:
+        rows = _sweep_runs(spec, st, resume, progress, device, on_point)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting is theirs
+    return runs_frame(rows)
+
+
+def _sweep_runs(spec, st, resume, progress, device, on_point) -> list[dict]:
     rows = []
-    bar = tqdm(plan, desc="isoflop sweep", disable=not progress)
+    bar = tqdm(spec.plan(), desc="isoflop sweep", disable=not progress)
     for run in bar:
         key = run_key(run, spec)
         bar.set_postfix_str(f"C={run['budget']:.0e} {run['name']} ({run['steps']} steps)")
@@ -283,7 +291,7 @@ def isoflop_sweep(spec: ScalingSpec | None = None, store: Store | str | os.PathL
         rows.append(rec)
         if on_point is not None:
             on_point(rec)
-    return runs_frame(rows)
+    return rows
 
 
 def _default_store() -> Path:
