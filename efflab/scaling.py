@@ -131,7 +131,7 @@ class ScalingSpec:
     budgets: tuple[float, ...] = (1e10, 3e10, 1e11)
     sizes: tuple[tuple[int, int], ...] = LADDER
     min_tokens_per_param: float = 2.0
-    max_tokens_per_param: float = 500.0
+    max_tokens_per_param: float = 700.0
     batch_size: int = 8
     seq_len: int = 64
     lr: float = 3e-3

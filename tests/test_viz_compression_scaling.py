@@ -56,3 +56,24 @@ def test_compression_charts_draw_theory_intervals_and_the_claim_lines():
     data = list(spec["datasets"].values())
     assert [{"q": 0.98}] in data and [{"x": 5.0}] in data  # the floor and the 5x line
     assert "no candidate measured yet" in _spec(frontier_chart(pd.DataFrame(), "speedup"))
+
+
+def test_scaling_law_chart_renders_offline():
+    from efflab.viz import to_svg
+
+    runs = _synthetic()
+    fit = scaling_fit(runs, n_boot=10)
+    svg = to_svg(scaling_law_chart(fit, PUBLISHED))
+    assert svg.count("<path") > 6  # lines, rules and points drawn, not an error placeholder
+
+
+def test_isoflop_and_compression_charts_render_offline():
+    from efflab.viz import to_svg
+
+    runs = _synthetic()
+    runs["name"] = [f"s{i}" for i in range(len(runs))]
+    runs["tokens"] = runs["budget"] / (6 * runs["n_params"])
+    runs["val_se"] = 0.01
+    assert to_svg(isoflop_chart(runs, scaling_fit(runs, n_boot=10))).count("<path") > 10
+    assert "<svg" in to_svg(sparsity_speed_chart(_rows()))
+    assert "<svg" in to_svg(sparsity_quality_chart(_rows()))

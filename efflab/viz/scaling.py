@@ -93,8 +93,11 @@ def law_frame(fit: dict, published: dict, span: tuple[float, float] | None = Non
     for label, e in lines.items():
         for c in cs:
             n = mid_n * (c / mid_c) ** e
-            rows.append({"C": c, "value": n, "quantity": "N_opt (parameters)", "law": label})
-            rows.append({"C": c, "value": c / (6 * n), "quantity": "D_opt (tokens)", "law": label})
+            src = "fit" if label.startswith("this sweep") else "published"
+            rows.append({"C": c, "value": n, "quantity": "N_opt (parameters)", "law": label,
+                         "source": src})
+            rows.append({"C": c, "value": c / (6 * n), "quantity": "D_opt (tokens)", "law": label,
+                         "source": src})
     return pd.DataFrame(rows)
 
 
@@ -124,8 +127,8 @@ def scaling_law_chart(fit: dict, published: dict, *, extra: pd.DataFrame | None 
         layers = [
             alt.Chart(lq).mark_line().encode(
                 x=x, y=y, color=law_colour,
-                strokeDash=alt.condition("indexOf(datum.law, 'this sweep') >= 0",
-                                         alt.value([1, 0]), alt.value([5, 4]))),
+                strokeDash=alt.StrokeDash("source:N", legend=None, scale=alt.Scale(
+                    domain=["fit", "published"], range=[[1, 0], [5, 4]]))),
             alt.Chart(pq).mark_rule(color="black").encode(x=x, y="lo:Q", y2="hi:Q"),
             alt.Chart(pq).mark_point(size=70, color="black", strokeWidth=2).encode(
                 x=x, y=y, fill=alt.condition("datum.vertex == 'inside'", alt.value("black"),
