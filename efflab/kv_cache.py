@@ -121,6 +121,7 @@ def variant_rows(models: dict[str, GPT], corpus: Corpus, batch_size: int = 8,
                      "decode_ms": s["median"], "decode_ms_p25": s["p25"],
                      "decode_ms_p75": s["p75"], "n": s["n"],
                      "bits_per_byte": q["bits_per_byte"], "eval_tokens": q["eval_tokens"],
+                     "bits_per_byte_ci95": q.get("bits_per_byte_ci95", float("nan")),
                      "trained_steps": rec.get("steps", 0)})
     return rows
 
