@@ -97,3 +97,16 @@ from efflab.techniques.pruning import (  # noqa: E402
 __all__ += ["mlp_flops_per_token", "attention_flops_per_token", "kept_channels",
             "soft_target_loss", "compute_params", "training_flops", "tokens_for_budget",
             "attention_share", "chinchilla_optimum"]
+
+# lessons 10-11 (KV cache, speculative decoding): the cache's bytes (ModelConfig.kv_cache_bytes),
+# the FLOPs of a new token with/without the cache, the speculative speed-up and its break-even
+from efflab.kv_cache import matmul_params, new_token_flops  # noqa: E402
+from efflab.speculative import (  # noqa: E402
+    best_k,
+    break_even_alpha,
+    expected_speedup,
+    expected_tokens_per_round,
+)
+
+__all__ += ["matmul_params", "new_token_flops", "expected_tokens_per_round", "expected_speedup",
+            "break_even_alpha", "best_k"]
