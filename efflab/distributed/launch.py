@@ -242,6 +242,9 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     lo = loopback_interface()
     if lo:
         env["GLOO_SOCKET_IFNAME"] = lo
+    # the ranks import this very efflab, installed or not (a checkout on the path)
+    here = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     cmd = torchrun_command(nproc, jobs_path, folder, free_port(), backend,
                            collective_timeout_s=max(30.0, timeout_s))
 
