@@ -84,7 +84,10 @@ def stored_fusion(path: str | Path = STORED) -> dict | None:
         return None
     data = json.loads(path.read_text())
     data["stale"] = data.get("fingerprint") != fingerprint()
-    data["label"] = (f"stored: measured {data.get('measured_at', '?')} on "
+    shape = data.get("training", {}).get("shape", {})
+    what = f"{shape.get('preset', 'cpu-small')} B{shape.get('batch', 16)} training step, " \
+        if shape else ""
+    data["label"] = (f"stored: {what}measured {data.get('measured_at', '?')} on "
                      f"{data.get('env', {}).get('cpu', '?')}"
                      + (" (another machine: stale)" if data["stale"] else " (this machine)")
                      + (", host shared: provisional" if data.get("host_shared") else ""))
