@@ -214,7 +214,7 @@ def predict_memory(cfg: ModelConfig, workload: str, batch_size: int, seq_len: in
     elif workload == "decode":
         out["other"] = (4 * B * C) * e + B * V * 4
     if workload in ("prefill", "decode"):
-        out["kv_cache"] = 2 * L * B * (T + gen_tokens) * C * w
+        out["kv_cache"] = cfg.kv_cache_bytes(B, T + gen_tokens, w)  # kv heads only (GQA/MQA)
     return {"peak_bytes": sum(out.values()), "by_category": out}
 
 
