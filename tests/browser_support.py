@@ -345,6 +345,18 @@ def run_all(page, timeout_s: float) -> PageState:
     raise TimeoutError(f"Run All did not finish within {timeout_s:.0f} s: {read_state(page)}")
 
 
+def wait_charts_drawn(page, timeout_s: float) -> PageState:
+    """The page once every chart has marks (or when ``timeout_s`` has passed: the caller
+    asserts). Charts draw asynchronously in the browser, after the kernel has gone idle."""
+    deadline = time.monotonic() + timeout_s
+    state = read_state(page)
+    while (any(c["marks"] == 0 and c["canvas"] == 0 for c in state.charts)
+           and time.monotonic() < deadline):
+        page.wait_for_timeout(250)
+        state = read_state(page)
+    return state
+
+
 def lab_panel(page):
     """The Lab panel's widget output (the widget whose text starts "efflab lab")."""
     return page.locator(".jp-OutputArea-output:not([data-mime-type])",  # a widget view
@@ -354,6 +366,17 @@ def lab_panel(page):
 def panel_marks(panel) -> int:
     """How many data marks the Lab panel's chart shows."""
     return panel.evaluate(f"e => e.querySelectorAll({MARKS!r}).length")
+
+
+def wait_panel_marks(panel, more_than: int, timeout_s: float) -> int:
+    """The panel chart's marks once there are more than ``more_than`` (or when ``timeout_s``
+    has passed: the caller asserts). Vega redraws asynchronously, after the kernel is idle."""
+    deadline = time.monotonic() + timeout_s
+    marks = panel_marks(panel)
+    while marks <= more_than and time.monotonic() < deadline:
+        panel.page.wait_for_timeout(250)
+        marks = panel_marks(panel)
+    return marks
 
 
 def log_console_text(page) -> str:

@@ -33,6 +33,7 @@ SUITE = ("00_tour.ipynb", "03_checkpointing.ipynb")
 # charts each suite lesson must draw at least (the tour: training curve + the Lab's dashboard)
 MIN_CHARTS = {"00_tour.ipynb": 2, "03_checkpointing.ipynb": 1}
 PANEL_LESSONS = {"00_tour.ipynb"}  # lessons that must show the Lab panel
+CHART_TIMEOUT_S = 90  # how long a chart may take to redraw in the page
 RUN_ALL_TIMEOUT_S = float(os.environ.get("EFFLAB_BROWSER_TIMEOUT_S", 600))
 
 
@@ -70,7 +71,7 @@ def _check_lab_panel(page, stem: str) -> None:
     """Run in the panel grows the chart; a bad value shows its ConfigError in the panel."""
     panel = bs.lab_panel(page)
     panel.scroll_into_view_if_needed()
-    before = bs.panel_marks(panel)
+    before = bs.wait_panel_marks(panel, more_than=0, timeout_s=CHART_TIMEOUT_S)
     assert before > 0, "the Lab panel's chart drew no marks after lab.run()"
     values = panel.locator(".widget-text:has(> label:text-is('values')) input").first
     shown = [v.strip() for v in values.input_value().split(",") if v.strip()]
@@ -85,8 +86,8 @@ def _check_lab_panel(page, stem: str) -> None:
         arg=[panel.element_handle(), done], timeout=RUN_ALL_TIMEOUT_S * 1000)
     text = panel.inner_text()
     assert "error —" not in text, f"the panel's Run failed: {text[-800:]}"
-    page.wait_for_timeout(1000)  # the chart redraws after the status line
-    after = bs.panel_marks(panel)
+    # the chart redraws after the status line (seconds of JavaScript on a busy machine)
+    after = bs.wait_panel_marks(panel, more_than=before, timeout_s=CHART_TIMEOUT_S)
     bs.screenshot(page, f"{stem}-panel-run")
     assert after > before, f"marks did not grow after Run ({before} -> {after})"
 
@@ -108,7 +109,8 @@ def test_lesson_draws_in_a_real_browser(server, browser, name):
     t0 = time.monotonic()
     page = bs.open_notebook(browser, server, name, timeout_s=180)
     try:
-        state = bs.run_all(page, RUN_ALL_TIMEOUT_S)
+        bs.run_all(page, RUN_ALL_TIMEOUT_S)
+        state = bs.wait_charts_drawn(page, CHART_TIMEOUT_S)
         bs.screenshot(page, f"{stem}-run-all")
         assert not state.errors, f"{name}: error outputs:\n" + "\n---\n".join(state.errors)
         assert state.pending == 0 and state.executed == state.cells, (

@@ -51,7 +51,7 @@ def test_a_sweep_killed_at_twenty_random_moments_ends_with_every_config_once(tmp
         started, recorded = ctx.Event(), ctx.Value("i", 0)
         proc = ctx.Process(target=fs.run_sweep, args=(store, vary, quick_cal, started, recorded))
         proc.start()
-        assert started.wait(120), "the sweep process never started"
+        assert started.wait(600), "the sweep process never started"
         after, extra = rng.choice((0, 1, 1, 2)), rng.uniform(0.0, 0.4)
         deadline = time.monotonic() + 300
         while recorded.value < after and proc.is_alive() and time.monotonic() < deadline:
