@@ -113,6 +113,11 @@ def ddp_frame(records, fit: AlphaBeta | None = None) -> pd.DataFrame:
                "compute_p75_ms": comp["p75_ms"],
                "tokens_per_s": res["tokens_per_step"] / (step["median_ms"] / 1e3),
                "loadavg_1m": (r.get("loadavg") or [None])[0], "run": r.get("run")}
+        stats = res.get("ddp_stats_ns") or {}  # DDP's own account of its sampled iterations
+        if stats:
+            row["ddp_backward_ms"] = stats.get("avg_backward_compute_time", 0) / 1e6 or None
+            row["ddp_comm_ms"] = stats.get("avg_backward_comm_time", 0) / 1e6 or None
+            row["ddp_overlap_ms"] = stats.get("avg_backward_compute_comm_overlap_time", 0) / 1e6 or None
         if fit is not None and r["world_size"] > 1:
             c = comm_time(res["bucket_bytes"], fit, r["world_size"]) * 1e3
             row["comm_pred_ms"] = c
