@@ -287,21 +287,25 @@ def speculative_generate(target: CachedLM, draft: CachedLM, prompt: list[int],
 
 def step_costs(target: GPT, draft: GPT, context: int, k_max: int, repeats: int = 30) -> dict:
     """Seconds for one decode step of each model and for the target's pass over k + 1 tokens,
-    at ``context`` cached positions: the c and v of :func:`expected_speedup`, measured."""
-    def time_extend(lm: CachedLM, n: int) -> dict:
-        lm.start(list(range(32, 32 + context)))
-        samples = []
-        for r in range(repeats + 2):
+    at ``context`` cached positions: the c and v of :func:`expected_speedup`, measured.
+    The calls are interleaved (one of each per repeat), so a change in the machine's load
+    shifts every number alike instead of biasing their ratios."""
+    tl, dl = CachedLM(target), CachedLM(draft)
+    prompt = list(range(32, 32 + context))
+    tl.start(prompt)
+    dl.start(prompt)
+    calls = [("target", tl, 1), ("draft", dl, 1)] + [(k, tl, k + 1) for k in range(1, k_max + 1)]
+    samples: dict = {name: [] for name, _, _ in calls}
+    for r in range(repeats + 2):
+        for name, lm, n in calls:
             lm.rewind(context)
             t0 = time.perf_counter()
             lm.extend([65] * n)
-            if r >= 2:  # two warm-up calls
-                samples.append(time.perf_counter() - t0)
-        return summarize(samples)
-
-    tl, dl = CachedLM(target), CachedLM(draft)
-    out = {"target_step_ms": time_extend(tl, 1), "draft_step_ms": time_extend(dl, 1),
-           "verify_ms": {k: time_extend(tl, k + 1) for k in range(1, k_max + 1)}}
+            if r >= 2:  # two warm-up rounds
+                samples[name].append(time.perf_counter() - t0)
+    out = {"target_step_ms": summarize(samples["target"]),
+           "draft_step_ms": summarize(samples["draft"]),
+           "verify_ms": {k: summarize(samples[k]) for k in range(1, k_max + 1)}}
     t = out["target_step_ms"]["median"]
     out["cost_ratio"] = out["draft_step_ms"]["median"] / t
     out["verify_cost"] = {k: v["median"] / t for k, v in out["verify_ms"].items()}
@@ -311,13 +315,15 @@ def step_costs(target: GPT, draft: GPT, context: int, k_max: int, repeats: int =
 def speculation_sweep(target: GPT, draft: GPT, prompts: list[list[int]], ks, new_tokens: int,
                       temperature: float = 0.0, seed: int = 0, on_row=None) -> list[dict]:
     """Tokens/s and acceptance for each draft length k over the same prompts (k = 0: the
-    target alone). One row per (k, prompt) with the time, tokens and acceptance counts."""
+    target alone), interleaved. One row per (k, prompt) with time, tokens and acceptance."""
     tl = CachedLM(target)
     dl = CachedLM(draft)
     rows = []
-    for k in ks:
-        g = torch.Generator().manual_seed(seed)
-        for i, prompt in enumerate(prompts):
+    ks = list(ks)
+    for i, prompt in enumerate(prompts):  # every k on one prompt before the next prompt, the
+        for j in range(len(ks)):          # order rotated: load changes hit every k alike
+            k = ks[(i + j) % len(ks)]
+            g = torch.Generator().manual_seed(seed + i)
             r = speculative_generate(tl, dl, prompt, new_tokens, k, temperature, g)
             row = {"k": k, "prompt": i, **r.to_dict(),
                    "tokens_per_s": len(r.tokens) / r.seconds if r.seconds else float("nan")}
