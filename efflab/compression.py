@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 import torch.nn as nn
 
 from efflab.analysis import pareto_front
@@ -200,10 +199,8 @@ def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
                                                      and not cfg.heads)
                   else f"unstructured-{cfg.scope}" if cfg.method == "unstructured"
                   else "structured+heads" if cfg.heads else cfg.method)
-        stages = [(False, m)]
-        if finetune_steps and method != "dense":
-            stages.append((True, None))
-        for tuned, mm in stages:
+        stages = [False] + ([True] if finetune_steps and method != "dense" else [])
+        for tuned in stages:  # measured as pruned, then again after the fine-tune
             if tuned:
                 finetune(m, corpus, finetune_steps, batch_size=finetune_batch)
             q = heldout_quality(m, corpus, m.cfg.block_size, windows)

@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 import torch.nn.functional as F
 
 import efflab.check as check
@@ -80,7 +79,7 @@ def test_optimal_loss_right_and_wrong():
 
 def test_judges_rerun_from_logged_evidence():
     fb = check.soft_target_loss(_right)
-    from efflab.check import latest_answers, judge
+    from efflab.check import judge, latest_answers
 
     ev = latest_answers()["soft_target_loss"]
     assert judge("soft_target_loss", ev).passed == fb.passed

@@ -8,7 +8,6 @@ import pandas as pd
 from efflab.scaling import PUBLISHED, scaling_fit
 from efflab.viz.compression import frontier_chart, sparsity_quality_chart, sparsity_speed_chart
 from efflab.viz.scaling import isoflop_chart, scaling_law_chart
-
 from tests.test_scaling import _synthetic
 
 

@@ -37,7 +37,6 @@ after every step. Structured pruning needs no mask: the rows and columns are gon
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
