@@ -135,16 +135,20 @@ def prepare_corpus(path: str | os.PathLike | None = None,
             return Corpus(meta["name"], meta["source"], meta["sha256"], train, val, meta["n_files"])
 
     train_parts, val_parts = [], []
-    total = 0
+    total = binary = 0
     for f in files:
         data = f.read_bytes()
         if b"\x00" in data[:8192]:
+            binary += 1
             continue  # binary, not text
         if max_bytes is not None and total + len(data) > max_bytes:
             break
         total += len(data)
         rel = f.name if f == root else str(f.relative_to(root))
         (val_parts if _is_val(rel) else train_parts).append(data + b"\n\n")
+    if total == 0 and binary:
+        raise CorpusError(f"corpus path {str(root)!r} holds only binary data ({binary} file(s) "
+                          "with NUL bytes in their first 8 KiB): no text to train on")
     if total == 0:
         raise CorpusError(f"corpus path {str(root)!r} is empty: no text bytes to train on")
     if root.is_file() or not val_parts or not train_parts:  # one file: split its bytes instead

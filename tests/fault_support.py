@@ -54,3 +54,27 @@ def run_sweep(store: str, vary: dict, calibration: dict, started=None, recorded=
         started.set()
     efflab.sweep(efflab.Knobs(), vary, store=store, on_record=count, name=name,
                  **sweep_options(calibration))
+
+
+def run_lab(store: str, values: tuple, seq_len: int, calibration: dict) -> None:
+    """A Lab panel in a process of its own: press Run (a background thread measures), wait.
+    Exits 1 if the run did not finish, 2 if the panel shows an error, 3 if points are missing."""
+    import sys
+
+    import torch
+
+    import efflab
+
+    torch.set_num_threads(1)
+    opts = sweep_options(calibration)
+    lab = efflab.Lab(preset=opts["preset"], vary="batch_size", values=values, seq_len=seq_len,
+                     store=store, static=True, weights=opts["weights"], corpus=opts["corpus"],
+                     target_s=opts["target_s"], calibration=calibration)
+    lab.run_button.click()
+    if not lab.wait(1800):
+        sys.exit(1)
+    if lab.last_error is not None:
+        print(lab.error_area.value, file=sys.stderr)
+        sys.exit(2)
+    if sorted(r["knobs"]["batch_size"] for r in lab.records) != sorted(values):
+        sys.exit(3)
