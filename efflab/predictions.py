@@ -130,8 +130,11 @@ def compare(name: str, measured, theory=None, *, unit: str | None = None, spread
     parts = [f"{name}: measured {_fmt(measured)}{u}"]
     if theory is not None:
         parts.append(f"theory {_fmt(theory)}{u}")
-    parts.append(f"your guess {_fmt(value)}{u if value is not None else ''}")
-    text = ", ".join(parts) + f" — {miss_text(value, measured)}"
+    if value is None:
+        text = ", ".join(parts) + f" — {NO_GUESS} recorded"
+    else:
+        parts.append(f"your guess {_fmt(value)}{u}")
+        text = ", ".join(parts) + f" — {miss_text(value, measured)}"
     if theory is not None and value is not None and not isinstance(value, str):
         text += f" (theory: {miss_text(theory, measured).replace('you guessed', 'theory is')})"
     return {"name": name, "guess": value, "measured": measured, "theory": theory,
