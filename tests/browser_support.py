@@ -293,7 +293,8 @@ def open_notebook(context, lab: JupyterLab, name: str, timeout_s: float = 120.0)
     page = context.new_page()
     page.console_messages = []
     page.on("console", lambda m: page.console_messages.append(f"{m.type}: {m.text}"))
-    page.goto(f"{lab.url}/lab/tree/{name}", wait_until="domcontentloaded",
+    workspace = Path(name).stem  # a fresh workspace per lesson: no tabs left from another
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}", wait_until="domcontentloaded",
               timeout=timeout_s * 1000)
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=timeout_s * 1000)
     wait_kernel_idle(page, timeout_s)
@@ -316,20 +317,29 @@ def wait_kernel_idle(page, timeout_s: float) -> None:
     page.wait_for_function(_KERNEL_IDLE_JS, timeout=timeout_s * 1000)
 
 
-def menu(page, top: str, item: str) -> None:
-    """Click JupyterLab's main menu ``top`` then its entry ``item`` (as a learner does)."""
+def menu(page, top: str, command: str) -> None:
+    """Click JupyterLab's main menu ``top``, then its entry for ``command`` (Lumino marks each
+    entry with its command id), as a learner does with the mouse."""
+    page.keyboard.press("Escape")  # no menu left open from before
     page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=top).first.click()
-    page.locator(".lm-Menu .lm-Menu-itemLabel").get_by_text(item, exact=True).first.click()
+    item = page.locator(f'.lm-Menu .lm-Menu-item[data-command="{command}"]').first
+    item.wait_for(state="visible", timeout=15_000)
+    item.click()
 
 
 def run_all(page, timeout_s: float) -> PageState:
     """Run > Run All Cells, then wait until no cell is pending and the kernel is idle."""
-    menu(page, "Run", "Run All Cells")
-    page.wait_for_function(  # the run has started: some cell is pending or has run
-        """() => Array.from(document.querySelectorAll(
+    started = """() => Array.from(document.querySelectorAll(
              '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt'))
-             .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent || ''))""",
-        timeout=30_000)
+             .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent || ''))"""
+    for attempt in range(3):  # a click can be lost while a busy page is still laying out
+        menu(page, "Run", "notebook:run-all-cells")
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
@@ -381,7 +391,7 @@ def wait_panel_marks(panel, more_than: int, timeout_s: float) -> int:
 
 def log_console_text(page) -> str:
     """Open View > Show Log Console and return what it holds for this notebook."""
-    menu(page, "View", "Show Log Console")
+    menu(page, "View", "logconsole:open")
     page.wait_for_selector(".jp-LogConsolePanel", timeout=15_000)
     page.wait_for_timeout(500)
     return page.locator(".jp-LogConsolePanel").first.inner_text()
