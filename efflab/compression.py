@@ -21,21 +21,55 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn as nn
 
 from efflab.analysis import pareto_front
 from efflab.config import ConfigError, Knobs
+from efflab.data import random_batch
 from efflab.measurement.timing import summarize, time_steps
-from efflab.techniques.pruning import PruneConfig, finetune, prune_
+from efflab.techniques.pruning import PruneConfig, enforce_masks, prune_
 from efflab.techniques.quantization import QuantConfig, check_fits, model_bytes, quantize_
-from efflab.workloads import heldout_quality, prepare
+from efflab.workloads import heldout_quality, make_optimizer, optimizer_step, prepare
 
 QUALITY_FLOOR = 0.98
 TARGET_RATIO = 5.0
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def finetune(model: nn.Module, corpus, steps: int, *, batch_size: int = 16,
+             seq_len: int | None = None, lr: float = 3e-4, seed: int = 0, device="cpu",
+             eval_every: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
+             on_point: Callable[[dict], None] | None = None) -> list[dict]:
+    """A short fine-tune after pruning: AdamW at a small constant ``lr`` on training batches,
+    pruned weights held at zero. Returns rows {step, tokens, train_loss[, val_loss]};
+    ``evaluate(model) -> loss`` is called every ``eval_every`` steps and at the end."""
+    T = seq_len or model.cfg.block_size
+    opt = make_optimizer(model, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    rows = []
+    for step in range(1, steps + 1):
+        x, y = random_batch(corpus.train, batch_size, T, g, device)  # (B, T)
+        _, loss = model(x, y)
+        optimizer_step(model, loss, opt, clip_norm=1.0)
+        enforce_masks(model)
+        row = {"step": step, "tokens": step * batch_size * T, "train_loss": float(loss.item())}
+        if evaluate is not None and ((eval_every and step % eval_every == 0) or step == steps):
+            row["val_loss"] = float(evaluate(model))
+            model.train()
+        rows.append(row)
+        if on_point is not None:
+            on_point(row)
+    model.eval()
+    return rows
+
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ keeps, fine-tuning never revives a pruned weight, and 2:4 speed is refused off N
 import pytest
 import torch
 
+from efflab.compression import finetune
 from efflab.config import ConfigError, ModelConfig
 from efflab.model import KVCache, build_model
 from efflab.techniques.pruning import (
@@ -14,7 +15,6 @@ from efflab.techniques.pruning import (
     block_linears,
     channel_importance,
     dense_bytes,
-    finetune,
     kept_channels,
     magnitude_masks,
     mlp_flops_per_token,

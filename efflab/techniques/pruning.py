@@ -37,7 +37,6 @@ after every step. Structured pruning needs no mask: the rows and columns are gon
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -411,41 +410,8 @@ def to_semi_structured_(model: nn.Module, dtype=torch.float16) -> nn.Module:
     return model
 
 
-# ----------------------------------------------------------------------------- fine-tuning
-
-def finetune(model: nn.Module, corpus, steps: int, *, batch_size: int = 16,
-             seq_len: int | None = None, lr: float = 3e-4, seed: int = 0, device="cpu",
-             eval_every: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
-             on_point: Callable[[dict], None] | None = None) -> list[dict]:
-    """A short fine-tune after pruning: AdamW at a small constant ``lr`` on training batches,
-    pruned weights held at zero. Returns rows {step, tokens, train_loss[, val_loss]};
-    ``evaluate(model) -> loss`` is called every ``eval_every`` steps and at the end."""
-    from efflab.data import random_batch
-    from efflab.workloads import make_optimizer, optimizer_step
-
-    T = seq_len or model.cfg.block_size
-    opt = make_optimizer(model, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    rows = []
-    for step in range(1, steps + 1):
-        x, y = random_batch(corpus.train, batch_size, T, g, device)  # (B, T)
-        _, loss = model(x, y)
-        optimizer_step(model, loss, opt, clip_norm=1.0)
-        enforce_masks(model)
-        row = {"step": step, "tokens": step * batch_size * T, "train_loss": float(loss.item())}
-        if evaluate is not None and ((eval_every and step % eval_every == 0) or step == steps):
-            row["val_loss"] = float(evaluate(model))
-            model.train()
-        rows.append(row)
-        if on_point is not None:
-            on_point(row)
-    model.eval()
-    return rows
-
-
 __all__ = ["PruneConfig", "METHODS", "prune_", "PrunedLinear", "PrunedMLP", "PrunedAttention",
            "magnitude_masks", "two_four_mask", "kept_channels", "mlp_flops_per_token",
            "attention_flops_per_token", "channel_importance", "head_importance",
            "enforce_masks", "sparsity_report", "dense_bytes", "semi_structured_refusal",
-           "to_semi_structured_", "finetune", "block_linears"]
+           "to_semi_structured_", "block_linears"]
