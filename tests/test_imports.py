@@ -18,7 +18,11 @@ LAYERS = [
     {"efflab.techniques"},
     {"efflab.workloads"},
     {"efflab.measurement", "efflab.profiling", "efflab.memory_timeline", "efflab.fusion"},
-    {"efflab.store", "efflab.sweeping", "efflab.theory", "efflab.train", "efflab.analysis"},
+    {"efflab.store", "efflab.sweeping", "efflab.theory", "efflab.train", "efflab.analysis",
+     # the later lessons' engines: they measure, train and store, and draw nothing
+     "efflab.profiling", "efflab.memory_timeline", "efflab.fusion", "efflab.kv_cache",
+     "efflab.speculative", "efflab.shapes", "efflab.serving", "efflab.compression",
+     "efflab.distill", "efflab.scaling", "efflab.distributed"},
     {"efflab.viz", "efflab.check", "efflab.predictions"},
     {"efflab.lab", "efflab.panel_state", "efflab.panel_runner", "efflab.cli", "efflab.report",
      "efflab.grading"},
