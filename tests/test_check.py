@@ -486,8 +486,12 @@ def test_request_latency_takes_a_row_of_the_sweep_table_too():
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_SOLUTIONS))
-def test_a_student_placeholder_is_no_answer_yet(name):
+def test_a_student_placeholder_is_logged_unanswered_and_stops_the_run(name, answer_log, capsys):
     def placeholder(*args, **kwargs):
         raise NotImplementedError("replace this with your answer")
-    fb = check.REGISTRY[name](placeholder)
+    with pytest.raises(NotImplementedError, match="replace this"):
+        check.REGISTRY[name](placeholder)
+    assert core.NO_ANSWER in capsys.readouterr().out
+    (entry,) = check.read_answers(answer_log)
+    fb = check.judge(name, entry["evidence"])
     assert fb.status == "unanswered" and fb.points == 0

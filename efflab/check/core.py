@@ -25,14 +25,19 @@ Registering one::
 ``throughput`` is now an :class:`Exercise` in :data:`REGISTRY`. Calling it,
 ``efflab.check.throughput(answer, **given)``:
 
-1. an answer still ``None`` or ``...`` becomes ``{"unanswered": true}`` ("no answer yet");
+1. an answer still ``None`` or ``...`` becomes ``{"unanswered": true}`` ("no answer yet"); a
+   learner function that still raises a student version's ``NotImplementedError`` placeholder
+   is logged the same way, and the call then re-raises it, so a student notebook run top to
+   bottom stops at its first unanswered exercise, as it does at a placeholder answer cell;
 2. ``collect`` runs; if it raises, the reason is kept as ``{"collect_error": "..."}``;
 3. one JSON line ``{"exercise", "evidence", "efflab_version", "time"}`` is appended to the
    answer log (``$EFFLAB_ANSWERS``, else ``efflab_answers.jsonl`` in the working directory);
 4. the evidence, as read back from JSON, is judged — the same input the grader sees;
 5. the :class:`Feedback` is shown (printed; rich HTML in Jupyter) and returned.
 
-A wrong, missing or crashing answer never raises. :func:`judge` is what a grader calls:
+A wrong, missing or crashing answer never raises. A hidden check calls the same exercise
+again with other givens (a function check takes ``seed=``), logging a second line under the same
+name; a grader judges every logged line. :func:`judge` is what a grader calls:
 an unknown exercise or malformed evidence gives a zero :class:`Feedback` with the reason.
 Checks never depend on absolute timings: they compare with references, the learner's own
 records, orderings, ratios and tolerances.
@@ -278,8 +283,10 @@ class Exercise:
             return {"unanswered": True}
         try:
             ev = self.collect_fn(answer, *args, **given)
-        except (Unanswered, NotImplementedError):  # nbgrader's placeholder is still there
-            return {"unanswered": True}
+        except Unanswered as e:
+            return {"unanswered": True, **({"placeholder": e.placeholder} if e.placeholder else {})}
+        except NotImplementedError as e:  # nbgrader's placeholder is still there
+            return {"unanswered": True, "placeholder": str(e) or "not answered yet"}
         except Exception as e:  # the learner's answer or code: report, never crash
             return {"collect_error": f"{type(e).__name__}: {e}"}
         if not isinstance(ev, dict):
@@ -335,6 +342,10 @@ class Exercise:
         fb = self.judge(json.loads(line)["evidence"])  # judge what the grader will see
         _show(fb)
         fb.__dict__["_shown"] = True  # the cell's own display of the return value is skipped
+        if evidence.get("placeholder"):
+            # a student version's placeholder ran (nbgrader's NotImplementedError): stop here,
+            # as the placeholder of an answer cell does, with its message
+            raise NotImplementedError(evidence["placeholder"])
         return fb
 
     def __repr__(self) -> str:
@@ -404,7 +415,7 @@ def probe_outputs(fn: Callable, probes: list[dict]) -> list:
         try:
             outs.append({"out": to_jsonable(fn(**p))})
         except NotImplementedError as e:  # the student version's placeholder: not answered yet
-            raise Unanswered() from e
+            raise Unanswered(str(e) or "not answered yet") from e
         except Exception as e:  # the learner's code: keep the reason
             outs.append({"error": f"{type(e).__name__}: {e}"})
     if outs and all(o.get("out", 0) is None for o in outs):
@@ -413,7 +424,12 @@ def probe_outputs(fn: Callable, probes: list[dict]) -> list:
 
 
 class Unanswered(Exception):
-    """Raised by a collect function when the learner's function is still the template."""
+    """Raised by a collect function when the learner's function is still the template;
+    ``placeholder`` is the message of a student version's placeholder, if that is what ran."""
+
+    def __init__(self, placeholder: str | None = None):
+        super().__init__(placeholder or "not answered yet")
+        self.placeholder = placeholder
 
 
 def seed_of(evidence: dict, default: int) -> int:
