@@ -333,7 +333,7 @@ def run_all(page, timeout_s: float) -> PageState:
              '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt'))
              .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent || ''))"""
     for attempt in range(3):  # a click can be lost while a busy page is still laying out
-        menu(page, "Run", "notebook:run-all-cells")
+        menu(page, "Run", "runmenu:run-all")  # "Run All Cells"
         try:
             page.wait_for_function(started, timeout=30_000)
             break
@@ -391,7 +391,7 @@ def wait_panel_marks(panel, more_than: int, timeout_s: float) -> int:
 
 def log_console_text(page) -> str:
     """Open View > Show Log Console and return what it holds for this notebook."""
-    menu(page, "View", "logconsole:open")
+    menu(page, "View", "logconsole:open")  # "Show Log Console"
     page.wait_for_selector(".jp-LogConsolePanel", timeout=15_000)
     page.wait_for_timeout(500)
     return page.locator(".jp-LogConsolePanel").first.inner_text()

@@ -38,15 +38,15 @@ def sweep_options(calibration: dict) -> dict:
 def run_sweep(store: str, vary: dict, calibration: dict, started=None, recorded=None,
               name: str | None = None) -> None:
     """One sweep process. ``started`` is set just before the sweep; ``recorded`` (a shared
-    integer) counts the records it has committed."""
+    integer) counts the records it has measured and committed (not those it found stored)."""
     import torch
 
     import efflab
 
     torch.set_num_threads(1)  # a process of its own: leave the other core to the others
 
-    def count(_record):
-        if recorded is not None:
+    def count(record):
+        if recorded is not None and not record.get("reused"):
             with recorded.get_lock():
                 recorded.value += 1
 
