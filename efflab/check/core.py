@@ -41,6 +41,12 @@ name; a grader judges every logged line. :func:`judge` is what a grader calls:
 an unknown exercise or malformed evidence gives a zero :class:`Feedback` with the reason.
 Checks never depend on absolute timings: they compare with references, the learner's own
 records, orderings, ratios and tolerances.
+
+Helpers for writing a check: :func:`number` (a float, or EvidenceError), :func:`close`,
+:func:`ratio_text` ("3.2x too high"), :func:`judge_number` (a derived number against its truth
+and the values known slips give, each with its hint), :func:`probe_outputs` (call a learner's
+function on probes, keeping outputs or errors) and :func:`seed_of` (the probe seed of evidence).
+Test every check with its right answer and at least two plausible wrong ones.
 """
 
 from __future__ import annotations
