@@ -317,7 +317,7 @@ class Exercise:
                                   status="error")
         try:
             verdict = self.judge_fn(evidence)
-        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError) as e:
+        except Exception as e:  # malformed evidence (or a judge's bug): zero, with the reason
             return self._feedback(Verdict(False, got=f"malformed evidence ({type(e).__name__}: {e})",
                                           hint="run the check cell as given"), status="error")
         if not isinstance(verdict, Verdict):
