@@ -149,7 +149,36 @@ def technique_table(df: pd.DataFrame, knob: str) -> pd.DataFrame:
             "bits/byte": r.get("quality.bits_per_byte"),
         })
         rows.append(row)
-    return pd.DataFrame(rows).round(3)
+    out = pd.DataFrame(rows, index=df.index)
+    vs = quality_vs_first(df)
+    if vs is not None:
+        out = out.join(vs)
+    return out.round(3)
+
+
+def _quality_of(row: pd.Series) -> dict:
+    q = {k.removeprefix("quality."): row[k] for k in row.index if k.startswith("quality.")}
+    return {"quality": q, "context": {"corpus": row.get("context.corpus")}}
+
+
+def quality_vs_first(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Per row of a sweep: its held-out loss against the first measured row's, with the 95%
+    interval of the difference and whether it is inside the noise (paired on the same windows
+    where the records carry them, see :func:`quality_difference`). None without quality."""
+    if "quality.val_loss" not in df:
+        return None
+    ok = df[(df["status"] == "ok") & df["quality.val_loss"].notna()]
+    if len(ok) < 2:
+        return None
+    first = _quality_of(ok.iloc[0])
+    out = {}
+    for i, r in ok.iloc[1:].iterrows():
+        d = quality_difference(first, _quality_of(r))
+        base = first["quality"]["val_loss"]
+        out[i] = {"Δ loss vs first %": 100 * d["relative"], "± 95% %": 100 * d["ci95"] / base,
+                  "quality vs first": "inside noise" if d["inside_noise"] else
+                  ("worse" if d["diff"] > 0 else "better")}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def _applies(name: str, row: pd.Series) -> bool:
@@ -200,6 +229,7 @@ def quality_difference(a: dict, b: dict) -> dict:
     if qa.get("val_loss") is None or qb.get("val_loss") is None:
         raise ValueError("both records need a measured quality (val_loss)")
     wa, wb = qa.get("window_losses"), qb.get("window_losses")
+    wa, wb = (w if isinstance(w, (list, tuple, np.ndarray)) else None for w in (wa, wb))
     same = (wa is not None and wb is not None and len(wa) == len(wb) > 1
             and qa.get("seq_len") == qb.get("seq_len")
             and (a.get("context") or {}).get("corpus") == (b.get("context") or {}).get("corpus"))
