@@ -1,12 +1,17 @@
 """Every lesson notebook runs headless under papermill with SMOKE = True, and writes real records."""
 
 import json
+import re
 
 import nbformat
 import pytest
 
+from efflab import check
+from efflab.predictions import guesses
 from efflab.report import notebooks, run_notebook
 from efflab.store import Store
+
+LESSONS = 8  # 00-07: the lessons this file executes; later ones have a test file each
 
 
 def _images(nb) -> int:
@@ -34,16 +39,74 @@ def test_every_notebook_has_smoke_parameters_and_no_outputs():
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
 
 
+def _checks_called(source: str) -> list[str]:
+    return re.findall(r"efflab\.check\.(\w+)\(", source)
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+@pytest.mark.parametrize("path", notebooks()[:LESSONS], ids=lambda p: p.stem)
+def test_lesson_has_checked_exercises_recorded_predictions_and_nbgrader_cells(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert all(c.get("id") for c in cells) and len({c["id"] for c in cells}) == len(cells)
+    src = ["".join(c["source"]) for c in cells]
+    answers = [i for i, c in enumerate(cells) if _nbgrader(c).get("solution")]
+    assert len(answers) >= 2, f"{path.name}: {len(answers)} exercises"
+    for i in answers:  # a solution between the markers, then its check cell
+        assert "### BEGIN SOLUTION" in src[i] and "### END SOLUTION" in src[i], cells[i]["id"]
+        later = [j for j in range(i + 1, len(cells)) if _nbgrader(cells[j]).get("grade")]
+        assert later and _checks_called(src[later[0]]), f"no check after {cells[i]['id']}"
+    grades = [c for c in cells if _nbgrader(c)]
+    assert len({_nbgrader(c)["grade_id"] for c in grades}) == len(grades)  # unique grade ids
+    for c, s in zip(cells, src):
+        meta = _nbgrader(c)
+        if meta.get("grade"):
+            assert meta["locked"] and not meta["solution"] and meta["points"] > 0
+            for name in _checks_called(s):
+                assert name in check.REGISTRY, name
+        if "### BEGIN HIDDEN TESTS" in s:
+            assert meta.get("grade") and "### END HIDDEN TESTS" in s
+    # every "Predict first" prompt records a guess, and every guess is compared afterwards
+    prompts = sum(s.count("**Predict first.**") for c, s in zip(cells, src)
+                  if c["cell_type"] == "markdown")
+    predicted = [n for s in src for n in re.findall(r"efflab\.predict\(f?\"([^\"]+)\"", s)]
+    assert len(predicted) >= prompts, f"{path.name}: {prompts} prompts, {len(predicted)} guesses"
+    compared = "\n".join(s for s in src if "compare_prediction" in s)
+    for name in predicted:
+        assert name in compared, f"{path.name}: the guess {name!r} is never compared"
+
+
+class _Run(tuple):
+    """(executed notebook, records), with the answer log and the guesses alongside."""
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """Run each notebook once, each with its own results store."""
     out = {}
-    for path in notebooks()[:8]:  # later lessons have a test file each
+    for path in notebooks()[:LESSONS]:  # later lessons have a test file each
         store = tmp_path_factory.mktemp(path.stem + "-results")
         nb_path = run_notebook(path, tmp_path_factory.mktemp("executed"), {"SMOKE": True},
                                timeout_s=600, results_dir=store)
-        out[path.stem] = (nbformat.read(str(nb_path), as_version=4), Store(store).records())
+        run = _Run((nbformat.read(str(nb_path), as_version=4), Store(store).records()))
+        run.answers = check.read_answers(nb_path.parent / f"{path.stem}.answers.jsonl")
+        run.store = store
+        out[path.stem] = run
     return out
+
+
+@pytest.mark.parametrize("stem", [p.stem for p in notebooks()[:LESSONS]])
+def test_every_check_in_an_executed_lesson_passes_when_regraded(executed, stem):
+    run = executed[stem]
+    called = {n for c in run[0].cells if c.cell_type == "code" for n in _checks_called(c.source)}
+    logged = {e["exercise"] for e in run.answers}
+    assert called and called <= logged, f"checks that never logged: {called - logged}"
+    for entry in run.answers:  # judged again here, in this process, as a grader does
+        fb = check.judge(entry["exercise"], entry["evidence"])
+        assert fb.passed, str(fb)
+    assert isinstance(guesses(Store(run.store)), dict)  # the store holds a predictions table
 
 
 def test_tour_runs_and_records_a_measurement(executed):
