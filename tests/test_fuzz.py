@@ -124,7 +124,7 @@ small_knobs = st.fixed_dictionaries({
 })
 
 
-@settings(FUZZ, max_examples=8)
+@settings(FUZZ, max_examples=6)
 @given(small_knobs)
 def test_any_valid_small_configuration_measures_or_is_refused_with_a_reason(cal, d):
     """Valid knobs (any technique combination, cpu-tiny sizes) give a record that is ok,
@@ -224,7 +224,7 @@ def private_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(data_module, "DEFAULT_CACHE", tmp_path_factory.mktemp("corpus-cache"))
 
 
-@settings(FUZZ, max_examples=12)
+@settings(FUZZ, max_examples=10)
 @given(kind=st.sampled_from(sorted(CORPUS_KINDS)), raw=st.binary(max_size=600))
 def test_any_corpus_file_is_read_and_measured_or_refused_naming_the_problem(
         private_cache, tmp_path_factory, cal, kind, raw):
