@@ -247,7 +247,9 @@ _OUTPUTS_JS = """
   }
   // a widget view is an output with no MIME type of its own (ipywidgets, anywidget)
   for (const e of nb.querySelectorAll('.jp-OutputArea-output:not([data-mime-type])')) {
+    // an empty one is a widget its code closed (a finished progress bar with leave=False)
     out.widgets.push({rendered: !!e.querySelector('.jupyter-widgets, .vega-embed'),
+                      closed: e.children.length === 0 && !(e.textContent || '').trim(),
                       chart: !!e.querySelector('.vega-embed'),
                       text: (e.textContent || '').slice(0, 160)});
   }

@@ -121,7 +121,7 @@ def test_lesson_draws_in_a_real_browser(server, browser, name):
             f"{MIN_CHARTS.get(name, 1)}")
         blank = [c for c in state.charts if c["marks"] == 0 and c["canvas"] == 0]
         assert not blank, f"{name}: {len(blank)} of {len(state.charts)} charts have no marks"
-        unrendered = [w["text"] for w in state.widgets if not w["rendered"]]
+        unrendered = [w["text"] for w in state.widgets if not (w["rendered"] or w["closed"])]
         assert not unrendered, f"{name}: widgets not rendered: {unrendered}"
         assert not browser.offsite_requests, (
             f"{name}: the page asked other hosts for {browser.offsite_requests[:5]}")
