@@ -38,8 +38,13 @@ RUN_ALL_TIMEOUT_S = float(os.environ.get("EFFLAB_BROWSER_TIMEOUT_S", 600))
 
 
 def _selected() -> list[str]:
-    if os.environ.get("EFFLAB_BROWSER_NOTEBOOKS", "").strip() == "all":
+    """The suite's two lessons; ``EFFLAB_BROWSER_NOTEBOOKS=all`` every lesson, or a
+    comma-separated list of lesson file names."""
+    chosen = os.environ.get("EFFLAB_BROWSER_NOTEBOOKS", "").strip()
+    if chosen == "all":
         return sorted(p.name for p in bs.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if chosen:
+        return [n.strip() for n in chosen.split(",") if n.strip()]
     return list(SUITE)
 
 
