@@ -55,7 +55,8 @@ def _check_float(name: str, value, lo: float, hi: float, lo_open: bool = False) 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
     # the choice itself, of its own type: 64.0 == 64 and True == 1, but neither is a group size
-    if not any(value == c and type(value) is type(c) for c in choices):
+    if isinstance(value, bool) or not any(value == c and isinstance(value, type(c))
+                                          for c in choices):
         raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
