@@ -122,11 +122,27 @@ def test_gpu_preset_refused_on_cpu(quick_cal):
     assert rec["status"] == "refused" and "needs a GPU" in rec["message"]
 
 
-def test_failure_is_recorded_not_raised(quick_cal, tmp_path):
+def test_bad_weights_are_refused_before_work(quick_cal, tmp_path):
+    from efflab.weights import WeightsError
+
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"garbage")
-    rec = measure(tiny(), preset="cpu-tiny", weights=bad, calibration=quick_cal)
-    assert rec["status"] == "error" and "broken.safetensors" in rec["message"]
+    with pytest.raises(WeightsError, match="broken.safetensors"):
+        measure(tiny(), preset="cpu-tiny", weights=bad, calibration=quick_cal)
+
+
+def test_failure_is_recorded_not_raised(quick_cal, monkeypatch):
+    import importlib
+
+    core = importlib.import_module("efflab.measurement.core")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the workload broke")
+
+    monkeypatch.setattr(core, "prepare", broken)
+    rec = measure(tiny(), preset="cpu-tiny", calibration=quick_cal)
+    assert rec["status"] == "error" and "the workload broke" in rec["message"]
+    assert "Traceback" in rec["traceback"]
 
 
 def test_invalid_knobs_raise_before_work():
