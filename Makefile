@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK ?= notebooks/00_tour.ipynb
 
-.PHONY: setup lab test test-browser report weights benchmarks lint clean
+.PHONY: setup lab test test-long test-browser report weights benchmarks lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the checks that take minutes: 20 seeded SIGKILLs of a sweep, concurrent writers
+test-long: $(STAMP)
+	EFFLAB_LONG_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m long
 
 # every lesson in JupyterLab + Chromium (make test runs two of them)
 test-browser: $(STAMP)
