@@ -50,8 +50,9 @@ def _tally(store, want: set) -> dict:
 
 
 def kills(cal: dict, n: int, seed: int, folder: Path) -> dict:
-    """The test's campaign (tests/test_faults.py), counted: SIGKILL after 0-2 committed records
-    plus a random fraction of a second, ``n`` times, then one run to the end."""
+    """A kill campaign like tests/test_faults.py's, counted: SIGKILL after 0-2 newly committed
+    records plus up to 0.4 s (the test scales that offset to the time a configuration takes),
+    ``n`` times, then one run to the end."""
     store = str(folder / "kills")
     vary = fs.grid_of(range(1, 21), fs.SEQ_LENS)
     want = {(b, t) for b in vary["batch_size"] for t in vary["seq_len"]}

@@ -12,6 +12,7 @@ import json
 import pickle
 import random
 import signal
+import statistics
 import struct
 import time
 
@@ -36,26 +37,36 @@ def _counts(store) -> collections.Counter:
 
 # ----------------------------------------------------------------------------- SIGKILL
 
+@pytest.mark.long  # minutes of repeated sweeps: `make test-long` (a 1-kill resume runs in make test)
 def test_a_sweep_killed_at_twenty_random_moments_ends_with_every_config_once(tmp_path,
                                                                                quick_cal):
-    """SIGKILL a real sweep process 20 times at seeded random moments — after 0, 1 or 2 of its
-    records are committed, plus a random fraction of a second, so kills land while measuring
-    and while writing; each restart resumes, and the end holds every configuration once."""
+    """SIGKILL a real sweep process 20 times at seeded random moments — after 0, 1 or 2 newly
+    committed records, plus a random fraction of the time one configuration takes here, so kills
+    land while measuring and while writing on a fast or a slow machine alike; each restart
+    resumes, and the end holds every configuration exactly once."""
     store = str(tmp_path / "store")
     vary = fs.grid_of(range(1, 21), fs.SEQ_LENS)  # 60 configurations
     want = {(b, t) for b in vary["batch_size"] for t in vary["seq_len"]}
     ctx = fs.sweeper()
     rng = random.Random(KILL_SEED)
-    survived, progress = 0, []
+    survived, progress, gaps = 0, [], []
     for _ in range(KILLS):
         started, recorded = ctx.Event(), ctx.Value("i", 0)
         proc = ctx.Process(target=fs.run_sweep, args=(store, vary, quick_cal, started, recorded))
         proc.start()
         assert started.wait(600), "the sweep process never started"
-        after, extra = rng.choice((0, 1, 1, 2)), rng.uniform(0.0, 0.4)
+        after = rng.choice((0, 1, 1, 2))
+        typical = statistics.median(gaps) if gaps else 0.1  # seconds per configuration here
+        extra = rng.uniform(0.0, 1.0) * typical
+        seen, last = recorded.value, None
         deadline = time.monotonic() + 300
         while recorded.value < after and proc.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.005)
+            if recorded.value != seen:  # between two records: one configuration's time
+                seen, now = recorded.value, time.monotonic()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+            time.sleep(0.002)
         time.sleep(extra)
         if proc.is_alive():
             proc.kill()  # SIGKILL: no cleanup, no atexit, mid-write if it so happens
@@ -80,6 +91,7 @@ def test_a_sweep_killed_at_twenty_random_moments_ends_with_every_config_once(tmp
 
 # ----------------------------------------------------------------------------- concurrency
 
+@pytest.mark.long  # minutes of repeated sweeps: `make test-long` (a 1-kill resume runs in make test)
 def test_two_sweep_processes_and_a_lab_panel_write_one_store_losing_and_doubling_nothing(
         tmp_path, quick_cal):
     """Two sweep processes and a Lab panel (pressing Run in a third process) write the same
