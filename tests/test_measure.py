@@ -172,3 +172,17 @@ def test_summarize_orders_percentiles():
 def test_quick_calibration_is_positive(quick_cal):
     assert quick_cal["matmul"]["float32"]["flops_per_s"] > 1e8
     assert quick_cal["bandwidth_bytes_per_s"] > 1e8
+
+
+def test_a_cpu_allocation_failure_is_recorded_as_oom(quick_cal, monkeypatch):
+    import importlib
+
+    core = importlib.import_module("efflab.measurement.core")
+
+    def starved(*args, **kwargs):  # what torch's CPU allocator raises when memory runs out
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 33554432 bytes.")
+
+    monkeypatch.setattr(core, "prepare", starved)
+    rec = measure(tiny(), preset="cpu-tiny", calibration=quick_cal)
+    assert rec["status"] == "oom" and "can't allocate memory" in rec["message"]

@@ -98,6 +98,11 @@ def _flops(cfg: ModelConfig, knobs: Knobs, device: str, corpus_path: str | None)
                        backward=knobs.workload == "train")
 
 
+def _is_cpu_oom(e: RuntimeError) -> bool:
+    text = str(e)
+    return "DefaultCPUAllocator" in text or "can't allocate memory" in text
+
+
 def _base_record(preset: str, knobs: Knobs, budget_bytes: int | None) -> dict:
     return {"schema": SCHEMA, "status": "ok", "message": None, "preset": preset,
             "workload": knobs.workload, "knobs": knobs.to_dict(), "budget_bytes": budget_bytes,
@@ -171,6 +176,12 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         raise
     except (torch.OutOfMemoryError, MemoryError) as e:
         rec.update(status="oom", message=f"out of memory: {e}".strip())
+    except RuntimeError as e:
+        if not _is_cpu_oom(e):
+            rec.update(status="error", message=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc(limit=8))
+        else:  # torch's CPU allocator raises a plain RuntimeError when memory runs out
+            rec.update(status="oom", message=f"out of memory: {str(e).splitlines()[0]}")
     except Exception as e:  # recorded, never lost: a sweep goes on past it
         rec.update(status="error", message=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=8))
