@@ -3,25 +3,15 @@ exercises answered correctly by the shipped solutions, and a trace written."""
 
 import json
 
-import nbformat
 import pytest
-
-from efflab.report import NOTEBOOK_DIR, run_notebook
-
-NB = NOTEBOOK_DIR / "08_inside_a_step.ipynb"
+from notebook_support import cell_text as _text
+from notebook_support import errors, execute_lesson
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nb08")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EFFLAB_ANSWERS", str(out / "answers.jsonl"))
-    try:
-        path = run_notebook(NB, out / "executed", {"SMOKE": True}, timeout_s=600,
-                            results_dir=out / "results")
-    finally:
-        mp.undo()
-    return nbformat.read(str(path), as_version=4), out
+    run = execute_lesson("08_inside_a_step.ipynb", tmp_path_factory)
+    return run.nb, run.out
 
 
 def _outputs(nb, cell_id):
@@ -29,16 +19,10 @@ def _outputs(nb, cell_id):
     return cell.get("outputs", [])
 
 
-def _text(nb, cell_id) -> str:
-    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                   for o in _outputs(nb, cell_id))
-
-
 def test_notebook_runs_without_errors_and_draws(executed):
     nb, _ = executed
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors, errors[0]
+    found = errors(nb)
+    assert not found, found[0]
     for cell_id in ("c08-profile", "c08-roofline", "c08-decode", "c08-timeline"):
         assert any("image/png" in o.get("data", {}) for o in _outputs(nb, cell_id)), cell_id
 

@@ -3,38 +3,21 @@ shipped solutions, the fused kernels agree with torch, and the stored benchmark 
 
 import json
 
-import nbformat
 import pytest
-
-from efflab.report import NOTEBOOK_DIR, run_notebook
-
-NB = NOTEBOOK_DIR / "09_fusion.ipynb"
+from notebook_support import cell_text as _text
+from notebook_support import errors, execute_lesson
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nb09")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EFFLAB_ANSWERS", str(out / "answers.jsonl"))
-    try:
-        path = run_notebook(NB, out / "executed", {"SMOKE": True}, timeout_s=600,
-                            results_dir=out / "results")
-    finally:
-        mp.undo()
-    return nbformat.read(str(path), as_version=4), out
-
-
-def _text(nb, cell_id) -> str:
-    cell = next(c for c in nb.cells if c.get("id") == cell_id)
-    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                   for o in cell.get("outputs", []))
+    run = execute_lesson("09_fusion.ipynb", tmp_path_factory)
+    return run.nb, run.out
 
 
 def test_notebook_runs_without_errors(executed):
     nb, _ = executed
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors, errors[0]
+    found = errors(nb)
+    assert not found, found[0]
 
 
 def test_exercises_pass_with_the_solutions(executed):

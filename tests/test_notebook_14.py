@@ -3,54 +3,26 @@ single-process reference, every chart, every check cell, and the refusal of 8 ra
 
 import json
 
-import nbformat
 import pytest
+from notebook_support import errors as _errors
+from notebook_support import execute_lesson, graded_cells
+from notebook_support import images as _images
+from notebook_support import text as _text
 
-from efflab.report import NOTEBOOK_DIR, run_notebook
+from efflab.report import NOTEBOOK_DIR
 from efflab.store import Store
 
 PATH = NOTEBOOK_DIR / "14_distributed.ipynb"
 
 
-def _errors(nb) -> list[str]:
-    return [o.get("ename", "") + ": " + o.get("evalue", "") for c in nb.cells
-            if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-
-
-def _images(nb) -> int:
-    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-               if {"image/png", "image/svg+xml"} & set(o.get("data", {})))
-
-
-def _text(cell) -> str:
-    out = []
-    for o in cell.get("outputs", []):
-        out.append(o.get("text", ""))
-        out.append(o.get("data", {}).get("text/plain", ""))
-    return "".join(out)
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    store = tmp_path_factory.mktemp("l14-results")
-    answers = tmp_path_factory.mktemp("l14-answers") / "answers.jsonl"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EFFLAB_ANSWERS", str(answers))
-    try:
-        out = run_notebook(PATH, tmp_path_factory.mktemp("l14-executed"), {"SMOKE": True},
-                           timeout_s=600, results_dir=store)
-    finally:
-        mp.undo()
-    return nbformat.read(str(out), as_version=4), Store(store).records(), answers
+    run = execute_lesson(PATH.name, tmp_path_factory)
+    return run.nb, Store(run.results).records(), run.answers
 
 
 def test_the_notebook_is_stripped_with_stable_ids_and_graded_cells():
-    nb = json.loads(PATH.read_text())
-    assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
-    ids = [c["id"] for c in nb["cells"]]
-    assert len(ids) == len(set(ids))
-    graded = [c for c in nb["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
-    solutions = [c for c in nb["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("solution")]
+    graded, solutions = graded_cells(PATH)
     assert len(graded) == 3 and len(solutions) == 3
     for c in solutions:
         src = "".join(c["source"])

@@ -5,6 +5,8 @@ import re
 
 import nbformat
 import pytest
+from notebook_support import errors as _errors
+from notebook_support import images as _images
 
 from efflab import check
 from efflab.predictions import guesses
@@ -14,14 +16,6 @@ from efflab.store import Store
 LESSONS = 8  # 00-07: the lessons this file executes; later ones have a test file each
 
 
-def _images(nb) -> int:
-    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-               if {"image/png", "image/svg+xml"} & set(o.get("data", {})))
-
-
-def _errors(nb) -> list[str]:
-    return [o.get("ename", "") + ": " + o.get("evalue", "") for c in nb.cells
-            if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_every_notebook_has_smoke_parameters_and_no_outputs():
