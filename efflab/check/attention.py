@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
+from efflab.check.core import Verdict, exercise, number, probe_outputs, probed, seed_of
 
 PROBE_SEED = 4
 BLOCK = 7
@@ -155,9 +155,7 @@ def score_bytes(fn, seed: int = SCORE_SEED):
 
 @score_bytes.judge_with
 def _judge_score_bytes(ev: dict) -> Verdict:
-    probes, outs = score_probes(seed_of(ev, SCORE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, score_probes, SCORE_SEED)
     expected = f"the bytes of one score matrix, for {len(probes)} shapes"
     errors = [(p, o["error"]) for p, o in zip(probes, outs) if "error" in o]
     if errors:

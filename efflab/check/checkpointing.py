@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    judge_number,
+    number,
+    probe_outputs,
+    probed,
+)
 from efflab.techniques.checkpointing import CheckpointConfig, activation_breakdown
 
 PROBE_SEED = 3
@@ -38,10 +45,7 @@ def kept_activations(fn, seed: int = PROBE_SEED):
 
 @kept_activations.judge_with
 def _judge_kept(ev: dict) -> Verdict:
-    probes = kept_probes(seed_of(ev, PROBE_SEED))
-    outs = ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, kept_probes, PROBE_SEED)
     expected = f"bytes kept for backward, for {len(probes)} shapes in modes {', '.join(MODES)}"
     for p, o in zip(probes, outs):
         shape = (f"B={p['B']}, T={p['T']}, C={p['C']}, n_layer={p['n_layer']}, "

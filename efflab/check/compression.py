@@ -13,8 +13,8 @@ from efflab.check.core import (
     judge_number,
     number,
     probe_outputs,
+    probed,
     ratio_text,
-    seed_of,
 )
 from efflab.distill import soft_target_loss as reference_soft_target_loss
 from efflab.techniques.pruning import kept_channels, mlp_flops_per_token
@@ -92,9 +92,7 @@ def _kl(s, t, tau, reverse=False, scale=True):
 
 @soft_target_loss.judge_with
 def _judge_soft(ev: dict) -> Verdict:
-    probes, outs = soft_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, soft_probes, PROBE_SEED)
     expected = f"τ²·KL(teacher ‖ student) at τ in {list(TEMPERATURES)}, within 0.1%"
     for p, o in zip(probes, outs):
         s, t, tau = p["student_logits"], p["teacher_logits"], p["temperature"]

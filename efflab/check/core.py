@@ -438,6 +438,15 @@ class Unanswered(Exception):
         self.placeholder = placeholder
 
 
+def probed(evidence: dict, make_probes: Callable[[int], list], default_seed: int) -> tuple[list, list]:
+    """(probes, outputs) of a learner-function exercise: the probes rebuilt from the seed the
+    evidence was collected with, beside the outputs it holds, one each (else EvidenceError)."""
+    probes, outs = make_probes(seed_of(evidence, default_seed)), evidence["outputs"]
+    if len(outs) != len(probes):
+        raise EvidenceError(f"{len(outs)} outputs for {len(probes)} probes")
+    return probes, outs
+
+
 def seed_of(evidence: dict, default: int) -> int:
     """The probe seed an evidence was collected with (a hidden check may use another one)."""
     seed = evidence.get("seed", default)

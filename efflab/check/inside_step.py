@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import random
 
-from efflab.check.core import EvidenceError, Verdict, exercise, number, probe_outputs, seed_of
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    number,
+    probe_outputs,
+    probed,
+)
 from efflab.profiling import matmul_cost, roof_bound
 
 PROBE_SEED = 8
@@ -31,10 +37,7 @@ def matmul_roofline(fn, seed: int = PROBE_SEED):
 
 @matmul_roofline.judge_with
 def _judge_matmul(ev: dict) -> Verdict:
-    probes = matmul_probes(seed_of(ev, PROBE_SEED))
-    outs = ev["outputs"]
-    if len(outs) != len(probes):
-        raise EvidenceError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, matmul_probes, PROBE_SEED)
     expected = f"(FLOPs, bytes) of {len(probes)} matmuls, matrix-vector to square"
     for p, o in zip(probes, outs):
         shape = f"m={p['m']}, k={p['k']}, n={p['n']}, {p['bytes_per_el']} bytes per value"

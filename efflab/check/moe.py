@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
+from efflab.check.core import Verdict, exercise, number, probe_outputs, probed
 from efflab.techniques.moe import MoEConfig
 
 PROBE_SEED = 6
@@ -68,9 +68,7 @@ def _variant(probs, cf, slots_fn, reverse=False):
 
 @route.judge_with
 def _judge_route(ev: dict) -> Verdict:
-    probes, outs = route_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, route_probes, PROBE_SEED)
     expected = f"each token's expert (or -1 when dropped) for {len(probes)} routers"
     for p, o in zip(probes, outs):
         probs, cf = p["probs"], p["capacity_factor"]
@@ -123,9 +121,7 @@ def balance_loss(fn, seed: int = PROBE_SEED):
 
 @balance_loss.judge_with
 def _judge_balance(ev: dict) -> Verdict:
-    probes, outs = route_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, route_probes, PROBE_SEED)
     expected = f"E · Σ f_i·P_i for {len(probes)} routers, within 1e-4"
     for p, o in zip(probes, outs):
         probs = p["probs"]

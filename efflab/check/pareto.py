@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    judge_number,
+    number,
+    probe_outputs,
+    probed,
+)
 
 PROBE_SEED = 7
 
@@ -52,9 +59,7 @@ def _sweep_front(costs, qualities, strict=True):
 
 @pareto.judge_with
 def _judge_pareto(ev: dict) -> Verdict:
-    probes, outs = pareto_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, pareto_probes, PROBE_SEED)
     expected = f"the non-dominated points of {len(probes)} point clouds"
     for k, (p, o) in enumerate(zip(probes, outs)):
         c, q = p["costs"], p["qualities"]

@@ -6,7 +6,14 @@ import math
 
 import torch
 
-from efflab.check.core import Verdict, exercise, judge_number, number, probe_outputs, seed_of
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    judge_number,
+    number,
+    probe_outputs,
+    probed,
+)
 from efflab.techniques.quantization import sqnr_db
 
 PROBE_SEED = 5
@@ -60,9 +67,7 @@ def group_quantize(fn, seed: int = PROBE_SEED):
 
 @group_quantize.judge_with
 def _judge_group_quantize(ev: dict) -> Verdict:
-    probes, outs = quant_probes(seed_of(ev, PROBE_SEED)), ev["outputs"]
-    if len(outs) != len(probes):
-        raise ValueError(f"{len(outs)} outputs for {len(probes)} probes")
+    probes, outs = probed(ev, quant_probes, PROBE_SEED)
     expected = (f"≤ 2^bits levels per group and an SQNR within {SQNR_SLACK_DB:g} dB of "
                 "round-to-nearest with one scale per group")
     for p, o in zip(probes, outs):
