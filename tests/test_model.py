@@ -104,3 +104,53 @@ def test_model_runs_on_cuda_and_matches_cpu():
         a, _ = cpu(x)
         b, _ = gpu(x.cuda())
     torch.testing.assert_close(a, b.cpu(), atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- forms for a compiler
+
+def test_gelu_by_sigmoid_is_the_tanh_gelu_values_and_gradients():
+    from efflab.model import gelu_tanh_by_sigmoid
+
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    got = gelu_tanh_by_sigmoid(x)
+    assert torch.allclose(got, ref, atol=1e-12, rtol=0)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(g_got, g_ref, atol=1e-12, rtol=0)
+    x32 = torch.randn(4096)
+    assert (gelu_tanh_by_sigmoid(x32)
+            - torch.nn.functional.gelu(x32, approximate="tanh")).abs().max() < 1e-6
+    # the exact (erf) GELU is a different function: the check would see a swap
+    assert (gelu_tanh_by_sigmoid(x32) - torch.nn.functional.gelu(x32)).abs().max() > 1e-4
+
+
+def test_mlp_is_traced_in_its_sigmoid_form_and_runs_eagerly_as_one_gelu():
+    from efflab.model import MLP
+
+    mlp = MLP(get_preset("cpu-tiny"))
+    x = torch.randn(2, 5, get_preset("cpu-tiny").n_embd)
+    graphs = []
+
+    def record(gm, example_inputs):  # a dynamo backend: keep the traced graph, run it as is
+        graphs.append(gm)
+        return gm.forward
+
+    traced = torch.compile(mlp, backend=record)(x)
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert any("sigmoid" in t for t in targets) and not any("gelu" in t for t in targets)
+    assert torch.allclose(traced, mlp(x), atol=1e-6)
+    with torch.profiler.profile() as prof:  # eager: PyTorch's single fused GELU operator
+        mlp(x)
+    names = {e.name for e in prof.events()}
+    assert "aten::gelu" in names and "aten::sigmoid" not in names
+
+
+@pytest.mark.parametrize("T,S", [(1, 1), (5, 5), (1, 9), (4, 9), (128, 128)])
+def test_causal_masks_are_lower_triangles_aligned_to_the_end(T, S):
+    from efflab.kernels.flash_attention import causal_mask as kernel_mask
+    from efflab.model import causal_mask
+
+    want = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+    assert torch.equal(causal_mask(T, S, "cpu"), want)
+    assert torch.equal(kernel_mask(T, S, "cpu"), want)

@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efflab.config import ConfigError
-from efflab.model import MLP
+from efflab.model import MLP, gelu_tanh
 
 
 def _is_int(value) -> bool:
@@ -164,7 +164,7 @@ class ExpertMLP(nn.Module):
         self.c_proj = nn.Linear(hidden, n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (n, H) -> (n, C)
+        return self.c_proj(gelu_tanh(self.c_fc(x)))  # (n, H) -> (n, C)
 
 
 class MoEMLP(nn.Module):

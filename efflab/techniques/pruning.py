@@ -42,9 +42,9 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from efflab.config import ConfigError, ModelConfig
+from efflab.model import gelu_tanh
 
 PruneMethod = Literal["none", "unstructured", "2:4", "structured"]
 METHODS: tuple[str, ...] = get_args(PruneMethod)
@@ -269,7 +269,7 @@ class PrunedMLP(nn.Module):
             self.c_proj.bias.copy_(mlp.c_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (B, T, C)
+        return self.c_proj(gelu_tanh(self.c_fc(x)))  # (B, T, C)
 
     def extra_repr(self) -> str:
         return f"channels={self.c_fc.out_features} of {self.hidden_orig} (structured pruning)"
