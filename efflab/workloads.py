@@ -27,6 +27,7 @@ from efflab.config import Knobs, ModelConfig
 from efflab.data import Corpus, fixed_batches, random_batch
 from efflab.model import GPT, KVCache
 from efflab.techniques import auxiliary_loss
+from efflab.techniques.compile import CompileConfig, compile_optimizer
 from efflab.techniques.precision import PrecisionConfig, autocast, grad_scaler
 
 LN2 = math.log(2)
@@ -82,7 +83,9 @@ def optimizer_step(model: GPT, loss: torch.Tensor, opt: torch.optim.Optimizer,
 def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu") -> Prepared:
     """The workload as a repeatable ``step()`` on fixed inputs, run in ``knobs.precision``.
 
-    The model must already carry the knobs' techniques (``efflab.techniques.apply_techniques``).
+    The model must already carry the knobs' techniques (``efflab.techniques.apply_techniques``)
+    and, for ``knobs.compile``, be compiled already (``compile_model``); a training step's
+    optimizer update is compiled here, under the same mode.
     """
     cfg: ModelConfig = model.cfg
     T = knobs.resolve_seq_len(cfg)
@@ -96,7 +99,7 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
 
     if workload == "train":
         model.train()
-        opt = make_optimizer(model)
+        opt = compile_optimizer(make_optimizer(model), CompileConfig(knobs.compile))
         scaler = grad_scaler(prec, device)
         x, y = random_batch(corpus.train, B, T, g, device)
 

@@ -4,6 +4,7 @@ tens of seconds cold; the compile path is exercised by benchmarks/fusion.py)."""
 import json
 
 import pytest
+import torch
 
 import efflab
 from efflab.config import ConfigError, get_preset
@@ -172,10 +173,21 @@ def test_compile_refused_without_a_compiler(monkeypatch):
     assert "C++ compiler" in why
     assert comp.compile_refusal(comp.CompileConfig("none"), "cpu") is None
     monkeypatch.setattr(efflab.measurement.core, "compile_refusal",
-                        lambda c, d: comp.compile_refusal(c, d))
+                        lambda c, d, q="none": comp.compile_refusal(c, d, q))
     rec = efflab.measure(efflab.Knobs(batch_size=1, compile="default"), preset="cpu-tiny",
                          weights=None, memory=False, quality=False, target_s=0.0)
     assert rec["status"] == "refused" and "C++ compiler" in rec["message"]
+
+
+def test_compile_with_int4_weights_is_refused_on_cpu_before_any_work():
+    why = comp.compile_refusal(comp.CompileConfig("default"), "cpu", "int4-weight")
+    assert "int4" in why and "compile='none'" in why
+    assert comp.compile_refusal(comp.CompileConfig("none"), "cpu", "int4-weight") is None
+    assert comp.compile_refusal(comp.CompileConfig("default"), "cpu", "int8-dynamic") is None
+    rec = efflab.measure(efflab.Knobs(batch_size=1, compile="default", quantization="int4-weight",
+                                      workload="decode"),
+                         preset="cpu-tiny", weights=None, memory=False, quality=False, target_s=0.0)
+    assert rec["status"] == "refused" and "int4" in rec["message"]
 
 
 def test_compile_model_wraps_and_shares_parameters():
@@ -203,3 +215,27 @@ def test_compile_knob_reaches_the_cli():
     assert _knobs_from(argparse.Namespace(compile="max-autotune")).compile == "max-autotune"
     with pytest.raises(ConfigError, match="compile"):
         _knobs_from(argparse.Namespace(compile="fastest"))
+
+
+def test_compile_optimizer_compiles_only_when_asked():
+    model = build_model(get_preset("cpu-tiny"))
+    opt = torch.optim.AdamW(model.parameters())
+    assert comp.compile_optimizer(opt, comp.CompileConfig("none")) is opt
+    assert "step" not in vars(opt)  # eager: the class's own step
+    assert comp.compile_optimizer(opt, comp.CompileConfig("default")) is opt
+    assert "step" in vars(opt) and callable(opt.step)  # this instance's step is the compiled one
+    other = torch.optim.AdamW(model.parameters())
+    assert "step" not in vars(other)  # other optimizers are untouched
+
+
+def test_inductor_options_ask_for_the_cpp_wrapper_on_cpu_except_around_checkpointed_blocks():
+    model = build_model(get_preset("cpu-tiny"))
+    assert comp.inductor_options(model, comp.CompileConfig("default")) == {"cpp_wrapper": True}
+    assert comp.inductor_options(model, comp.CompileConfig("max-autotune")) is None
+    assert comp.inductor_options(model, comp.CompileConfig("none")) is None
+    blocks = efflab.techniques.apply_techniques(build_model(get_preset("cpu-tiny")),
+                                                efflab.Knobs(checkpointing="blocks"))
+    assert comp.inductor_options(blocks, comp.CompileConfig("default")) is None
+    selective = efflab.techniques.apply_techniques(build_model(get_preset("cpu-tiny")),
+                                                   efflab.Knobs(checkpointing="selective"))
+    assert comp.inductor_options(selective, comp.CompileConfig("default")) == {"cpp_wrapper": True}

@@ -148,7 +148,7 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
     interpreted = knobs.attention == "triton" and dev == "cpu"
     if slow:
         return {**rec, "status": "refused", "message": slow}
-    why = compile_refusal(CompileConfig(knobs.compile), dev)
+    why = compile_refusal(CompileConfig(knobs.compile), dev, knobs.quantization)
     if why:
         return {**rec, "status": "refused", "message": why}
     if budget_bytes is not None and predicted["peak_bytes"] > budget_bytes:

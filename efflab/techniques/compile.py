@@ -25,6 +25,7 @@ from typing import Literal, get_args
 import torch
 
 from efflab.config import ConfigError
+from efflab.techniques.checkpointing import CheckpointedBlock
 
 CompileMode = Literal["none", "default", "max-autotune"]
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
@@ -54,10 +55,20 @@ def _cxx_compiler() -> str | None:
     return None
 
 
-def compile_refusal(config: CompileConfig, device: str = "cpu") -> str | None:
-    """Why ``torch.compile`` cannot run here (a sentence), or None when it can."""
+def compile_refusal(config: CompileConfig, device: str = "cpu",
+                    quantization: str = "none") -> str | None:
+    """Why ``torch.compile`` cannot run here (a sentence), or None when it can.
+
+    ``quantization`` is the run's weight format: on a CPU, Inductor (torch 2.13) fails to
+    lower the int4 packed matmul (a LoweringException at the first step), so that pair is
+    refused up front rather than recorded as an error."""
     if not config.enabled:
         return None
+    if quantization == "int4-weight" and not str(device).startswith("cuda"):
+        return ("compile with int4-weight weights on a CPU: TorchInductor in torch "
+                f"{torch.__version__.split('+')[0]} cannot lower the int4 packed matmul "
+                "(_weight_int4pack_mm_for_cpu); use compile='none' with int4-weight, or "
+                "int8-weight / int8-dynamic with compile")
     try:
         from torch._dynamo.eval_frame import is_dynamo_supported
 
@@ -80,15 +91,54 @@ def compile_refusal(config: CompileConfig, device: str = "cpu") -> str | None:
     return None
 
 
-def compile_model(model: torch.nn.Module, config: CompileConfig) -> torch.nn.Module:
-    """The model wrapped by ``torch.compile`` in ``config.mode`` (unchanged for ``"none"``).
+def inductor_options(model: torch.nn.Module, config: CompileConfig,
+                     cpp_wrapper: bool = True) -> dict | None:
+    """The Inductor options ``compile_model`` passes for ``config`` (None: the mode alone).
+
+    On a CPU, ``"default"`` also asks for Inductor's C++ wrapper (``cpp_wrapper``): the
+    generated code that allocates buffers and calls each fused kernel and library matmul runs
+    as C++ instead of Python, saving a few microseconds per call — several percent of a small
+    model's step — for roughly twice the cold compile time (benchmarks/results/fusion.json).
+    Not around block checkpointing: there Inductor's C++ wrapper fails on the RNG-state
+    operator the recompute carries (torch 2.13, an AssertionError at the first step), so
+    the plain Python wrapper is used, as it is with ``cpp_wrapper=False`` (Inductor's kernel
+    profiling, which names each fused kernel in the profiler, lives in the Python wrapper)."""
+    if config.mode != "default" or not cpp_wrapper:
+        return None
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type != "cpu":
+        return None
+    if any(isinstance(m, CheckpointedBlock) for m in model.modules()):
+        return None
+    return {"cpp_wrapper": True}
+
+
+def compile_model(model: torch.nn.Module, config: CompileConfig,
+                  cpp_wrapper: bool = True) -> torch.nn.Module:
+    """The model wrapped by ``torch.compile`` in ``config.mode`` (unchanged for ``"none"``),
+    with :func:`inductor_options`.
 
     The wrapper shares the model's parameters (an optimizer built on it updates the model);
     compilation happens lazily, at the first call."""
     if not config.enabled:
         return model
-    mode = None if config.mode == "default" else config.mode
-    return torch.compile(model, mode=mode)
+    options = inductor_options(model, config, cpp_wrapper)
+    if options:
+        return torch.compile(model, options=options)
+    return torch.compile(model, mode=None if config.mode == "default" else config.mode)
+
+
+def compile_optimizer(opt: torch.optim.Optimizer, config: CompileConfig) -> torch.optim.Optimizer:
+    """``opt`` with its ``step`` compiled too (unchanged for ``"none"``); returns ``opt``.
+
+    AdamW's update is a chain of elementwise operators over every parameter (PyTorch's
+    "foreach" form launches each over the list of tensors); Inductor fuses the chain into one
+    loop per group, reading each parameter, gradient and moment once. The compiled step is set
+    on this one optimizer instance, so ``opt.step()`` and a ``GradScaler.step(opt)`` both run
+    it; the first call compiles."""
+    if config.enabled:
+        opt.step = torch.compile(opt.step, mode=None if config.mode == "default" else config.mode)
+    return opt
 
 
 def elementwise_chain_bytes(numel: int, n_ops: int, bytes_per_el: int = 4,
@@ -111,4 +161,5 @@ def fused_bytes_saved(numel: int, n_ops: int, bytes_per_el: int = 4) -> int:
 
 
 __all__ = ["CompileConfig", "CompileMode", "COMPILE_MODES", "compile_refusal", "compile_model",
-           "elementwise_chain_bytes", "fused_bytes_saved"]
+           "compile_optimizer", "inductor_options", "elementwise_chain_bytes",
+           "fused_bytes_saved"]
