@@ -10,19 +10,27 @@ Recipes (all from the same initial weights and the same batches):
 - ``nanogpt-eager``: nanoGPT's model.py at this shape (erf GELU via nn.GELU, flash SDPA, tied
   head) and its configure_optimizers on a CPU (AdamW without fused/foreach: PyTorch's default
   for CPU tensors is the per-tensor loop);
-- ``efflab-eager``: efflab's own train step (foreach AdamW);
-- ``compile-model``: torch.compile of the model, eager foreach AdamW;
-- ``compile-model+fused-adamw``: the same with ``torch.optim.AdamW(fused=True)``;
-- ``compile-model+compiled-adamw``: compiled model and a torch.compile'd optimizer step.
+- ``efflab-eager`` and ``efflab-eager+naive-attention``: efflab's own train step (foreach AdamW);
+- ``compile-model`` and ``compile-model+naive-attention``: ``Knobs(compile="default")``, built
+  as ``efflab.measure`` builds it: the model compiled (tracing its GELU in the sigmoid form
+  Inductor vectorises) and the optimizer step compiled too.
 
-Also written for lesson 09: top-level operators launched and bytes moved per step, eager vs
-compiled (the compiled count from Inductor's kernel profiling: each fused C++ kernel is one
-profiler event), and each recipe's cold compile time.
+Verdicts use paired ratios: each round times every recipe back to back, and a recipe's ratio
+is nanoGPT's (or efflab eager's) step time ÷ its own *in the same round*; the JSON keeps the
+median and quartiles over rounds.
+
+The ``forms`` section times, compiled, the two rewrites that make the difference on a CPU
+(``efflab.fusion.form_timings``): GELU as x·σ(2u) instead of tanh, and the causal mask built
+from int32 positions instead of ``tril``.
+
+Also written for lesson 09 (``efflab.fusion.fusion_counts``): top-level operators launched and
+bytes moved per step, eager vs compiled (the compiled count from Inductor's kernel profiling:
+each fused C++ kernel is one profiler event), and each recipe's cold compile time.
 
 Timing needs a quiet machine: this script records ``os.getloadavg()`` before and after and
 marks the result ``provisional`` when the host was shared. Run:
 
-    nice -n 19 python benchmarks/fusion.py [--rounds 5] [--steps 5]
+    .venv/bin/python benchmarks/fusion.py [--rounds 20] [--steps 3]
 """
 
 from __future__ import annotations
@@ -39,11 +47,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from efflab.config import get_preset
+from efflab.config import Knobs, get_preset
 from efflab.data import load_corpus, random_batch
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.fusion import form_timings, fusion_counts
+from efflab.measurement.hardware import available_cpus, environment, fingerprint
 from efflab.model import build_model
+from efflab.techniques import apply_techniques
+from efflab.techniques.compile import CompileConfig, compile_model, compile_optimizer
 from efflab.workloads import make_optimizer
 
 HERE = Path(__file__).resolve().parent
@@ -123,47 +135,75 @@ def nanogpt_optimizer(model):
 
 # ----------------------------------------------------------------------------- recipes
 
+RECIPES: dict[str, Knobs | None] = {
+    "nanogpt-eager": None,
+    "efflab-eager": Knobs(),
+    "efflab-eager+naive-attention": Knobs(attention="naive"),
+    "compile-model": Knobs(compile="default"),
+    "compile-model+naive-attention": Knobs(attention="naive", compile="default"),
+}
+"""Each efflab recipe is a set of knobs, built exactly as ``efflab.measure`` builds it:
+techniques applied, the model compiled (``compile_model``; under compile the model traces its
+GELU in the sigmoid form), and the optimizer's step compiled under the same mode
+(``compile_optimizer``, as ``efflab.workloads.prepare`` does)."""
+
+
 def make_recipe(name: str, cfg, seed: int = 0):
-    """(step(x, y) -> loss, model, optimizer) for recipe ``name``, from seeded weights."""
-    if name == "nanogpt-eager":
+    """(step(x, y) -> loss, model) for recipe ``name``, from seeded weights."""
+    knobs = RECIPES[name]
+    if knobs is None:
         torch.manual_seed(seed)
         model = NanoGPT(cfg)
         opt = nanogpt_optimizer(model)
+        fwd = model
     else:
-        model = build_model(cfg, seed)
-        if name.endswith("fused-adamw"):
-            decay = [p for p in model.parameters() if p.dim() >= 2]
-            nodecay = [p for p in model.parameters() if p.dim() < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                     {"params": nodecay, "weight_decay": 0.0}],
-                                    lr=1e-3, betas=(0.9, 0.95), fused=True)
-        else:
-            opt = make_optimizer(model)
+        model = apply_techniques(build_model(cfg, seed), knobs)
+        config = CompileConfig(knobs.compile)
+        opt = compile_optimizer(make_optimizer(model), config)
+        fwd = compile_model(model, config)
     model.train()
-    fwd = torch.compile(model) if name.startswith("compile-model") else model
-    opt_step = opt.step
-    if name.endswith("compiled-adamw"):
-        opt_step = torch.compile(opt.step)
 
     def step(x, y):
         _, loss = fwd(x, y)
         loss.backward()
-        opt_step()
+        opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return step, model, opt
-
-
-RECIPES = ("nanogpt-eager", "efflab-eager", "compile-model", "compile-model+fused-adamw",
-           "compile-model+compiled-adamw")
+    return step, model
 
 
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def run(rounds: int, steps: int, batch: int, recipes=RECIPES) -> dict:
+def _sharing(load_before: list[float]) -> dict:
+    """Whether the host was shared when timing began: another job's load would skew it.
+
+    The benchmark itself keeps ``threads`` cores busy, so only the load *before* it starts says
+    whether someone else was running; a 1-minute load above half the CPUs marks it provisional
+    (the average lags: a job that ended a minute ago still shows).
+    """
+    shared = load_before[0] > available_cpus() / 2
+    note = ("provisional: measured while the host was shared with other jobs (1-min load "
+            f"{load_before[0]} before the start); a quiet machine is needed for a real verdict"
+            if shared else f"measured on a quiet host (1-min load {load_before[0]} before the "
+            "start)")
+    return {"host_shared": shared, "loadavg_at_start": load_before, "note": note}
+
+
+def _quartiles(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "n": len(values)}
+
+
+def run(rounds: int, steps: int, batch: int, recipes=tuple(RECIPES)) -> dict:
+    """Build every recipe, check its 10-step losses, then time them interleaved.
+
+    Each round times every recipe for ``steps`` steps, one after another, so a slow spell of
+    the host lands on all of them; the verdicts use the *paired* ratio of each round (nanoGPT's
+    step time ÷ the recipe's in the same round), its median and quartiles over the rounds.
+    """
     torch.set_num_threads(2)
     cfg = get_preset("cpu-small")
     corpus = load_corpus()
@@ -174,120 +214,97 @@ def run(rounds: int, steps: int, batch: int, recipes=RECIPES) -> dict:
     out = {"recipes": {}}
     built = {}
     for name in recipes:  # build, compile (cold), and the 10-step loss check
-        step, model, opt = make_recipe(name, cfg)
+        step, _ = make_recipe(name, cfg)
         t0 = time.perf_counter()
         losses = [float(step(x, y)) for x, y in batches]  # the first call compiles
         cold = time.perf_counter() - t0
         built[name] = step
-        out["recipes"][name] = {"losses_10_steps": losses,
+        out["recipes"][name] = {"knobs": RECIPES[name].to_dict() if RECIPES[name] else None,
+                                "losses_10_steps": losses,
                                 "first_10_steps_s_incl_compile": cold}
         print(f"{name}: 10 steps incl. compile {cold:.1f} s, loss {losses[0]:.4f} -> "
               f"{losses[-1]:.4f}", flush=True)
-    # interleaved timing: each round times every recipe for `steps` steps
     samples = {n: [] for n in recipes}
     x, y = batches[0]
-    for r in range(rounds):
+    for _ in tqdm(range(rounds), desc="interleaved rounds", unit="round"):
         for name in recipes:
             t0 = time.perf_counter()
             for _ in range(steps):
                 built[name](x, y)
             samples[name].append((time.perf_counter() - t0) / steps)
-        print(f"round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} {batch * cfg.block_size / samples[n][-1]:,.0f} tok/s" for n in recipes),
-            flush=True)
     tokens = batch * cfg.block_size
     for name in recipes:
-        s = sorted(samples[name])
-        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        ms = _quartiles([1e3 * v for v in samples[name]])
         out["recipes"][name].update({
-            "step_ms": {"median": 1e3 * statistics.median(s), "p25": 1e3 * q[0],
-                        "p75": 1e3 * q[2], "n": len(s), "steps_per_sample": steps},
-            "tokens_per_s": tokens / statistics.median(s)})
-    tps = {n: out["recipes"][n]["tokens_per_s"] for n in recipes}
+            "step_ms": {**ms, "steps_per_sample": steps},
+            "tokens_per_s": tokens / (ms["median"] / 1e3),
+            "vs_nanogpt_paired": _quartiles([a / b for a, b in zip(samples["nanogpt-eager"],
+                                                                  samples[name])]),
+            "vs_efflab_eager_paired": _quartiles([a / b for a, b in zip(samples["efflab-eager"],
+                                                                       samples[name])])})
     ref = out["recipes"]["efflab-eager"]["losses_10_steps"]
     for name in recipes:
         if name != "nanogpt-eager":
             d = max(abs(a - b) for a, b in zip(out["recipes"][name]["losses_10_steps"], ref))
             out["recipes"][name]["max_loss_diff_vs_efflab_eager"] = d
-    best = max((n for n in recipes if n != "nanogpt-eager"), key=tps.get)
-    fused = max((n for n in recipes if n.startswith("compile")), key=tps.get, default=None)
-    load_after = _load()
+    paired = {n: out["recipes"][n]["vs_nanogpt_paired"]["median"] for n in recipes}
+    best = max((n for n in recipes if n != "nanogpt-eager"), key=paired.get)
+    compiled = [n for n in recipes if RECIPES[n] is not None and RECIPES[n].compile != "none"]
+    fused = max(compiled, key=lambda n: out["recipes"][n]["vs_efflab_eager_paired"]["median"],
+                default=None)
+    fused_ratio = out["recipes"][fused]["vs_efflab_eager_paired"] if fused else None
+    same_loss = (out["recipes"][fused]["max_loss_diff_vs_efflab_eager"] <= 1e-4) if fused else None
     out.update({
         "shape": {"preset": "cpu-small", "batch": batch, "seq_len": cfg.block_size,
                   "threads": torch.get_num_threads(), "dtype": "fp32"},
+        "rounds": rounds,
         "best_recipe": best,
-        "best_vs_nanogpt": tps[best] / tps["nanogpt-eager"],
-        "efflab_eager_vs_nanogpt": tps["efflab-eager"] / tps["nanogpt-eager"],
+        "best_vs_nanogpt": paired[best],
+        "best_vs_nanogpt_paired": out["recipes"][best]["vs_nanogpt_paired"],
+        "efflab_eager_vs_nanogpt": paired["efflab-eager"],
         "fused_recipe": fused,
-        "fused_vs_eager": tps[fused] / tps["efflab-eager"] if fused else None,
-        "fused_same_loss_1e-4": (out["recipes"][fused]["max_loss_diff_vs_efflab_eager"] <= 1e-4)
-        if fused else None,
-        "loadavg_before": load_before, "loadavg_after": load_after,
+        "fused_vs_eager": fused_ratio["median"] if fused else None,
+        "fused_vs_eager_paired": fused_ratio,
+        "fused_same_loss_1e-4": same_loss,
+        "loadavg_before": load_before, "loadavg_after": _load(),
+        **_sharing(load_before),
     })
     out["targets"] = {
         "best_vs_nanogpt >= 1.15": out["best_vs_nanogpt"] >= 1.15,
         "fused_vs_eager >= 1.2 with the same loss to 1e-4": bool(
-            fused and out["fused_vs_eager"] >= 1.2 and out["fused_same_loss_1e-4"]),
+            fused and out["fused_vs_eager"] >= 1.2 and same_loss),
     }
     return out
 
 
-def fusion_counts(batch: int = 16) -> dict:
-    """Operators launched and bytes moved per training step, eager vs compiled (lesson 09)."""
-    import torch._inductor.config as inductor_config
-
-    from efflab.profiling import kernel_count, profile_step
-
-    cfg = get_preset("cpu-small")
-    corpus = load_corpus()
-    x, y = (t.contiguous() for t in random_batch(corpus.train, batch, cfg.block_size,
-                                                  torch.Generator().manual_seed(0)))
-    res = {}
-    inductor_config.cpp.enable_kernel_profile = True  # one profiler event per fused kernel
-    inductor_config.fx_graph_cache = False  # a cached graph was built without those events
-    for name in ("efflab-eager", "compile-model"):
-        step, model, _ = make_recipe(name, cfg)
-        t0 = time.perf_counter()
-        step(x, y)
-        cold = time.perf_counter() - t0
-        p = profile_step(lambda s=step: s(x, y), warmup=1, time_s=0.0, repeats=1,
-                         optimizer_params=sum(q.numel() for q in model.parameters()))
-        c = p.calls
-        fwd_bwd = c[c["phase"].isin(["forward", "backward"]) & (c["kind"] != "view")]
-        names = p.kernels
-        res[name] = {"cold_first_step_s": cold,
-                     "aten_ops_forward_backward": kernel_count(p),
-                     "fused_kernels": len(names),
-                     "fused_kernel_names": sorted(set(names))[:60],
-                     "bytes_forward_backward_from_shapes": float(fwd_bwd["bytes"].sum()),
-                     "ops_ms": p.ops_ms}
-    inductor_config.cpp.enable_kernel_profile = False
-    inductor_config.fx_graph_cache = True
-    return res
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--only", choices=["targets", "counts"], default=None)
+    ap.add_argument("--only", choices=["targets", "counts", "forms"], default=None)
     args = ap.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "fusion.json"
-    kept = json.loads(out.read_text()) if args.only == "counts" and out.exists() else {}
+    kept = json.loads(out.read_text()) if args.only and out.exists() else {}
     payload = {**kept, "benchmark": "fusion", "fingerprint": fingerprint(),
-               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "env": environment(),
-               "host_shared": True,
-               "note": "provisional: measured while the 2-core host was shared with other jobs "
-                       "(see loadavg); a quiet machine is needed for a real verdict"}
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "env": environment()}
+    if args.only in (None, "targets"):  # the verdicts' host: the training part's load
+        payload.update(_sharing(_load()))
     if args.only in (None, "targets"):
         payload["training"] = run(args.rounds, args.steps, args.batch)
     if args.only in (None, "counts"):
-        payload["counts"] = fusion_counts(args.batch)
+        torch.set_num_threads(2)
+        payload["counts"] = fusion_counts("cpu-small", Knobs(batch_size=args.batch), weights=None)
         payload["counts"]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        if kept:  # the training part stays as it was measured
-            payload["measured_at"] = kept.get("measured_at", payload["measured_at"])
+    if args.only in (None, "forms"):
+        torch.set_num_threads(2)
+        payload["forms"] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "shape": {"batch": args.batch, "seq_len": 128, "n_embd": 128,
+                                      "n_head": 4, "threads": 2},
+                            "rows": form_timings(args.batch).to_dict(orient="records")}
+    if kept and args.only != "targets":  # the training part stays as it was measured
+        payload["measured_at"] = kept.get("measured_at", payload["measured_at"])
     payload["loadavg_end"] = _load()
     out.write_text(json.dumps(payload, indent=1, default=lambda v: None if isinstance(v, float)
                               and math.isnan(v) else str(v)))

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from efflab.config import Knobs, get_preset
 from efflab.data import load_corpus
 from efflab.measurement.hardware import fingerprint, pick_device
+from efflab.measurement.timing import summarize, time_steps
 from efflab.profiling import kernel_count, profile_step
 from efflab.techniques import apply_techniques
 from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
@@ -58,8 +60,9 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
     try:
         for variant, m in (("eager", "none"), ("compiled", mode)):
             model = apply_techniques(load_model(preset, weights, knobs.seed, dev), knobs)
-            prep = prepare("train", compile_model(model, CompileConfig(m)), load_corpus(), knobs,
-                           dev)
+            # the Python wrapper: the same kernels, and the one that names them in a profile
+            compiled = compile_model(model, CompileConfig(m), cpp_wrapper=False)
+            prep = prepare("train", compiled, load_corpus(), knobs.replace(compile=m), dev)
             t0 = time.perf_counter()
             prep.step()
             cold = time.perf_counter() - t0
@@ -67,6 +70,7 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
             c = p.calls
             fb = c[c["phase"].isin(["forward", "backward"]) & (c["kind"] != "view")]
             out[variant] = {"aten_ops": kernel_count(p), "fused_kernels": len(p.kernels),
+                            "fused_kernel_names": sorted(set(p.kernels)),
                             "launches": kernel_count(p) + len(p.kernels),
                             "bytes_from_shapes": float(fb["bytes"].sum()),
                             "first_step_s": cold, "ops_ms": p.ops_ms}
@@ -90,7 +94,8 @@ def stored_fusion(path: str | Path = STORED) -> dict | None:
     data["label"] = (f"stored: {what}measured {data.get('measured_at', '?')} on "
                      f"{data.get('env', {}).get('cpu', '?')}"
                      + (" (another machine: stale)" if data["stale"] else " (this machine)")
-                     + (", host shared: provisional" if data.get("host_shared") else ""))
+                     + (", host shared: provisional" if data.get("training", {}).get(
+                         "host_shared", data.get("host_shared")) else ""))
     return data
 
 
@@ -115,18 +120,89 @@ def counts_frame(counts: dict, source: str = "") -> pd.DataFrame:
 
 def recipes_frame(stored: dict) -> pd.DataFrame:
     """The stored training recipes as a table: tokens/s (median, from p25/p75 step times), n,
-    the 10-step loss difference against efflab's eager step, and the cold first 10 steps."""
+    the paired speedups over nanoGPT and over efflab's eager step (median and quartiles of the
+    per-round ratios), the 10-step loss difference against efflab's eager step, and the cold
+    first 10 steps."""
     rows = []
     for name, r in stored.get("training", {}).get("recipes", {}).items():
         ms = r.get("step_ms", {})
         tokens = r.get("tokens_per_s", 0) * ms.get("median", 0) / 1e3
-        rows.append({"recipe": name, "tokens_per_s": r.get("tokens_per_s"),
-                     "tokens_per_s_p25": tokens / (ms["p75"] / 1e3) if ms.get("p75") else None,
-                     "tokens_per_s_p75": tokens / (ms["p25"] / 1e3) if ms.get("p25") else None,
-                     "n": ms.get("n"),
-                     "max_loss_diff_vs_eager": r.get("max_loss_diff_vs_efflab_eager"),
-                     "first_10_steps_s": r.get("first_10_steps_s_incl_compile")})
+        row = {"recipe": name, "tokens_per_s": r.get("tokens_per_s"),
+               "tokens_per_s_p25": tokens / (ms["p75"] / 1e3) if ms.get("p75") else None,
+               "tokens_per_s_p75": tokens / (ms["p25"] / 1e3) if ms.get("p25") else None,
+               "n": ms.get("n")}
+        for key, label in (("vs_nanogpt_paired", "x_nanogpt"),
+                           ("vs_efflab_eager_paired", "x_efflab_eager")):
+            if key in r:
+                row.update({label: r[key]["median"], f"{label}_p25": r[key]["p25"],
+                            f"{label}_p75": r[key]["p75"]})
+        row.update({"max_loss_diff_vs_eager": r.get("max_loss_diff_vs_efflab_eager"),
+                    "first_10_steps_s": r.get("first_10_steps_s_incl_compile")})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _tril_mask(T: int, S: int, device) -> torch.Tensor:
+    """The causal mask in the form efflab used before (a ``tril`` of ones): same values as
+    :func:`efflab.kernels.flash_attention.causal_mask`, kept here as the slow form to time."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head: int = 4, *,
+                 target_s: float = 0.5, device: str = "cpu") -> pd.DataFrame:
+    """Two pieces of a training step, each compiled in two forms with the same mathematics.
+
+    - GELU (tanh approximation), forward + backward over the MLP's hidden activation
+      (B·T, 4C): ``F.gelu(approximate="tanh")`` vs :func:`efflab.model.gelu_tanh_by_sigmoid`;
+    - the causal softmax of attention scores (B, nh, T, T), forward: the mask built by
+      ``tril`` vs by comparing int32 positions (:func:`efflab.kernels.flash_attention.causal_mask`).
+
+    One row per (piece, form): median/p25/p75 ms over samples of at least ``target_s`` s, n,
+    and the speedup over the piece's first form. Inductor generates a loop per form; whether
+    it vectorises the loop decides the time. Refused (one row with ``refused``) where no
+    compiler backend is present.
+    """
+    from efflab.kernels.flash_attention import causal_mask
+    from efflab.model import gelu_tanh_by_sigmoid
+
+    why = compile_refusal(CompileConfig("default"), device)
+    if why:
+        return pd.DataFrame([{"piece": "all", "form": "compiled", "refused": why}])
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(batch * seq_len, 4 * n_embd, generator=g).to(device)  # (B·T, 4C)
+    grad = torch.randn(hidden.shape, generator=g).to(device)
+    scores = torch.randn(batch, n_head, seq_len, seq_len, generator=g).to(device)  # (B,nh,T,T)
+
+    def gelu_step(fn):
+        f = torch.compile(fn)
+
+        def step():
+            x = hidden.detach().requires_grad_()
+            f(x).backward(grad)
+        return step
+
+    def softmax_step(mask_fn):
+        def masked(a):
+            T = a.size(-1)
+            return torch.softmax(a.masked_fill(~mask_fn(T, T, a.device), float("-inf")), dim=-1)
+        f = torch.compile(masked)
+        return lambda: f(scores)
+
+    pieces = [
+        ("GELU fwd+bwd", "tanh (F.gelu)", gelu_step(lambda x: F.gelu(x, approximate="tanh"))),
+        ("GELU fwd+bwd", "x·sigmoid(2u)", gelu_step(gelu_tanh_by_sigmoid)),
+        ("causal softmax fwd", "tril mask", softmax_step(_tril_mask)),
+        ("causal softmax fwd", "int32 positions", softmax_step(causal_mask)),
+    ]
+    rows = []
+    for piece, form, step in pieces:
+        t = summarize(time_steps(step, device, warmup=3, target_s=target_s))
+        rows.append({"piece": piece, "form": form, "ms": t["median"], "ms_p25": t["p25"],
+                     "ms_p75": t["p75"], "n": t["n"], "noisy": t["noisy"]})
+    df = pd.DataFrame(rows)
+    first = df.groupby("piece")["ms"].transform("first")
+    df["speedup_vs_first_form"] = first / df["ms"]
+    return df
 
 
 def torch_has_fused_adamw() -> bool:
@@ -139,5 +215,5 @@ def torch_has_fused_adamw() -> bool:
         return False
 
 
-__all__ = ["fusion_counts", "stored_fusion", "counts_frame", "recipes_frame",
+__all__ = ["fusion_counts", "form_timings", "stored_fusion", "counts_frame", "recipes_frame",
            "torch_has_fused_adamw"]
