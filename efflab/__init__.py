@@ -17,6 +17,7 @@ if not _torch.cuda.is_available():
     # triton decorates anything (torch's FLOP counter imports triton early).
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from efflab import check, theory
 from efflab.analysis import (
     add_costs,
     batching_table,
@@ -29,22 +30,20 @@ from efflab.analysis import (
     saturation,
     technique_table,
 )
-from efflab.weights import WeightsError, load_model, training_record
 from efflab.compare import compare_gradients
 from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
-from efflab import check
+from efflab.data import CorpusError
 from efflab.explain import explain
 from efflab.measurement import SCHEMA, measure
 from efflab.measurement.hardware import calibrate
 from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.model import sample
 from efflab.predictions import predict
-from efflab import theory
-from efflab.data import CorpusError
 from efflab.store import Store, StoreError, results
 from efflab.sweeping import sweep
 from efflab.techniques import build
 from efflab.train import train_curves
+from efflab.weights import WeightsError, load_model, training_record
 
 __version__ = "0.1.0"
 

@@ -76,11 +76,11 @@ def decode_cost_rows(model: GPT, contexts, repeats: int = 5, target_s: float = 0
         cache = KVCache(cfg, 1, ctx + 1, "cpu", torch.float32)
         model(ids[:, :ctx], cache=cache)
 
-        def cached():
+        def cached(cache=cache, ctx=ctx, ids=ids):  # this context's tensors, bound now
             cache.pos = ctx
             model(ids[:, ctx:], cache=cache)  # (1, 1): one token against ctx cached
 
-        def recompute():
+        def recompute(ids=ids):
             model(ids)  # (1, ctx+1): everything again
 
         for mode, fn in (("with KV cache", cached), ("recompute prefix", recompute)):

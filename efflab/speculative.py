@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from efflab.model import GPT, KVCache
 from efflab.measurement.timing import summarize
-
+from efflab.model import GPT, KVCache
 
 # ----------------------------------------------------------------------------- formulas
 

@@ -34,7 +34,7 @@ def test_break_even_acceptance():
     assert break_even_acceptance(round(a, 3), k=k, cost_ratio=c).passed
     fb = break_even_acceptance(0.0, k=k, cost_ratio=c)  # ignoring the draft's cost
     assert not fb.passed and "costs c" in fb.hint
-    no_bonus = 0.0
+    # forgetting the bonus token: solve a + a² + a³ = k·c + 1 instead of the full equation
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2

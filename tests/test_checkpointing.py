@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import efflab.techniques.checkpointing as ckpt_mod
-from efflab.weights import load_weights, save_weights
 from efflab.config import ConfigError, Knobs, get_preset
 from efflab.measurement.memory import measure_memory, predict_memory
 from efflab.model import MLP, Block, build_model
@@ -27,6 +26,7 @@ from efflab.techniques.checkpointing import (
     predict_activation_bytes,
     recompute_flops_fraction,
 )
+from efflab.weights import load_weights, save_weights
 from efflab.workloads import prepare
 
 TINY = get_preset("cpu-tiny")

@@ -42,7 +42,9 @@ def test_gqa_equals_mha_with_shared_key_value_heads():
     for name, t in sd.items():
         if name.endswith("attn.c_attn.weight") or name.endswith("attn.c_attn.bias"):
             q, k, v = t.split([C, nkv * hs, nkv * hs], dim=0)
-            expand = lambda w: w.view(nkv, hs, *w.shape[1:]).repeat_interleave(g, 0).reshape(C, *w.shape[1:])
+            def expand(w):  # (nkv·hs, ...) -> (C, ...): each kv head repeated g times
+                return w.view(nkv, hs, *w.shape[1:]).repeat_interleave(g, 0).reshape(C, *w.shape[1:])
+
             sd[name] = torch.cat([q, expand(k), expand(v)], dim=0)
     mha.load_state_dict(sd)
     x = torch.randint(0, 256, (2, 11))

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from efflab.weights import load_model
 from efflab.config import PRESETS, ConfigError
 from efflab.model import KVCache, build_model
 from efflab.techniques.quantization import (
@@ -33,6 +32,7 @@ from efflab.techniques.quantization import (
     unpack_int4,
     weight_bytes_per_token,
 )
+from efflab.weights import load_model
 
 MODULE_OF = {"int8-weight": Int8WeightOnlyLinear, "int4-weight": Int4WeightOnlyLinear,
              "int8-dynamic": Int8DynamicLinear}

@@ -117,7 +117,9 @@ def test_preemption_recomputes_and_keeps_outputs(model):
 
 def test_static_batches_do_not_overlap_and_continuous_does(model):
     reqs_s, reqs_c = _stream(rate=100.0, n=12), _stream(rate=100.0, n=12)
-    mk = lambda: KVPool(CFG, capacity_tokens=8 * 32, layout="paged", block_size=4, max_len=32)
+    def mk():
+        return KVPool(CFG, capacity_tokens=8 * 32, layout="paged", block_size=4, max_len=32)
+
     Engine(model, mk(), "static", max_batch=4, clock=CostModelClock()).run(reqs_s)
     Engine(model, mk(), "continuous", max_batch=4, clock=CostModelClock()).run(reqs_c)
     batches = {}

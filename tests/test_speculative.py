@@ -7,9 +7,17 @@ import torch
 
 from efflab.config import ModelConfig
 from efflab.model import build_model
-from efflab.speculative import (CachedLM, accept_or_resample, best_k, break_even_alpha,
-                                chi_square_pvalue, expected_speedup, expected_tokens_per_round,
-                                second_token_distribution, speculative_generate)
+from efflab.speculative import (
+    CachedLM,
+    accept_or_resample,
+    best_k,
+    break_even_alpha,
+    chi_square_pvalue,
+    expected_speedup,
+    expected_tokens_per_round,
+    second_token_distribution,
+    speculative_generate,
+)
 
 
 class BigramLM:

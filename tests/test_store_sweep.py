@@ -166,9 +166,9 @@ def test_an_error_is_measured_again_and_a_refusal_reused_only_under_its_budget(t
 
 
 def test_weights_content_is_part_of_the_key(tmp_path, monkeypatch):
+    from efflab.config import get_preset
     from efflab.measurement.context import weights_fingerprint
     from efflab.model import build_model
-    from efflab.config import get_preset
     from efflab.weights import save_weights
 
     path = save_weights(build_model(get_preset("cpu-tiny"), seed=0), tmp_path / "w.safetensors")

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from efflab.weights import WeightsError, load_weights, read_config, save_weights
 from efflab.config import get_preset
 from efflab.model import build_model
+from efflab.weights import WeightsError, load_weights, read_config, save_weights
 
 
 def test_roundtrip_gives_the_same_model(tmp_path):

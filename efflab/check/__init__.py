@@ -26,6 +26,9 @@ lesson check                the learner ...
 =====  ===================  =====================================================
 """
 
+from efflab.check.attention import online_softmax, score_bytes
+from efflab.check.batching import saturation, throughput
+from efflab.check.checkpointing import kept_activations, recompute_overhead
 from efflab.check.core import (
     REGISTRY,
     EvidenceError,
@@ -38,14 +41,11 @@ from efflab.check.core import (
     latest_answers,
     read_answers,
 )
-from efflab.check.tour import bits_per_byte, mfu
-from efflab.check.batching import saturation, throughput
-from efflab.check.precision import bf16_round, bytes_per_param
-from efflab.check.checkpointing import kept_activations, recompute_overhead
-from efflab.check.attention import online_softmax, score_bytes
-from efflab.check.quantization import decode_bound, group_quantize
 from efflab.check.moe import balance_loss, route
 from efflab.check.pareto import pareto, request_latency
+from efflab.check.precision import bf16_round, bytes_per_param
+from efflab.check.quantization import decode_bound, group_quantize
+from efflab.check.tour import bits_per_byte, mfu
 
 __all__ = ["REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answers_path",
            "exercise", "judge", "latest_answers", "read_answers",
@@ -75,7 +75,7 @@ __all__ += ["mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optima
 
 # lesson 10 (KV cache, speculative decoding): a cache's bytes; the break-even acceptance rate
 # lesson 11 (serving): the worst paged waste; which policy meets a p99 TTFT target at a load
-from efflab.check.speculation import break_even_acceptance, kv_cache_bytes  # noqa: E402
 from efflab.check.serving import paged_waste, policy_meets_ttft  # noqa: E402
+from efflab.check.speculation import break_even_acceptance, kv_cache_bytes  # noqa: E402
 
 __all__ += ["kv_cache_bytes", "break_even_acceptance", "paged_waste", "policy_meets_ttft"]

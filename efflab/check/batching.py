@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from efflab.check.core import Verdict, close, exercise, judge_number, number, ratio_text
+from efflab.check.core import Verdict, close, exercise, number, ratio_text
 
 
 def _row(df, batch_size: int):

@@ -19,12 +19,11 @@ import traceback
 
 import torch
 
-from efflab.weights import WeightsError, load_model, weights_source
 from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
 from efflab.data import CorpusError, load_corpus
 from efflab.measurement.context import check_inputs, measurement_context, weights_fingerprint
 from efflab.measurement.energy import EnergyMeter
-from efflab.measurement.flops import count_flops, estimate_6n, step_flops_estimate
+from efflab.measurement.flops import count_flops, estimate_6n
 from efflab.measurement.hardware import (
     RefusedError,
     calibrate,
@@ -42,6 +41,7 @@ from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
 from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast
+from efflab.weights import WeightsError, load_model, weights_source
 from efflab.workloads import heldout_quality, prepare
 
 INTERPRETED_NOTE = ("Triton kernel interpreted on CPU (TRITON_INTERPRET=1): correctness only; "

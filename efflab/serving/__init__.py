@@ -7,8 +7,7 @@
 - :mod:`~efflab.serving.load` — measured capacity, load sweeps, the knee.
 """
 
-from efflab.serving.engine import (POLICIES, CostModelClock, Engine, MeasuredClock,
-                                   summarize_run)
+from efflab.serving.engine import POLICIES, CostModelClock, Engine, MeasuredClock, summarize_run
 from efflab.serving.kv_pool import LAYOUTS, KVPool, OutOfBlocks, SeqSlot
 from efflab.serving.load import capacity, compare_at_knee, knee, load_sweep, serve_once
 from efflab.serving.paged_forward import paged_forward

@@ -198,7 +198,8 @@ class Engine:
                 x = torch.tensor([[r.next_token] for r in active], device=self.device)  # (B, 1)
                 slots = [r.slot for r in active]
                 logits = clock.run("decode",
-                                   lambda: paged_forward(self.model, self.pool, slots, x),
+                                   lambda slots=slots, x=x: paged_forward(self.model, self.pool,
+                                                                          slots, x),
                                    len(active), len(active))
                 nxt = logits[:, -1].argmax(-1).tolist()
                 for r, tok in zip(active, nxt):

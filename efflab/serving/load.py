@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from efflab.model import GPT
 from efflab.measurement.timing import summarize, time_steps
+from efflab.model import GPT
 from efflab.serving.engine import Engine, MeasuredClock, summarize_run
 from efflab.serving.kv_pool import KVPool, SeqSlot
 from efflab.serving.paged_forward import paged_forward
