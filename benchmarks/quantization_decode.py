@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from efflab.weights import load_model
 from efflab.config import Knobs, get_preset
 from efflab.data import load_corpus
 from efflab.measurement.hardware import copy_bandwidth, environment, fingerprint, read_bandwidth
@@ -39,6 +38,7 @@ from efflab.techniques.quantization import (
     quantize_,
     weight_bytes_per_token,
 )
+from efflab.weights import load_model
 from efflab.workloads import eval_loss, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
