@@ -57,12 +57,13 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
     before = (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache)
     inductor_config.cpp.enable_kernel_profile = True  # one profiler event per fused kernel
     inductor_config.fx_graph_cache = False  # a cached graph may lack those events
+    corpus = load_corpus()
     try:
         for variant, m in (("eager", "none"), ("compiled", mode)):
             model = apply_techniques(load_model(preset, weights, knobs.seed, dev), knobs)
             # the Python wrapper: the same kernels, and the one that names them in a profile
             compiled = compile_model(model, CompileConfig(m), cpp_wrapper=False)
-            prep = prepare("train", compiled, load_corpus(), knobs.replace(compile=m), dev)
+            prep = prepare("train", compiled, corpus, knobs.replace(compile=m), dev)
             t0 = time.perf_counter()
             prep.step()
             cold = time.perf_counter() - t0

@@ -37,13 +37,12 @@ from pathlib import Path
 
 from efflab.config import ConfigError, Knobs
 from efflab.data import CorpusError
-from efflab.records import SCHEMA
+from efflab.records import SCHEMA, is_out_of_memory
 from efflab.weights import WeightsError
 
 MIB = 2**20
 # errors a worker raises that mean "this input is wrong", raised again in the parent as such
 _INPUT_ERRORS = {"CorpusError": CorpusError, "WeightsError": WeightsError}
-_ALLOC_FAILED = ("can't allocate memory", "cannot allocate memory", "out of memory")
 
 
 def _failed_record(preset: str, knobs: Knobs, budget_bytes, status: str, message: str) -> dict:
@@ -51,13 +50,6 @@ def _failed_record(preset: str, knobs: Knobs, budget_bytes, status: str, message
     return {"schema": SCHEMA, "status": status, "message": message, "preset": preset,
             "workload": knobs.workload, "knobs": knobs.to_dict(), "budget_bytes": budget_bytes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def is_out_of_memory(message: str | None) -> bool:
-    """Whether an error message says an allocation failed (torch's CPU allocator raises a plain
-    RuntimeError "DefaultCPUAllocator: can't allocate memory ...", CUDA an OutOfMemoryError)."""
-    text = (message or "").lower()
-    return "memoryerror" in text or any(s in text for s in _ALLOC_FAILED)
 
 
 def default_memory_limit() -> int:

@@ -12,6 +12,15 @@ import pandas as pd
 
 SCHEMA = "efflab.record/1"
 STATUSES = ("ok", "oom", "error", "refused")
+_ALLOC_FAILED = ("can't allocate memory", "cannot allocate memory", "out of memory")
+
+
+def is_out_of_memory(message: str | None) -> bool:
+    """Whether an error message says an allocation failed, so the record's status is ``oom``
+    (torch's CPU allocator raises a plain RuntimeError "DefaultCPUAllocator: can't allocate
+    memory ...", CUDA an OutOfMemoryError, Python a MemoryError)."""
+    text = (message or "").lower()
+    return "memoryerror" in text or any(s in text for s in _ALLOC_FAILED)
 
 
 def records_frame(records: Iterable[dict]) -> pd.DataFrame:

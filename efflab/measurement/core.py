@@ -37,7 +37,7 @@ from efflab.measurement.refusals import refusal_reason
 from efflab.measurement.roofline import bytes_moved, roofline
 from efflab.measurement.timing import summarize, time_steps
 from efflab.model import build_model
-from efflab.records import SCHEMA, STATUSES  # noqa: F401  (re-exported)
+from efflab.records import SCHEMA, STATUSES, is_out_of_memory  # noqa: F401  (re-exported)
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
 from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast
@@ -96,11 +96,6 @@ def _flops(cfg: ModelConfig, knobs: Knobs, device: str, corpus_path: str | None)
     q_len, k_len = (1, T + knobs.gen_tokens // 2) if knobs.workload == "decode" else (T, T)
     return count_flops(prep.step, cfg, knobs.batch_size, q_len, k_len,
                        backward=knobs.workload == "train")
-
-
-def _is_cpu_oom(e: RuntimeError) -> bool:
-    text = str(e)
-    return "DefaultCPUAllocator" in text or "can't allocate memory" in text
 
 
 def _base_record(preset: str, knobs: Knobs, budget_bytes: int | None) -> dict:
@@ -177,7 +172,7 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
     except (torch.OutOfMemoryError, MemoryError) as e:
         rec.update(status="oom", message=f"out of memory: {e}".strip())
     except RuntimeError as e:
-        if not _is_cpu_oom(e):
+        if not is_out_of_memory(str(e)):
             rec.update(status="error", message=f"{type(e).__name__}: {e}",
                        traceback=traceback.format_exc(limit=8))
         else:  # torch's CPU allocator raises a plain RuntimeError when memory runs out

@@ -46,6 +46,11 @@ class CompileConfig:
     def enabled(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def torch_mode(self) -> str | None:
+        """The ``mode`` argument of ``torch.compile`` (None: its default)."""
+        return None if self.mode == "default" else self.mode
+
 
 def _cxx_compiler() -> str | None:
     for name in filter(None, (os.environ.get("CXX"), "g++", "c++", "clang++")):
@@ -125,7 +130,7 @@ def compile_model(model: torch.nn.Module, config: CompileConfig,
     options = inductor_options(model, config, cpp_wrapper)
     if options:
         return torch.compile(model, options=options)
-    return torch.compile(model, mode=None if config.mode == "default" else config.mode)
+    return torch.compile(model, mode=config.torch_mode)
 
 
 def compile_optimizer(opt: torch.optim.Optimizer, config: CompileConfig) -> torch.optim.Optimizer:
@@ -137,7 +142,7 @@ def compile_optimizer(opt: torch.optim.Optimizer, config: CompileConfig) -> torc
     on this one optimizer instance, so ``opt.step()`` and a ``GradScaler.step(opt)`` both run
     it; the first call compiles."""
     if config.enabled:
-        opt.step = torch.compile(opt.step, mode=None if config.mode == "default" else config.mode)
+        opt.step = torch.compile(opt.step, mode=config.torch_mode)
     return opt
 
 
