@@ -11,17 +11,20 @@ Recipes (all from the same initial weights and the same batches):
   head) and its configure_optimizers on a CPU (AdamW without fused/foreach: PyTorch's default
   for CPU tensors is the per-tensor loop);
 - ``efflab-eager`` and ``efflab-eager+naive-attention``: efflab's own train step (foreach AdamW);
-- ``compile-model`` and ``compile-model+naive-attention``: ``Knobs(compile="default")``, built
-  as ``efflab.measure`` builds it: the model compiled (tracing its GELU in the sigmoid form
-  Inductor vectorises) and the optimizer step compiled too.
+- ``compile-model``, ``compile-model+naive-attention`` and ``compile-model+blocked-attention``:
+  ``Knobs(compile="default")``, built as ``efflab.measure`` builds it: the model compiled
+  (tracing its GELU in the sigmoid form Inductor vectorises, with the slope kept for backward)
+  and the optimizer step compiled too; ``blocked`` attention skips the score blocks the causal
+  mask hides (3/4 of naive's score FLOPs at T = 128).
 
 Verdicts use paired ratios: each round times every recipe back to back, and a recipe's ratio
 is nanoGPT's (or efflab eager's) step time ÷ its own *in the same round*; the JSON keeps the
 median and quartiles over rounds.
 
-The ``forms`` section times, compiled, the two rewrites that make the difference on a CPU
-(``efflab.fusion.form_timings``): GELU as x·σ(2u) instead of tanh, and the causal mask built
-from int32 positions instead of ``tril``.
+The ``forms`` section times, compiled, the rewrites that make the difference on a CPU
+(``efflab.fusion.form_timings``): GELU as x·σ(2u) instead of tanh (and with its backward
+written in terms of the slope it keeps), and the causal mask built from int32 positions
+instead of ``tril``.
 
 Also written for lesson 09 (``efflab.fusion.fusion_counts``): top-level operators launched and
 bytes moved per step, eager vs compiled (the compiled count from Inductor's kernel profiling:
@@ -141,6 +144,7 @@ RECIPES: dict[str, Knobs | None] = {
     "efflab-eager+naive-attention": Knobs(attention="naive"),
     "compile-model": Knobs(compile="default"),
     "compile-model+naive-attention": Knobs(attention="naive", compile="default"),
+    "compile-model+blocked-attention": Knobs(attention="blocked", compile="default"),
 }
 """Each efflab recipe is a set of knobs, built exactly as ``efflab.measure`` builds it:
 techniques applied, the model compiled (``compile_model``; under compile the model traces its

@@ -17,7 +17,7 @@ Workload = Literal["train", "eval", "prefill", "decode"]
 WORKLOADS: tuple[str, ...] = get_args(Workload)
 Precision = Literal["fp32", "bf16", "fp16", "bf16-pure"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-Attention = Literal["naive", "sdpa", "triton"]
+Attention = Literal["naive", "blocked", "sdpa", "triton"]
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 Checkpointing = Literal["none", "blocks", "selective"]
 CHECKPOINTINGS: tuple[str, ...] = get_args(Checkpointing)
@@ -161,7 +161,8 @@ class Knobs:
     mask and any cgroup CPU quota: a container limited to 2 CPUs runs 2 threads).
     ``gen_tokens`` is how many tokens the ``decode`` workload generates after its prompt.
     ``precision``: fp32, autocast bf16 / fp16 (with loss scaling), or bf16-pure weights.
-    ``attention``: naive (materialises T×T), sdpa (PyTorch's fused kernel), triton (efflab's).
+    ``attention``: naive (materialises T×T), blocked (naive per block of queries, skipping the
+    key blocks the causal mask hides), sdpa (PyTorch's fused kernel), triton (efflab's).
     ``checkpointing``: none, blocks (every ``checkpointing_every``-th block recomputed in
     backward) or selective (only the MLP's wide hidden activations recomputed).
     ``quantization``: post-training weight formats for inference workloads (``group_size`` for

@@ -154,7 +154,10 @@ def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head:
     """Two pieces of a training step, each compiled in two forms with the same mathematics.
 
     - GELU (tanh approximation), forward + backward over the MLP's hidden activation
-      (B·T, 4C): ``F.gelu(approximate="tanh")`` vs :func:`efflab.model.gelu_tanh_by_sigmoid`;
+      (B·T, 4C): ``F.gelu(approximate="tanh")`` vs :func:`efflab.model.gelu_tanh_by_sigmoid`,
+      and the same sigmoid form with its backward written in terms of the slope GELU'(x)
+      (:class:`efflab.model.GeluTanhKeepSlope`, what the model traces), which lets the
+      compiler compute the slope in the forward's loop and skip the backward's second exp;
     - the causal softmax of attention scores (B, nh, T, T), forward: the mask built by
       ``tril`` vs by comparing int32 positions (:func:`efflab.kernels.flash_attention.causal_mask`).
 
@@ -164,7 +167,7 @@ def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head:
     compiler backend is present.
     """
     from efflab.kernels.flash_attention import causal_mask
-    from efflab.model import gelu_tanh_by_sigmoid
+    from efflab.model import GeluTanhKeepSlope, gelu_tanh_by_sigmoid
 
     why = compile_refusal(CompileConfig("default"), device)
     if why:
@@ -192,6 +195,7 @@ def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head:
     pieces = [
         ("GELU fwd+bwd", "tanh (F.gelu)", gelu_step(lambda x: F.gelu(x, approximate="tanh"))),
         ("GELU fwd+bwd", "x·sigmoid(2u)", gelu_step(gelu_tanh_by_sigmoid)),
+        ("GELU fwd+bwd", "x·sigmoid(2u), slope kept", gelu_step(GeluTanhKeepSlope.apply)),
         ("causal softmax fwd", "tril mask", softmax_step(_tril_mask)),
         ("causal softmax fwd", "int32 positions", softmax_step(causal_mask)),
     ]

@@ -120,15 +120,41 @@ def gelu_tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(2.0 * u)
 
 
+class GeluTanhKeepSlope(torch.autograd.Function):
+    """:func:`gelu_tanh_by_sigmoid` with its backward written out: grad · GELU'(x), where
+
+        GELU'(x) = s + x·s·(1 − s)·2u'   with s = σ(2u), u' = √(2/π)·(1 + 3·0.044715·x²).
+
+    Written this way, the backward needs one tensor, the slope GELU'(x), and a compiler's
+    partitioner can compute it in the forward's loop, from the same exp, and keep it instead
+    of x: one exp per element for forward and backward together, where autograd's own backward
+    of the sigmoid form recomputes σ(2u) (a second exp) from the saved x.
+    Eagerly this is several operators; :func:`gelu_tanh` uses it only under ``torch.compile``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(2.0 * GELU_TANH_SCALE * (x + 0.044715 * x * x * x))  # σ(2u)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, s = ctx.saved_tensors
+        du = GELU_TANH_SCALE * (1.0 + 3 * 0.044715 * x * x)  # u'(x)
+        return grad * (s + x * s * (1.0 - s) * 2.0 * du)
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU (tanh approximation), in the form that runs fastest where it runs.
 
     Eager: PyTorch's own fused ``F.gelu`` kernel (one operator forward, one backward).
-    Under ``torch.compile``: :func:`gelu_tanh_by_sigmoid`, because TorchInductor's C++
-    backend fuses it into one vectorised loop, while its tanh is slower on the AVX2 host
-    (the ``forms`` section of benchmarks/results/fusion.json). The mathematics is identical."""
+    Under ``torch.compile``: the sigmoid form with its slope kept for backward
+    (:class:`GeluTanhKeepSlope`), because TorchInductor's C++ backend fuses it into one
+    vectorised loop each way, while its tanh is slower on the AVX2 host (the ``forms`` section
+    of benchmarks/results/fusion.json). The mathematics is identical."""
     if torch.compiler.is_compiling():
-        return gelu_tanh_by_sigmoid(x)
+        return GeluTanhKeepSlope.apply(x)
     return F.gelu(x, approximate="tanh")
 
 

@@ -25,7 +25,8 @@ from efflab.techniques import attention as att  # noqa: E402
 needs_triton = pytest.mark.skipif(not fa.TRITON_AVAILABLE, reason="triton is not installed")
 compiled_triton = pytest.mark.skipif(fa.INTERPRETED, reason="the Triton kernels are interpreted")
 
-IMPL_FNS = {"naive": fa.naive_attention, "sdpa": att.SDPACore(), "triton": fa.flash_attention}
+IMPL_FNS = {"naive": fa.naive_attention, "blocked": att.blocked_attention, "sdpa": att.SDPACore(),
+            "triton": fa.flash_attention}
 
 
 def _qkv(B, nh, T, S, hs, dtype=torch.float32, device="cpu", seed=0):
@@ -75,6 +76,32 @@ def test_forward_and_gradients_agree_in_fp32(B, nh, T, S, hs, block):
         for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
             assert a.shape == b.shape and a.dtype == b.dtype, (name, what)
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{name} {what}")
+
+
+# ----------------------------------------------------------------------------- blocked (plain torch)
+
+@pytest.mark.parametrize("T,S,block", [(128, 128, 64), (150, 150, 64), (100, 170, 64),
+                                       (1, 40, 64), (5, 9, 2), (64, 64, 64)])
+def test_blocked_attention_is_naive_attention_to_rounding(T, S, block):
+    q, k, v, do = _qkv(2, 3, T, S, 16)
+    ref = _out_and_grads(fa.naive_attention, q, k, v, do)
+    got = _out_and_grads(lambda q, k, v: att.blocked_attention(q, k, v, block), q, k, v, do)
+    for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert a.shape == b.shape, what
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=what)
+
+
+def test_causal_query_blocks_cover_every_row_and_only_the_keys_it_may_see():
+    for T, S, block in [(128, 128, 64), (150, 150, 64), (100, 170, 64), (1, 40, 64), (5, 9, 2)]:
+        blocks = att.causal_query_blocks(T, S, block)
+        assert [a for a, _, _ in blocks] == list(range(0, T, block))  # in order, no gap
+        assert blocks[-1][1] == T and blocks[-1][2] == S  # the last block sees every key
+        for a, e, keys in blocks:
+            assert 0 < e - a <= block
+            assert keys == S - T + e  # the block's last row sees exactly keys 0..keys-1
+    # T = S = 128 in blocks of 64: 64·64 + 64·128 scores, 3/4 of the full 128·128
+    assert sum((e - a) * keys for a, e, keys in att.causal_query_blocks(128, 128, 64)) == \
+        3 * 128 * 128 // 4
 
 
 @needs_triton
@@ -170,7 +197,7 @@ def test_config_is_checked_frozen_and_hashable():
 
 
 def _impls():
-    return ["naive", "sdpa"] + (["triton"] if fa.TRITON_AVAILABLE else [])
+    return ["naive", "blocked", "sdpa"] + (["triton"] if fa.TRITON_AVAILABLE else [])
 
 
 def test_set_attention_swaps_every_core_and_print_shows_it():
@@ -253,9 +280,40 @@ def test_memory_formula_orders_impls_and_matches_what_autograd_keeps():
             saved.pop(t.untyped_storage().data_ptr(), None)
         kept = sum(saved.values())
         predicted = att.attention_memory_bytes(impl, B, nh, T, S, hs)
-        if impl == "naive":  # the formula's peak adds two gradients of the (T, S) matrix
+        if impl in ("naive", "blocked"):  # the formula's peak adds two score gradients
             predicted -= 2 * B * nh * T * S * 4
         assert kept == predicted, impl
+
+    # blocked, over several blocks: each block keeps its probabilities and mask; the peak adds
+    # the largest block's two gradients
+    B, nh, T, S, hs = 2, 2, 150, 170, 16
+    q, k, v, _ = _qkv(B, nh, T, S, hs)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    saved = {}
+
+    def pack_blocked(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_blocked, lambda t: t):
+        out = att.blocked_attention(q, k, v)
+    for t in (q, k, v, out):
+        saved.pop(t.untyped_storage().data_ptr(), None)
+    kept, transient = att.attention_kept_and_transient_bytes("blocked", B, nh, T, S)
+    # rows 0-63 see 84 keys, 64-127 see 148, 128-149 see 170
+    assert kept == sum(rows * keys * (B * nh * 4 + 1) for rows, keys in
+                       ((64, 84), (64, 148), (22, 170)))
+    assert sum(saved.values()) == kept
+    assert transient == 2 * B * nh * 64 * 148 * 4
+    assert att.attention_memory_bytes("blocked", B, nh, T, S, hs) == kept + transient
+    assert att.attention_memory_bytes("blocked", B, nh, T, S, hs) < \
+        att.attention_memory_bytes("naive", B, nh, T, S, hs)
+    # one block (T <= 64) is exactly naive
+    assert att.attention_memory_bytes("blocked", 2, 4, 64, 64, 32) == \
+        att.attention_memory_bytes("naive", 2, 4, 64, 64, 32)
+    assert att.model_attention_bytes("blocked", 4, 2, 2, 128, 16) == \
+        4 * att.attention_kept_and_transient_bytes("blocked", 2, 2, 128, 128)[0] + \
+        att.attention_kept_and_transient_bytes("blocked", 2, 2, 128, 128)[1]
 
 
 # ----------------------------------------------------------------------------- the benchmark
