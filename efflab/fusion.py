@@ -151,13 +151,15 @@ def _tril_mask(T: int, S: int, device) -> torch.Tensor:
 
 def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head: int = 4, *,
                  target_s: float = 0.5, device: str = "cpu") -> pd.DataFrame:
-    """Two pieces of a training step, each compiled in two forms with the same mathematics.
+    """Two pieces of a training step, each compiled in forms with the same mathematics.
 
-    - GELU (tanh approximation), forward + backward over the MLP's hidden activation
-      (B·T, 4C): ``F.gelu(approximate="tanh")`` vs :func:`efflab.model.gelu_tanh_by_sigmoid`,
-      and the same sigmoid form with its backward written in terms of the slope GELU'(x)
+    - the MLP's bias add and GELU (tanh approximation), forward + backward over the hidden
+      activation (B·T, 4C), as the model computes them after ``c_fc``'s matmul:
+      ``F.gelu(approximate="tanh")`` vs :func:`efflab.model.gelu_tanh_by_sigmoid`, and the same
+      sigmoid form with its backward written in terms of the slope GELU'(x)
       (:class:`efflab.model.GeluTanhKeepSlope`, what the model traces), which lets the
-      compiler compute the slope in the forward's loop and skip the backward's second exp;
+      compiler compute the slope in the forward's loop and keep it instead of x + b: no second
+      exp in backward;
     - the causal softmax of attention scores (B, nh, T, T), forward: the mask built by
       ``tril`` vs by comparing int32 positions (:func:`efflab.kernels.flash_attention.causal_mask`).
 
@@ -174,15 +176,16 @@ def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head:
         return pd.DataFrame([{"piece": "all", "form": "compiled", "refused": why}])
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(batch * seq_len, 4 * n_embd, generator=g).to(device)  # (B·T, 4C)
+    bias = torch.randn(4 * n_embd, generator=g).to(device)  # (4C,)
     grad = torch.randn(hidden.shape, generator=g).to(device)
     scores = torch.randn(batch, n_head, seq_len, seq_len, generator=g).to(device)  # (B,nh,T,T)
 
     def gelu_step(fn):
-        f = torch.compile(fn)
+        f = torch.compile(lambda x, b: fn(x + b))  # (B·T, 4C) + (4C,): the MLP's bias, then GELU
 
         def step():
-            x = hidden.detach().requires_grad_()
-            f(x).backward(grad)
+            x, b = hidden.detach().requires_grad_(), bias.detach().requires_grad_()
+            f(x, b).backward(grad)
         return step
 
     def softmax_step(mask_fn):
@@ -193,9 +196,10 @@ def form_timings(batch: int = 16, seq_len: int = 128, n_embd: int = 128, n_head:
         return lambda: f(scores)
 
     pieces = [
-        ("GELU fwd+bwd", "tanh (F.gelu)", gelu_step(lambda x: F.gelu(x, approximate="tanh"))),
-        ("GELU fwd+bwd", "x·sigmoid(2u)", gelu_step(gelu_tanh_by_sigmoid)),
-        ("GELU fwd+bwd", "x·sigmoid(2u), slope kept", gelu_step(GeluTanhKeepSlope.apply)),
+        ("bias + GELU fwd+bwd", "tanh (F.gelu)",
+         gelu_step(lambda x: F.gelu(x, approximate="tanh"))),
+        ("bias + GELU fwd+bwd", "x·sigmoid(2u)", gelu_step(gelu_tanh_by_sigmoid)),
+        ("bias + GELU fwd+bwd", "x·sigmoid(2u), slope kept", gelu_step(GeluTanhKeepSlope.apply)),
         ("causal softmax fwd", "tril mask", softmax_step(_tril_mask)),
         ("causal softmax fwd", "int32 positions", softmax_step(causal_mask)),
     ]
