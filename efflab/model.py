@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
         kv_width = cfg.kv_heads * cfg.head_dim  # = C for multi-head attention
         self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv_width)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.core = SDPACore()  # the part the attention lesson swaps (naive / sdpa / triton)
+        self.core = SDPACore()  # the part the attention technique swaps (naive/blocked/sdpa/triton)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape

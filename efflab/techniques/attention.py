@@ -56,7 +56,7 @@ class AttentionConfig:
             raise ConfigError("impl", self.impl, "one of " + ", ".join(repr(i) for i in IMPLS))
         if self.impl == "triton" and not TRITON_AVAILABLE:
             raise ConfigError("impl", self.impl,
-                              "'naive' or 'sdpa' here: triton is not installed")
+                              "'naive', 'blocked' or 'sdpa' here: triton is not installed")
 
 
 BLOCK_ROWS = 64
