@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from efflab.compression import Recipe, claim, evaluate_recipes, frontier
 from efflab.data import load_corpus
 from efflab.distill import compare_students, paired_gap, student_config
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 from efflab.techniques.pruning import PruneConfig
 from efflab.techniques.quantization import QuantConfig
 from efflab.weights import load_model
@@ -42,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = load_average()
     corpus = load_corpus()
     teacher = load_model("cpu-small").eval()
     scfg = student_config(teacher.cfg, n_layer=args.student_layers)
@@ -93,7 +92,7 @@ def main() -> None:
         "claim_98pct_5x": claims,
         "provisional": "decode timings taken on a shared 2-core host (~8 engineers); quality is "
                        "load-independent",
-        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "loadavg_before": list(load_before), "loadavg_after": load_average(),
         "seconds": time.perf_counter() - t0, "fingerprint": fingerprint(args.threads),
         "env": environment("cpu"), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

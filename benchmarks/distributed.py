@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import efflab.distributed as ed
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "distributed.json"))
     args = ap.parse_args()
 
-    load_before = list(os.getloadavg())
+    load_before = load_average()
     sizes = ed.message_sizes(4, 16 << 20, 2)  # 23 sizes: every third one held out
     ddp = [{"task": "ddp", "config": {"preset": args.preset, "global_batch": args.global_batch,
                                       "seq_len": args.seq_len, "steps": args.steps,
@@ -82,7 +81,7 @@ def main() -> None:
         "provisional": True,
         "host_note": "shared host: several engineers ran jobs on these 2 cores at the same time; "
                      "timings are provisional",
-        "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
+        "loadavg_before": load_before, "loadavg_after": load_average(),
         "fingerprint": fingerprint(), "env": environment("cpu"),
         "launch": {"nproc": args.nproc, "backend": res.records[0]["backend"],
                    "threads_per_rank": res.records[0]["threads_per_rank"],
@@ -130,7 +129,7 @@ def main() -> None:
             run_notebook(Path(__file__).resolve().parent.parent / "notebooks" / "14_distributed.ipynb",
                          tmp, {"SMOKE": True}, results_dir=tmp)
             out["notebook_smoke_seconds"] = time.perf_counter() - t0
-        out["notebook_loadavg_after"] = list(os.getloadavg())
+        out["notebook_loadavg_after"] = load_average()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     a = out["allreduce"]

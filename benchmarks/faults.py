@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import fault_support as fs  # noqa: E402
 
 import efflab  # noqa: E402
-from efflab.measurement.hardware import environment, fingerprint  # noqa: E402
+from efflab.measurement.hardware import environment, fingerprint, load_average  # noqa: E402
 from efflab.store import Store  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261129)
     ap.add_argument("--no-fuzz", action="store_true")
     args = ap.parse_args()
-    load_before = os.getloadavg()
+    load_before = load_average()
     cal = efflab.calibrate(quick=True)
     with TemporaryDirectory(prefix="efflab-faults-") as tmp:
         folder = Path(tmp)
@@ -164,7 +164,7 @@ def main() -> None:
                          "an OOM recorded as oom; every fuzz case runs or is refused",
                "met": met, **result,
                "host": {"shared": True, "loadavg_before": load_before,
-                        "loadavg_after": os.getloadavg(), "cores": os.cpu_count(),
+                        "loadavg_after": load_average(), "cores": os.cpu_count(),
                         "note": "a shared 2-core host: the seconds reflect its other load"}}
     out = HERE / "results" / "faults.json"
     out.parent.mkdir(exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from efflab.kernels import cross_entropy as ce
 from efflab.kernels import layernorm as ln
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 from efflab.measurement.timing import summarize, time_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     payload = {"benchmark": "fused_kernels", "fingerprint": fingerprint(),
                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "env": environment(),
-               "loadavg": list(os.getloadavg()), "interpreted": ln.INTERPRETED,
+               "loadavg": load_average(), "interpreted": ln.INTERPRETED,
                "note": ("Triton interpreted (no CUDA): correctness only, nothing timed"
                         if ln.INTERPRETED else "compiled Triton on CUDA, fwd+bwd timed"),
                "results": run(args.quick)}

@@ -30,8 +30,9 @@ Also written for lesson 09 (``efflab.fusion.fusion_counts``): top-level operator
 bytes moved per step, eager vs compiled (the compiled count from Inductor's kernel profiling:
 each fused C++ kernel is one profiler event), and each recipe's cold compile time.
 
-Timing needs a quiet machine: this script records ``os.getloadavg()`` before and after and
-marks the result ``provisional`` when the host was shared. Run:
+Timing needs a quiet machine: this script records the load average before and after
+(``efflab.measurement.hardware.load_average``) and marks the result ``provisional`` when the
+host was shared. Run:
 
     .venv/bin/python benchmarks/fusion.py [--rounds 20] [--steps 3]
 """
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from efflab.config import Knobs, get_preset
 from efflab.data import load_corpus, random_batch
 from efflab.fusion import form_timings, fusion_counts
-from efflab.measurement.hardware import available_cpus, environment, fingerprint
+from efflab.measurement.hardware import available_cpus, environment, fingerprint, load_average
 from efflab.model import build_model
 from efflab.techniques import apply_techniques
 from efflab.techniques.compile import CompileConfig, compile_model, compile_optimizer
@@ -177,10 +177,6 @@ def make_recipe(name: str, cfg, seed: int = 0):
     return step, model
 
 
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def _sharing(load_before: list[float]) -> dict:
     """Whether the host was shared when timing began: another job's load would skew it.
 
@@ -214,7 +210,7 @@ def run(rounds: int, steps: int, batch: int, recipes=tuple(RECIPES)) -> dict:
     g = torch.Generator().manual_seed(0)
     batches = [tuple(t.contiguous() for t in random_batch(corpus.train, batch, cfg.block_size, g))
                for _ in range(10)]
-    load_before = _load()
+    load_before = load_average()
     out = {"recipes": {}}
     built = {}
     for name in recipes:  # build, compile (cold), and the 10-step loss check
@@ -270,7 +266,7 @@ def run(rounds: int, steps: int, batch: int, recipes=tuple(RECIPES)) -> dict:
         "fused_vs_eager": fused_ratio["median"] if fused else None,
         "fused_vs_eager_paired": fused_ratio,
         "fused_same_loss_1e-4": same_loss,
-        "loadavg_before": load_before, "loadavg_after": _load(),
+        "loadavg_before": load_before, "loadavg_after": load_average(),
         **_sharing(load_before),
     })
     out["targets"] = {
@@ -294,7 +290,7 @@ def main(argv=None) -> int:
     payload = {**kept, "benchmark": "fusion", "fingerprint": fingerprint(),
                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "env": environment()}
     if args.only in (None, "targets"):  # the verdicts' host: the training part's load
-        payload.update(_sharing(_load()))
+        payload.update(_sharing(load_average()))
     if args.only in (None, "targets"):
         payload["training"] = run(args.rounds, args.steps, args.batch)
     if args.only in (None, "counts"):
@@ -309,7 +305,7 @@ def main(argv=None) -> int:
                             "rows": form_timings(args.batch).to_dict(orient="records")}
     if kept and args.only != "targets":  # the training part stays as it was measured
         payload["measured_at"] = kept.get("measured_at", payload["measured_at"])
-    payload["loadavg_end"] = _load()
+    payload["loadavg_end"] = load_average()
     out.write_text(json.dumps(payload, indent=1, default=lambda v: None if isinstance(v, float)
                               and math.isnan(v) else str(v)))
     print(json.dumps(payload.get("training", {}).get("targets"), indent=1), "->", out)

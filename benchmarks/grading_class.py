@@ -31,7 +31,7 @@ import make_class  # noqa: E402
 
 from efflab.grading.grade import grade  # noqa: E402
 from efflab.grading.sandbox import Limits  # noqa: E402
-from efflab.measurement.hardware import environment, fingerprint  # noqa: E402
+from efflab.measurement.hardware import environment, fingerprint, load_average  # noqa: E402
 
 LIMITS = Limits(cell_s=30, notebook_s=150, memory_bytes=3 * 2**30)  # as tests/test_grading.py
 
@@ -50,7 +50,7 @@ def main() -> int:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="efflab-bench-class-") as tmp:
             subs = make_class.write_class(Path(tmp) / "submissions")
-            load_before = os.getloadavg()
+            load_before = load_average()
             kids0, self0 = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             df = grade(subs, Path(tmp) / "out" / "gradebook.csv",
@@ -60,7 +60,7 @@ def main() -> int:
             log = json.loads((Path(tmp) / "out" / "gradebook.log.json").read_text())
             runs.append({"wall_s": round(wall, 1), "children_cpu_s": round(kids, 1),
                          "grader_cpu_s": round(own, 1),
-                         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                         "loadavg_before": load_before, "loadavg_after": load_average(),
                          "points": float(df["points"].sum()),
                          "per_submission_s": {s["student"]: s.get("seconds")
                                               for s in log["submissions"]}})

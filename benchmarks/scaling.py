@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 from efflab.scaling import PUBLISHED, SHIPPED, ScalingSpec, export_runs, isoflop_sweep, scaling_fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,7 +34,7 @@ def main() -> None:
     spec = (ScalingSpec(budgets=tuple(float(b) for b in args.budgets.split(",")))
             if args.budgets else ScalingSpec())
     t0 = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = load_average()
     df = isoflop_sweep(spec, store=args.store, threads=args.threads)
     fit = scaling_fit(df, n_boot=1000)
     cpu_s = float(df["cpu_seconds"].sum())
@@ -63,7 +62,7 @@ def main() -> None:
         "interval_note": "bootstrap over held-out eval batches (paired across sizes); seed-to-seed "
                          "training noise is not included",
         "host": "shared: 2 cores, ~8 engineers; losses are load-independent, CPU seconds are not",
-        "loadavg": list(os.getloadavg()), "fingerprint": fingerprint(args.threads),
+        "loadavg": load_average(), "fingerprint": fingerprint(args.threads),
         "env": environment("cpu"), "torch_threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -11,7 +11,7 @@ measured first), served by static and by continuous batching on a paged cache:
    preallocation at the same KV memory.
 
 Time in the engine is virtual (measured model-call durations, idle gaps skipped). Timing needs
-a quiet machine: ``os.getloadavg()`` is recorded and the result marked ``provisional`` while the
+a quiet machine: the load average is recorded and the result marked ``provisional`` while the
 host is shared. Run: ``nice -n 19 python benchmarks/serving.py``
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,13 +28,9 @@ import torch
 import efflab
 from efflab import serving
 from efflab.data import load_corpus
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 
 OUT = Path(__file__).resolve().parent / "results" / "serving.json"
-
-
-def _load():
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def main(argv=None) -> int:
@@ -49,7 +44,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.time()
-    load_before = _load()
+    load_before = load_average()
     corpus = load_corpus()
     model = efflab.load_model("cpu-small")
     prompt_len, output_len = (8, 32), (8, 48)
@@ -85,7 +80,7 @@ def main(argv=None) -> int:
                                "block_size": a.block,
                                "worst_waste_per_seq": paged["waste_per_seq_max"],
                                "met": paged["waste_per_seq_max"] <= a.block - 1},
-        "loadavg_start": load_before, "loadavg_end": _load(), "seconds": time.time() - t0,
+        "loadavg_start": load_before, "loadavg_end": load_average(), "seconds": time.time() - t0,
         "host_shared": True, "provisional": True,
         "note": "provisional: measured while the 2-core host was shared with other jobs (see "
                 "loadavg), so model-call durations (and with them TTFT, TPOT, throughput) are "

@@ -8,15 +8,15 @@
    measured reason it cannot be: the acceptance rate α, the cost ratio c and the verify cost v,
    and the formula's ceiling at those values.
 
-Timing needs a quiet machine: the script records ``os.getloadavg()`` and marks the result
-``provisional`` while the host is shared. Run: ``nice -n 19 python benchmarks/speculative.py``
+Timing needs a quiet machine: the script records the load average
+(``efflab.measurement.hardware.load_average``) and marks the result ``provisional`` while the
+host is shared. Run: ``nice -n 19 python benchmarks/speculative.py``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,14 +26,10 @@ import torch
 import efflab
 from efflab import shapes, speculative
 from efflab.data import fixed_batches, load_corpus
-from efflab.measurement.hardware import environment, fingerprint
+from efflab.measurement.hardware import environment, fingerprint, load_average
 from efflab.weights import read_record
 
 OUT = Path(__file__).resolve().parent / "results" / "speculative.json"
-
-
-def _load():
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def _reason(summary: list[dict], alpha: float, costs: dict, ceiling: float) -> str:
@@ -67,7 +63,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     t_start = time.time()
-    load_before = _load()
+    load_before = load_average()
     corpus = load_corpus()
     target = efflab.load_model("cpu-small")
     draft = shapes.load_shape(shapes.DRAFT)
@@ -128,7 +124,7 @@ def main(argv=None) -> int:
                            ("timing disturbed: the measured best speed-up exceeds the formula's "
                             "ceiling at the measured α and c by more than 25%; not a verdict")
                            if met is None else _reason(summary, alpha, costs, ceiling)},
-        "loadavg_start": load_before, "loadavg_end": _load(),
+        "loadavg_start": load_before, "loadavg_end": load_average(),
         "seconds": time.time() - t_start,
         "host_shared": True,
         "provisional": True,

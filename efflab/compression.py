@@ -20,7 +20,6 @@ Timings on a shared host are provisional: every row keeps the load average.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ import torch.nn as nn
 from efflab.analysis import pareto_front
 from efflab.config import ConfigError, Knobs
 from efflab.data import random_batch
+from efflab.measurement.hardware import load_average
 from efflab.measurement.timing import summarize, time_steps
 from efflab.techniques.pruning import PruneConfig, enforce_masks, prune_
 from efflab.techniques.quantization import QuantConfig, check_fits, model_bytes, quantize_
@@ -168,7 +168,7 @@ def measure_candidate(label: str, model: nn.Module, corpus, teacher_row: dict | 
            "bits_per_byte_ci95": q["bits_per_byte_ci95"], "window_losses": q["window_losses"],
            "weight_bytes": weight_bytes(model), **decode_speed(model, corpus, target_s=target_s),
            "params": sum(p.numel() for p in model.parameters()),
-           "loadavg": list(os.getloadavg())}
+           "loadavg": load_average()}
     if teacher_row is not None:
         row.update(quality_ratio({"window_losses": teacher_row["window_losses"]}, q))
         row["speedup"] = row["tokens_per_s"] / teacher_row["tokens_per_s"]
@@ -247,7 +247,7 @@ def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
                    "heads_removed": cfg.heads, "bits_per_byte": q["bits_per_byte"],
                    "bits_per_byte_ci95": q["bits_per_byte_ci95"],
                    "weight_bytes": weight_bytes(m), **speed, "theory_tokens_per_s": theory,
-                   "loadavg": list(os.getloadavg())}
+                   "loadavg": load_average()}
             rows.append(row)
             if on_point:
                 on_point(row)

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from efflab.config import ConfigError, ModelConfig
 from efflab.data import fixed_batches, load_corpus, random_batch
-from efflab.measurement.hardware import environment
+from efflab.measurement.hardware import environment, load_average
 from efflab.model import build_model
 from efflab.store import Store, default_results_dir
 from efflab.train import lr_at
@@ -235,7 +235,7 @@ def train_run(run: dict, spec: ScalingSpec, device="cpu", progress: bool = False
             "n_params_total": cfg.n_params(), "attention_share": attention_share(cfg, spec.seq_len),
             "seconds": time.perf_counter() - t0, "train_seconds": train_s,
             "cpu_seconds": time.process_time() - c0, "threads": torch.get_num_threads(),
-            "loadavg": list(os.getloadavg()), "recipe": spec.recipe(),
+            "loadavg": load_average(), "recipe": spec.recipe(),
             "corpus_sha256": data.sha256, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -21,6 +21,15 @@ def test_available_cpus_respects_affinity_and_cgroup_quota(tmp_path, monkeypatch
     assert hardware.default_threads(3) == 3  # a knob set by the learner wins
 
 
+def test_load_average_is_rounded_and_none_where_the_os_keeps_none(monkeypatch):
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (1.23456, 0.5, 12.0049))
+    assert hardware.load_average() == [1.23, 0.5, 12.0]
+    assert hardware.environment()["loadavg_1min"] == 1.23
+    monkeypatch.delattr(hardware.os, "getloadavg")
+    assert hardware.load_average() is None
+    assert hardware.environment()["loadavg_1min"] is None
+
+
 def test_noise_is_measured_and_flagged():
     steady = timing.summarize([0.100, 0.101, 0.099, 0.100, 0.102])
     assert not steady["noisy"] and steady["cv"] < 0.02

@@ -11,7 +11,6 @@ checks and the benchmark read.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from efflab.distributed.comm import AlphaBeta, fit_with_held_out
 from efflab.distributed.ddp import comm_time
 from efflab.distributed.zero import STATE_CATEGORIES
+from efflab.measurement.hardware import load_average
 
 RECORD_SCHEMA = "efflab.distributed/1"
 
@@ -35,7 +35,7 @@ def new_record(kind: str, *, rank: int, world_size: int, backend: str, device: s
 def finish_record(rec: dict, seconds: float) -> dict:
     """Stamp a record with its wall seconds, the host's load average and the time."""
     rec["seconds"] = seconds
-    rec["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    rec["loadavg"] = load_average()
     rec["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return rec
 

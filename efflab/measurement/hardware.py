@@ -65,6 +65,15 @@ def _triton_version() -> str | None:
         return None
 
 
+def load_average() -> list[float] | None:
+    """The host's 1-, 5- and 15-minute load averages (runnable processes, rounded to 0.01), or
+    None where the OS keeps none. A load above the CPUs this process may use means another job
+    shared the machine while something was timed."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def available_cpus() -> int:
     """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (a
     container limited to 2 CPUs on a 64-core host must not start 64 threads)."""
@@ -110,7 +119,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "cores": os.cpu_count(),
         "available_cpus": available_cpus(),
         "threads": torch.get_num_threads(),
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "loadavg_1min": (load_average() or [None])[0],
         "device": str(device),
         "gpu": gpu_name(),
         "torch": torch.__version__,
