@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -191,6 +192,44 @@ class Store:
 
     def dataframe(self, sweep: str | None = None, keys: list[str] | None = None) -> pd.DataFrame:
         return to_frame(self.records(sweep, keys))
+
+    def append_curves(self, run: str, rows: list[dict]) -> int:
+        """Keep the training-curve rows of one :func:`efflab.train.train_curves` call under
+        ``run`` in the ``curves`` table (what a submission carries and ``efflab class-results``
+        compares across machines). Only the columns of :data:`CURVE_COLUMNS` are kept; a missing
+        one is stored as NULL. Returns the number of rows written, in one transaction."""
+        cols = ", ".join(CURVE_COLUMNS)
+        marks = ", ".join("?" for _ in CURVE_COLUMNS)
+        with self._guard("write"), self._connect() as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS curves (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                       f"run TEXT NOT NULL, {cols}, created TEXT NOT NULL)")
+            created = time.strftime("%Y-%m-%dT%H:%M:%S")
+            db.executemany(f"INSERT INTO curves (run, {cols}, created) VALUES (?, {marks}, ?)",
+                           [(run, *(_scalar(r.get(c)) for c in CURVE_COLUMNS), created)
+                            for r in rows])
+        return len(rows)
+
+    def curves(self) -> pd.DataFrame:
+        """Every stored training-curve row (run, variant, status, step, tokens, flops, seconds,
+        train_loss, val_loss, created), oldest first; empty when none were kept."""
+        with self._guard("read"), self._connect() as db:
+            has = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='curves'")
+            if has.fetchone() is None:
+                return pd.DataFrame(columns=["run", *CURVE_COLUMNS, "created"])
+            return pd.read_sql_query("SELECT * FROM curves ORDER BY id", db).drop(columns="id")
+
+
+CURVE_COLUMNS = ("variant", "status", "step", "tokens", "flops", "seconds", "train_loss",
+                 "val_loss")
+"""The columns of a training-curve row that a store keeps (lists, such as an MoE layer's
+expert load, stay in the notebook's table)."""
+
+
+def _scalar(value):
+    """A value sqlite can hold: numbers and text as they are, NaN and None as NULL."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def results(path: str | os.PathLike | None = None, sweep: str | None = None) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from efflab.data import load_corpus, random_batch
 from efflab.measurement.flops import step_flops_estimate
 from efflab.measurement.hardware import calibrate, environment, pick_device
 from efflab.model import build_model
+from efflab.store import Store
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.moe import dropped_tokens, expert_load
 from efflab.techniques.precision import autocast, grad_scaler, refusal
@@ -125,7 +127,7 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
                  batch_size: int = 8, seq_len: int | None = None, lr: float = 2e-3,
                  warmup: int = 10, seed: int = 0, eval_every: int = 20, corpus: str | None = None,
                  device: str | None = None, calibration: dict | None = None,
-                 on_point=None, progress: bool = True):
+                 on_point=None, progress: bool = True, store=None):
     """Train one fresh model per variant on the same batches, side by side; return a long table.
 
     ``variants`` maps a label to the Knobs whose techniques the model gets (precision, MoE,
@@ -135,12 +137,19 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
     and — for MoE variants — the expert load. A variant this machine would run far too slowly
     is refused up front (a row with status "refused" and the measured reason).
     ``on_point(row)`` is called for every row as it is produced (a live chart's hook).
+
+    Each variant's rows are kept, once it finishes, in the ``curves`` table of ``store`` (a
+    :class:`efflab.Store` or its path; None: the default results store, as predictions are;
+    False: not kept) under one run id for the call (``table.attrs["run"]``), so a submission
+    carries them and ``efflab class-results`` can compare them across machines.
     """
     cfg = get_preset(preset)
     dev = pick_device(cfg, device)
     T = seq_len or cfg.block_size
     data = load_corpus(corpus)
     cal = calibration or calibrate(dev)
+    keep = None if store is False else (store if isinstance(store, Store) else Store(store))
+    run = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     rows: list[dict] = []
 
     def emit(row: dict) -> None:
@@ -151,39 +160,53 @@ def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
     for label, knobs in variants.items():
         if not isinstance(knobs, Knobs):
             raise ConfigError(f"variants[{label!r}]", knobs, "an efflab.Knobs")
-        knobs = knobs.replace(batch_size=batch_size, seq_len=T, workload="train")
-        techniques = technique_configs(knobs, cfg)
-        step_flops = step_flops_estimate(cfg, knobs)
-        why = refusal(techniques.precision, step_flops, cal)
-        if why:
-            emit({"variant": label, "status": "refused", "message": why, "step": 0})
-            continue
-        model = apply_techniques(build_model(cfg, seed, dev), knobs)
-        opt = make_optimizer(model, lr=lr)
-        scaler = grad_scaler(techniques.precision, dev)
-        g = torch.Generator().manual_seed(seed)  # the same batches for every variant
-        seconds = 0.0
-        bar = tqdm(range(steps), desc=f"train {label}", disable=not progress, leave=False)
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, lr, warmup)
-            x, y = random_batch(data.train, batch_size, T, g, dev)
-            t0 = time.perf_counter()
+        first = len(rows)
+        _train_variant(label, knobs, cfg, dev, data, cal, emit, steps=steps,
+                       batch_size=batch_size, T=T, lr=lr, warmup=warmup, seed=seed,
+                       eval_every=eval_every, progress=progress)
+        if keep is not None:
+            keep.append_curves(run, rows[first:])
+    table = pd.DataFrame(rows)
+    table.attrs["run"] = run
+    return table
+
+
+def _train_variant(label: str, knobs: Knobs, cfg, dev, data, cal, emit, *, steps: int,
+                   batch_size: int, T: int, lr: float, warmup: int, seed: int, eval_every: int,
+                   progress: bool) -> None:
+    """One variant of :func:`train_curves`: its rows go to ``emit`` as they are produced."""
+    knobs = knobs.replace(batch_size=batch_size, seq_len=T, workload="train")
+    techniques = technique_configs(knobs, cfg)
+    step_flops = step_flops_estimate(cfg, knobs)
+    why = refusal(techniques.precision, step_flops, cal)
+    if why:
+        emit({"variant": label, "status": "refused", "message": why, "step": 0})
+        return
+    model = apply_techniques(build_model(cfg, seed, dev), knobs)
+    opt = make_optimizer(model, lr=lr)
+    scaler = grad_scaler(techniques.precision, dev)
+    g = torch.Generator().manual_seed(seed)  # the same batches for every variant
+    seconds = 0.0
+    bar = tqdm(range(steps), desc=f"train {label}", disable=not progress, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        x, y = random_batch(data.train, batch_size, T, g, dev)
+        t0 = time.perf_counter()
+        with autocast(techniques.precision, dev):
+            _, loss = model(x, y)
+        optimizer_step(model, loss, opt, scaler)
+        seconds += time.perf_counter() - t0
+        done = step + 1
+        row = {"variant": label, "status": "ok", "step": done,
+               "tokens": done * batch_size * T, "flops": done * step_flops,
+               "seconds": seconds, "train_loss": loss.item()}
+        if eval_every and (done % eval_every == 0 or done == steps):
             with autocast(techniques.precision, dev):
-                _, loss = model(x, y)
-            optimizer_step(model, loss, opt, scaler)
-            seconds += time.perf_counter() - t0
-            done = step + 1
-            row = {"variant": label, "status": "ok", "step": done,
-                   "tokens": done * batch_size * T, "flops": done * step_flops,
-                   "seconds": seconds, "train_loss": loss.item()}
-            if eval_every and (done % eval_every == 0 or done == steps):
-                with autocast(techniques.precision, dev):
-                    ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
-                row["val_loss"] = ev["val_loss"]
-                load = expert_load(model)
-                if load:
-                    row["expert_load"] = load
-                    row["dropped"] = dropped_tokens(model)  # per layer, over capacity
-            emit(row)
-    return pd.DataFrame(rows)
+                ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
+            row["val_loss"] = ev["val_loss"]
+            load = expert_load(model)
+            if load:
+                row["expert_load"] = load
+                row["dropped"] = dropped_tokens(model)  # per layer, over capacity
+        emit(row)

@@ -428,6 +428,39 @@ def test_moe_loss_at_equal_flops_from_stored_curves():
     (row,) = moe_loss_ratios(curves)
     # compared at 2.5 FLOPs, the most both reached: dense interpolates to 1.75
     assert row["comparison"] == "MoE ÷ dense loss" and row["value"] == pytest.approx(2.2 / 1.75)
+    # the lesson run twice: each run is its own pair, not one curve zig-zagging between runs
+    again = curves.assign(run="r1")
+    second = curves.assign(run="r2", val_loss=curves["val_loss"] * [1, 1, 1, 0.5, 0.5, 1])
+    rows = moe_loss_ratios(pd.concat([again, second], ignore_index=True))
+    assert sorted(r["value"] for r in rows) == pytest.approx(sorted([2.2 / 1.75, 1.1 / 1.75]))
+
+
+def test_train_curves_are_kept_per_run_and_pooled_from_a_submission(tmp_path):
+    from efflab.config import Knobs
+    from efflab.grading.class_results import moe_loss_ratios
+    from efflab.grading.submit import dump_store
+    from efflab.store import Store
+    from efflab.train import train_curves
+
+    variants = {"dense": Knobs(), "MoE 2×top-1": Knobs(moe_experts=2, moe_top_k=1)}
+    kw = dict(preset="cpu-tiny", steps=4, batch_size=2, seq_len=16, warmup=1, eval_every=2,
+              calibration={"fingerprint": "test", "bandwidth_bytes_per_s": 10e9,
+                           "matmul": {"float32": {"flops_per_s": 100e9, "sizes": [256]}}},
+              progress=False)
+    curves = train_curves(variants, store=tmp_path, **kw)
+    kept = Store(tmp_path).curves()
+    assert set(kept["run"]) == {curves.attrs["run"]}
+    assert list(kept["variant"]) == list(curves["variant"])
+    assert kept["val_loss"].notna().sum() == curves["val_loss"].notna().sum() == 4
+    assert kept["flops"].tolist() == pytest.approx(curves["flops"].tolist())
+    train_curves(variants, store=False, **kw)  # not kept
+    assert len(Store(tmp_path).curves()) == len(curves)
+    # what a submission carries: the store's curves table, row by row
+    lines = dump_store(Store(tmp_path).path)["store/curves.jsonl"].decode().splitlines()
+    pooled = pd.DataFrame([json.loads(line) for line in lines]).assign(machine="m", student="s")
+    (ratio,) = moe_loss_ratios(pooled)
+    last = curves.dropna(subset=["val_loss"]).groupby("variant")["val_loss"].last()
+    assert ratio["value"] == pytest.approx(last["MoE 2×top-1"] / last["dense"])
 
 
 def test_grade_command_without_running_a_kernel(tmp_path, capsys):

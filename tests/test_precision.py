@@ -59,7 +59,7 @@ def test_bf16_and_fp16_losses_track_fp32_over_the_first_steps():
     df = train_curves({"fp32": Knobs(), "bf16": Knobs(precision="bf16"),
                        "fp16": Knobs(precision="fp16")},
                       preset="cpu-tiny", steps=25, batch_size=4, seq_len=32, warmup=5,
-                      eval_every=0, calibration=cal, progress=False)
+                      eval_every=0, calibration=cal, progress=False, store=False)
     loss = df.pivot(index="step", columns="variant", values="train_loss")
     assert loss["fp32"].iloc[-1] < loss["fp32"].iloc[0] - 1.0  # it is actually learning
     # stated tolerance: within 0.05 nats of fp32 at every one of the first 25 steps

@@ -181,14 +181,17 @@ def pair_ratios(df: pd.DataFrame, c: Comparison) -> list[dict]:
 
 def moe_loss_ratios(curves: pd.DataFrame) -> list[dict]:
     """MoE ÷ dense validation loss at equal training FLOPs, from training-curve rows
-    (``variant``, ``flops``, ``val_loss``, ``machine``, ``student``; a variant whose name starts
-    with "dense" is the reference), compared at the largest FLOPs both reached."""
+    (``variant``, ``flops``, ``val_loss``, ``machine``, ``student``, and ``run`` where the store
+    kept one per :func:`efflab.train.train_curves` call; a variant whose name starts with
+    "dense" is the reference), compared at the largest FLOPs both reached: one ratio per MoE
+    variant per run, so a lesson run twice gives two pairs, never one mixed curve."""
     out = []
     need = {"variant", "flops", "val_loss", "machine"}
     if curves.empty or not need <= set(curves.columns):
         return out
     curves = curves.dropna(subset=["val_loss", "flops"])
-    for (machine, student), g in curves.groupby(["machine", "student"]):
+    keys = ["machine", "student"] + (["run"] if "run" in curves.columns else [])
+    for (machine, student, *_), g in curves.groupby(keys):
         dense = g[g["variant"].astype(str).str.startswith("dense")].sort_values("flops")
         if dense.empty:
             continue
