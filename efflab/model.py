@@ -42,8 +42,10 @@ class SDPACore(nn.Module):
 def causal_mask(T: int, S: int, device) -> torch.Tensor:
     """(T, S) bool, True where query i (absolute position S - T + i) may see key j.
 
-    int32 positions: compiled, Inductor vectorises the comparison (see
-    ``efflab.kernels.flash_attention.causal_mask``, the kernels' own copy)."""
+    Built by comparing int32 positions, a form TorchInductor's C++ backend fuses into the
+    softmax loop vectorised; a ``tril``-built mask it evaluates far more slowly (the
+    ``forms`` section of benchmarks/results/fusion.json times both). Eager, both cost the same.
+    The naive and Triton attention of ``efflab.kernels.flash_attention`` use this one too."""
     i = torch.arange(T, device=device, dtype=torch.int32).unsqueeze(1) + (S - T)  # (T, 1)
     j = torch.arange(S, device=device, dtype=torch.int32).unsqueeze(0)  # (1, S)
     return j <= i  # (T, S)
@@ -108,6 +110,12 @@ class CausalSelfAttention(nn.Module):
 
 
 GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+def _gelu_tanh_u(x: torch.Tensor) -> torch.Tensor:
+    """u = √(2/π)·(x + 0.044715·x³), the argument of tanh in GELU's tanh approximation."""
+    return GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * x * x * x)
 
 
 def gelu_tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +124,7 @@ def gelu_tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
     0.5·x·(1 + tanh(u)) with u = √(2/π)·(x + 0.044715·x³), and 1 + tanh(u) = 2·σ(2u), so
     gelu(x) = x·σ(2u). A sigmoid needs one exp, which compilers vectorise well; equal to
     ``F.gelu(x, approximate="tanh")`` to float32 rounding (tested to 1e-6)."""
-    u = GELU_TANH_SCALE * (x + 0.044715 * x * x * x)
-    return x * torch.sigmoid(2.0 * u)
+    return x * torch.sigmoid(2.0 * _gelu_tanh_u(x))
 
 
 class GeluTanhKeepSlope(torch.autograd.Function):
@@ -134,14 +141,14 @@ class GeluTanhKeepSlope(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(2.0 * GELU_TANH_SCALE * (x + 0.044715 * x * x * x))  # σ(2u)
+        s = torch.sigmoid(2.0 * _gelu_tanh_u(x))  # σ(2u)
         ctx.save_for_backward(x, s)
         return x * s
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, s = ctx.saved_tensors
-        du = GELU_TANH_SCALE * (1.0 + 3 * 0.044715 * x * x)  # u'(x)
+        du = GELU_TANH_SCALE * (1.0 + 3 * GELU_TANH_CUBIC * x * x)  # u'(x)
         return grad * (s + x * s * (1.0 - s) * 2.0 * du)
 
 

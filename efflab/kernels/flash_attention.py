@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from efflab.config import ConfigError
+from efflab.model import causal_mask  # the model's own mask: one definition of causality
 
 if not torch.cuda.is_available():  # must happen before triton.jit decorates the kernels below
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -116,18 +117,6 @@ def _jit(fn):
 
 
 # ============================================================================ naive reference
-
-def causal_mask(T: int, S: int, device) -> torch.Tensor:
-    """(T, S) bool, True where query i (the last T of S positions) may attend to key j.
-
-    Built by comparing int32 positions, a form TorchInductor's C++ backend fuses into the
-    softmax loop vectorised; a ``tril``-built mask it evaluates far more slowly (the
-    ``forms`` section of benchmarks/results/fusion.json times both). Eager, both cost the same.
-    """
-    i = torch.arange(T, device=device, dtype=torch.int32).unsqueeze(1) + (S - T)  # (T, 1)
-    j = torch.arange(S, device=device, dtype=torch.int32).unsqueeze(0)  # (1, S)
-    return j <= i  # (T, S)
-
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal softmax(q kᵀ / √hs) v, materialising the whole (T, S) score matrix.

@@ -155,6 +155,24 @@ def set_attention(model: nn.Module, config: AttentionConfig | None = None) -> nn
     return model
 
 
+MATERIALISING: tuple[str, ...] = ("naive", "blocked")
+"""The impls that write score matrices to memory and keep them for backward."""
+
+
+def _check_memory_args(impl: str, B: int, nh: int, T: int, S: int, hs: int,
+                       bytes_per_el: int) -> None:
+    """ConfigError naming the field for an unknown impl, a size that is not an integer >= 1,
+    or S < T."""
+    if impl not in IMPLS:
+        raise ConfigError("impl", impl, "one of " + ", ".join(repr(i) for i in IMPLS))
+    for name, value in (("B", B), ("nh", nh), ("T", T), ("S", S), ("hs", hs),
+                        ("bytes_per_el", bytes_per_el)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(name, value, "an integer >= 1")
+    if S < T:
+        raise ConfigError("S", S, f"an integer >= T={T} (queries are the last T of S positions)")
+
+
 def attention_memory_bytes(impl: str, B: int, nh: int, T: int, S: int, hs: int,
                            bytes_per_el: int = 4) -> int:
     """Bytes one attention call needs beyond q, k, v and out, for a training step (backward).
@@ -174,16 +192,9 @@ def attention_memory_bytes(impl: str, B: int, nh: int, T: int, S: int, hs: int,
     ``hs`` does not enter: no impl keeps anything per head dimension beyond q, k, v, out. It is
     in the signature so every impl is called alike.
     """
-    if impl not in IMPLS:
-        raise ConfigError("impl", impl, "one of " + ", ".join(repr(i) for i in IMPLS))
-    for name, value in (("B", B), ("nh", nh), ("T", T), ("S", S), ("hs", hs),
-                        ("bytes_per_el", bytes_per_el)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(name, value, "an integer >= 1")
-    if S < T:
-        raise ConfigError("S", S, f"an integer >= T={T} (queries are the last T of S positions)")
+    _check_memory_args(impl, B, nh, T, S, hs, bytes_per_el)
     lse = B * nh * T * 4  # fp32 logsumexp: (B, nh, T)
-    if impl in ("naive", "blocked"):
+    if impl in MATERIALISING:
         return sum(attention_kept_and_transient_bytes(impl, B, nh, T, S, bytes_per_el))
     if impl == "sdpa":
         return lse + (T * S * bytes_per_el if 1 < T < S else 0)
@@ -198,7 +209,7 @@ def attention_kept_and_transient_bytes(impl: str, B: int, nh: int, T: int, S: in
     the whole (T, S) matrix for ``naive``, of each of :func:`causal_query_blocks`'s blocks for
     ``blocked``. ``transient``: the two gradients (of the probabilities and of the scores) of
     the largest block, alive together at the peak of backward. Arguments are those of
-    :func:`attention_memory_bytes`, which validates them."""
+    :func:`attention_memory_bytes`, which validates them first."""
     blocks = [(e - a, keys) for a, e, keys in causal_query_blocks(T, S, T if impl == "naive"
                                                                    else BLOCK_ROWS)]
     kept = sum(B * nh * rows * keys * bytes_per_el + rows * keys for rows, keys in blocks)
@@ -212,9 +223,9 @@ def model_attention_bytes(impl: str, n_layer: int, B: int, nh: int, T: int, hs: 
     activation formula: for ``naive`` and ``blocked``, every layer keeps its probabilities and
     masks for backward, and the one layer whose backward is running adds two gradients of its
     largest score block (:func:`attention_kept_and_transient_bytes`); 0 for the fused impls."""
-    if impl not in ("naive", "blocked"):
+    if impl not in MATERIALISING:
         return 0
-    attention_memory_bytes(impl, B, nh, T, T, hs, bytes_per_el)  # validates the arguments
+    _check_memory_args(impl, B, nh, T, T, hs, bytes_per_el)
     kept, transient = attention_kept_and_transient_bytes(impl, B, nh, T, T, bytes_per_el)
     return n_layer * kept + transient
 
