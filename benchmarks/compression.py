@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from efflab.compression import Recipe, claim, evaluate_recipes, frontier
-from efflab.data import load_corpus
-from efflab.distill import compare_students, paired_gap, student_config
+from efflab.core.data import load_corpus
+from efflab.core.weights import load_model
 from efflab.measurement.hardware import environment, fingerprint, load_average
+from efflab.studies.compression import Recipe, claim, evaluate_recipes, frontier
+from efflab.studies.distill import compare_students, paired_gap, student_config
 from efflab.techniques.pruning import PruneConfig
 from efflab.techniques.quantization import QuantConfig
-from efflab.weights import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-import efflab.distributed as ed
+import efflab.systems.distributed as ed
 from efflab.measurement.hardware import environment, fingerprint, load_average
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,7 +122,7 @@ def main() -> None:
     if args.notebook:
         import tempfile
 
-        from efflab.report import run_notebook
+        from efflab.course.report import run_notebook
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

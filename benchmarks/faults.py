@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import fault_support as fs  # noqa: E402
 
 import efflab  # noqa: E402
+from efflab.core.store import Store  # noqa: E402
 from efflab.measurement.hardware import environment, fingerprint, load_average  # noqa: E402
-from efflab.store import Store  # noqa: E402
 
 
 def _counts(store) -> collections.Counter:

@@ -22,11 +22,11 @@ is nanoGPT's (or efflab eager's) step time ÷ its own *in the same round*; the J
 median and quartiles over rounds.
 
 The ``forms`` section times, compiled, the rewrites that make the difference on a CPU
-(``efflab.fusion.form_timings``): GELU as x·σ(2u) instead of tanh (and with its backward
+(``efflab.studies.fusion.form_timings``): GELU as x·σ(2u) instead of tanh (and with its backward
 written in terms of the slope it keeps), and the causal mask built from int32 positions
 instead of ``tril``.
 
-Also written for lesson 09 (``efflab.fusion.fusion_counts``): top-level operators launched and
+Also written for lesson 09 (``efflab.studies.fusion.fusion_counts``): top-level operators launched and
 bytes moved per step, eager vs compiled (the compiled count from Inductor's kernel profiling:
 each fused C++ kernel is one profiler event), and each recipe's cold compile time.
 
@@ -52,14 +52,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from efflab.config import Knobs, get_preset
-from efflab.data import load_corpus, random_batch
-from efflab.fusion import form_timings, fusion_counts
+from efflab.core.config import Knobs, get_preset
+from efflab.core.data import load_corpus, random_batch
+from efflab.core.model import build_model
 from efflab.measurement.hardware import available_cpus, environment, fingerprint, load_average
-from efflab.model import build_model
+from efflab.measurement.workloads import make_optimizer
+from efflab.studies.fusion import form_timings, fusion_counts
 from efflab.techniques import apply_techniques
 from efflab.techniques.compile import CompileConfig, compile_model, compile_optimizer
-from efflab.workloads import make_optimizer
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -149,7 +149,7 @@ RECIPES: dict[str, Knobs | None] = {
 """Each efflab recipe is a set of knobs, built exactly as ``efflab.measure`` builds it:
 techniques applied, the model compiled (``compile_model``; under compile the model traces its
 GELU in the sigmoid form), and the optimizer's step compiled under the same mode
-(``compile_optimizer``, as ``efflab.workloads.prepare`` does)."""
+(``compile_optimizer``, as ``efflab.measurement.workloads.prepare`` does)."""
 
 
 def make_recipe(name: str, cfg, seed: int = 0):

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "class"))
 
 import make_class  # noqa: E402
 
-from efflab.grading.grade import grade  # noqa: E402
-from efflab.grading.sandbox import Limits  # noqa: E402
+from efflab.course.gradebook import grade  # noqa: E402
+from efflab.course.sandbox import Limits  # noqa: E402
 from efflab.measurement.hardware import environment, fingerprint, load_average  # noqa: E402
 
 LIMITS = Limits(cell_s=30, notebook_s=150, memory_bytes=3 * 2**30)  # as tests/test_grading.py

@@ -28,18 +28,18 @@ from pathlib import Path
 
 import torch
 
-from efflab.config import Knobs, get_preset
-from efflab.data import load_corpus
+from efflab.core.config import Knobs, get_preset
+from efflab.core.data import load_corpus
+from efflab.core.model import build_model
+from efflab.core.weights import load_model
 from efflab.measurement.hardware import copy_bandwidth, environment, fingerprint, read_bandwidth
-from efflab.model import build_model
+from efflab.measurement.workloads import eval_loss, prepare
 from efflab.techniques.quantization import (
     QuantConfig,
     model_bytes,
     quantize_,
     weight_bytes_per_token,
 )
-from efflab.weights import load_model
-from efflab.workloads import eval_loss, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the memory-bound preset: fp32 weights ~229 MB, ~7x this CPU's 32 MiB L3

@@ -124,7 +124,7 @@ def bench_checkpointing(cal: dict, batch_size: int = 8) -> None:
     weights, optimizer state and gradients (rebuilt blocks and backward temporaries included),
     and what forward saves for backward (the tracker's activations high-water mark).
     """
-    from efflab.compare import compare_gradients
+    from efflab.studies.compare import compare_gradients
 
     recs = {m: efflab.measure(efflab.Knobs(batch_size=batch_size, checkpointing=m),
                               preset="cpu-small", target_s=3.0, calibration=cal, quality=False)

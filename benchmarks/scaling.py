@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 
 from efflab.measurement.hardware import environment, fingerprint, load_average
-from efflab.scaling import PUBLISHED, SHIPPED, ScalingSpec, export_runs, isoflop_sweep, scaling_fit
+from efflab.studies.scaling import (
+    PUBLISHED,
+    SHIPPED,
+    ScalingSpec,
+    export_runs,
+    isoflop_sweep,
+    scaling_fit,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import efflab
-from efflab import serving
-from efflab.data import load_corpus
+from efflab.core.data import load_corpus
 from efflab.measurement.hardware import environment, fingerprint, load_average
+from efflab.systems import serving
 
 OUT = Path(__file__).resolve().parent / "results" / "serving.json"
 

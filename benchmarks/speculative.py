@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 import efflab
-from efflab import shapes, speculative
-from efflab.data import fixed_batches, load_corpus
+from efflab.core.data import fixed_batches, load_corpus
+from efflab.core.weights import read_record
 from efflab.measurement.hardware import environment, fingerprint, load_average
-from efflab.weights import read_record
+from efflab.studies import shapes
+from efflab.systems import speculative
 
 OUT = Path(__file__).resolve().parent / "results" / "speculative.json"
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     target = efflab.load_model("cpu-small")
     draft = shapes.load_shape(shapes.DRAFT)
     if draft is None:
-        print("no shipped draft: run python -m efflab.shapes draft STEPS first", file=sys.stderr)
+        print("no shipped draft: run python -m efflab.studies.shapes draft STEPS first", file=sys.stderr)
         return 2
     x, _ = fixed_batches(corpus.val, 1, a.prompts, a.prompt_len)[0]
     prompts = [r.tolist() for r in x]

@@ -18,7 +18,17 @@ if not _torch.cuda.is_available():
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from efflab import check, theory
-from efflab.analysis import (
+from efflab.core.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
+from efflab.core.data import CorpusError
+from efflab.core.model import sample
+from efflab.core.store import Store, StoreError, results
+from efflab.core.weights import WeightsError, load_model, training_record
+from efflab.measurement import SCHEMA, measure
+from efflab.measurement.hardware import calibrate
+from efflab.measurement.memory import largest_batch, predict_memory
+from efflab.measurement.sweeping import sweep
+from efflab.measurement.training import train_curves
+from efflab.studies.analysis import (
     add_costs,
     batching_table,
     best_under_budget,
@@ -30,31 +40,21 @@ from efflab.analysis import (
     saturation,
     technique_table,
 )
-from efflab.compare import compare_gradients
-from efflab.config import PRESETS, ConfigError, Knobs, ModelConfig, get_preset
-from efflab.data import CorpusError
-from efflab.explain import explain
-from efflab.measurement import SCHEMA, measure
-from efflab.measurement.hardware import calibrate
-from efflab.measurement.memory import largest_batch, predict_memory
-from efflab.model import sample
-from efflab.predictions import predict
-from efflab.store import Store, StoreError, results
-from efflab.sweeping import sweep
+from efflab.studies.compare import compare_gradients
 from efflab.techniques import build
-from efflab.train import train_curves
-from efflab.weights import WeightsError, load_model, training_record
+from efflab.ui.explanation import explain
+from efflab.ui.predictions import predict
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # the lab panel pulls in ipywidgets and altair: load it on first use
     if name == "Lab":
-        from efflab.lab import Lab
+        from efflab.ui.lab import Lab
 
         return Lab
     if name == "compare_prediction":  # a chart: altair loads on first use, like Lab
-        from efflab.viz.predictions import compare_prediction
+        from efflab.ui.charts.predictions import compare_prediction
 
         return compare_prediction
     raise AttributeError(f"module 'efflab' has no attribute {name!r}")

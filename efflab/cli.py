@@ -13,17 +13,17 @@ import sys
 
 import torch
 
-from efflab.config import PRESETS, ConfigError, Knobs, knob_fields, parse_knob, parse_vary
-from efflab.data import CorpusError
-from efflab.grading.cli import add_commands as add_course_commands
+from efflab.core.config import PRESETS, ConfigError, Knobs, knob_fields, parse_knob, parse_vary
+from efflab.core.data import CorpusError
+from efflab.core.store import Store, results
+from efflab.core.weights import WeightsError
+from efflab.course.cli import add_commands as add_course_commands
+from efflab.course.report import build_report
 from efflab.measurement import measure
 from efflab.measurement.hardware import RefusedError, calibrate
-from efflab.report import build_report
-from efflab.scaling import ScalingSpec, export_runs, isoflop_sweep, scaling_fit
-from efflab.store import Store, results
-from efflab.sweeping import sweep
-from efflab.train import train
-from efflab.weights import WeightsError
+from efflab.measurement.sweeping import sweep
+from efflab.measurement.training import train
+from efflab.studies.scaling import ScalingSpec, export_runs, isoflop_sweep, scaling_fit
 
 
 def _add_knob_flags(p: argparse.ArgumentParser) -> None:

@@ -53,9 +53,9 @@ __all__ = ["estimate_6n", "attention_flops", "step_flops_estimate", "predict_mem
            "throughput"]
 
 # lesson 14 (distributed): the α–β model, the data-parallel step, per-rank memory under ZeRO
-from efflab.distributed.comm import alpha_beta_time, ring_allreduce_time  # noqa: E402
-from efflab.distributed.ddp import predicted_step_time, step_time_at  # noqa: E402
-from efflab.distributed.zero import memory_per_rank  # noqa: E402
+from efflab.systems.distributed.comm import alpha_beta_time, ring_allreduce_time  # noqa: E402
+from efflab.systems.distributed.ddp import predicted_step_time, step_time_at  # noqa: E402
+from efflab.systems.distributed.zero import memory_per_rank  # noqa: E402
 
 __all__ += ["alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "step_time_at",
             "memory_per_rank"]
@@ -64,7 +64,7 @@ __all__ += ["alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "st
 # that bounds it, and the traffic fusion removes
 from efflab.kernels.cross_entropy import cross_entropy_bytes  # noqa: E402
 from efflab.kernels.layernorm import layernorm_bytes  # noqa: E402
-from efflab.profiling import (  # noqa: E402
+from efflab.measurement.profiling import (  # noqa: E402
     adamw_cost,
     attention_cost,
     intensity,
@@ -80,8 +80,8 @@ __all__ += ["matmul_cost", "attention_cost", "adamw_cost", "op_cost", "intensity
 
 # lessons 12-13 (compression, scaling laws): FLOPs a pruned MLP / attention keeps, the
 # soft-target loss, and compute-optimal training (C = 6·N·D, D = C / 6N, the 20-tokens rule)
-from efflab.distill import soft_target_loss  # noqa: E402
-from efflab.scaling import (  # noqa: E402
+from efflab.studies.distill import soft_target_loss  # noqa: E402
+from efflab.studies.scaling import (  # noqa: E402
     attention_share,
     chinchilla_optimum,
     compute_params,
@@ -100,8 +100,8 @@ __all__ += ["mlp_flops_per_token", "attention_flops_per_token", "kept_channels",
 
 # lessons 10-11 (KV cache, speculative decoding): the cache's bytes (ModelConfig.kv_cache_bytes),
 # the FLOPs of a new token with/without the cache, the speculative speed-up and its break-even
-from efflab.kv_cache import matmul_params, new_token_flops  # noqa: E402
-from efflab.speculative import (  # noqa: E402
+from efflab.studies.kv_cache import matmul_params, new_token_flops  # noqa: E402
+from efflab.systems.speculative import (  # noqa: E402
     best_k,
     break_even_alpha,
     expected_speedup,

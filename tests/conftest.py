@@ -27,6 +27,6 @@ def quick_cal():
 
 @pytest.fixture(scope="session")
 def corpus():
-    from efflab.data import load_corpus
+    from efflab.core.data import load_corpus
 
     return load_corpus()

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from efflab.report import NOTEBOOK_DIR, run_notebook
+from efflab.course.report import NOTEBOOK_DIR, run_notebook
 
 
 @dataclass

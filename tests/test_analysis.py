@@ -1,11 +1,11 @@
 import pandas as pd
 import pytest
 
-from efflab.analysis import batching_table, calibration_table, saturation, technique_table
-from efflab.config import get_preset
-from efflab.explain import explain
+from efflab.core.config import get_preset
 from efflab.measurement.memory import largest_batch, predict_memory
 from efflab.measurement.roofline import bytes_moved, roofline
+from efflab.studies.analysis import batching_table, calibration_table, saturation, technique_table
+from efflab.ui.explanation import explain
 
 
 def sweep_frame():
@@ -82,7 +82,7 @@ def test_explain_covers_each_metric(quick_cal):
 def test_technique_table_says_when_a_quality_difference_is_inside_the_noise():
     import numpy as np
 
-    from efflab.records import records_frame
+    from efflab.core.records import records_frame
 
     rng = np.random.default_rng(0)
     base = rng.normal(1.13, 0.38, 256)

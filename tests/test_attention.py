@@ -16,10 +16,10 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-from efflab.config import ConfigError, get_preset  # noqa: E402
+from efflab.core.config import ConfigError, get_preset  # noqa: E402
+from efflab.core.model import KVCache, build_model  # noqa: E402
 from efflab.kernels import flash_attention as fa  # noqa: E402
-from efflab.measurement.kernel_benchmark import run_benchmark  # noqa: E402
-from efflab.model import KVCache, build_model  # noqa: E402
+from efflab.studies.kernel_benchmark import run_benchmark  # noqa: E402
 from efflab.techniques import attention as att  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not fa.TRITON_AVAILABLE, reason="triton is not installed")
@@ -377,7 +377,7 @@ def test_benchmark_times_every_provider_on_cuda():
 
 
 def test_measure_labels_or_refuses_the_interpreted_kernel():
-    from efflab.config import Knobs
+    from efflab.core.config import Knobs
     from efflab.measurement import measure
 
     if not fa.INTERPRETED:

@@ -421,8 +421,8 @@ def _front_non_strict(costs, qualities):
 
 
 def test_pareto_filter_matches_the_librarys_front():
-    from efflab.analysis import pareto_front
-    from efflab.check.pareto import pareto_probes, reference_front
+    from efflab.check.frontier import pareto_probes, reference_front
+    from efflab.studies.analysis import pareto_front
     for p in pareto_probes():  # the check's reference agrees with the lesson's own function
         df = pd.DataFrame({"c": p["costs"], "q": p["qualities"]})
         assert sorted(pareto_front(df, "c", "q").index) == reference_front(p["costs"], p["qualities"])
@@ -466,7 +466,7 @@ def test_given_data_may_be_passed_by_position():
 
 
 def test_add_costs_names_only_the_knobs_that_apply_and_the_per_request_latency():
-    from efflab.analysis import add_costs
+    from efflab.studies.analysis import add_costs
     df = pd.DataFrame({"knobs.quantization": ["none", "int4-weight"], "knobs.group_size": [64, 32],
                        "knobs.batch_size": [4, 4], "status": ["ok", "ok"],
                        "latency_ms.median": [8.0, 6.0], "latency_ms.unit": ["token", "token"],

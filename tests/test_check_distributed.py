@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from efflab.check import alpha_beta, judge, step_time_8, zero1_bytes
-from efflab.distributed import AlphaBeta, extrapolate, memory_per_rank
+from efflab.systems.distributed import AlphaBeta, extrapolate, memory_per_rank
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import pytest
 
 from efflab.check.serving import paged_waste, policy_meets_ttft
 from efflab.check.speculation import break_even_acceptance, kv_cache_bytes
-from efflab.speculative import break_even_alpha, expected_speedup
+from efflab.systems.speculative import break_even_alpha, expected_speedup
 
 
 @pytest.fixture(autouse=True)

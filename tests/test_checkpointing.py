@@ -13,9 +13,11 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import efflab.techniques.checkpointing as ckpt_mod
-from efflab.config import ConfigError, Knobs, get_preset
+from efflab.core.config import ConfigError, Knobs, get_preset
+from efflab.core.model import MLP, Block, build_model
+from efflab.core.weights import load_weights, save_weights
 from efflab.measurement.memory import measure_memory, predict_memory
-from efflab.model import MLP, Block, build_model
+from efflab.measurement.workloads import prepare
 from efflab.techniques.checkpointing import (
     CheckpointConfig,
     CheckpointedBlock,
@@ -26,8 +28,6 @@ from efflab.techniques.checkpointing import (
     predict_activation_bytes,
     recompute_flops_fraction,
 )
-from efflab.weights import load_weights, save_weights
-from efflab.workloads import prepare
 
 TINY = get_preset("cpu-tiny")
 MODES = [CheckpointConfig("blocks"), CheckpointConfig("blocks", every=2),
@@ -135,7 +135,7 @@ def test_checkpoint_runs_only_when_backward_can_use_it(monkeypatch):
     with torch.no_grad():
         model(x, y)
         model.generate(x[:, :4], 4)  # prefill + decode with a KV cache
-    from efflab.model import KVCache
+    from efflab.core.model import KVCache
     cache = KVCache(TINY, 2, 8, "cpu", torch.float32)
     model(x[:, :8], cache=cache)  # a cache with gradients on: still the plain block
     assert calls == []
@@ -292,7 +292,7 @@ def test_blocks_cut_activation_memory_by_the_predicted_factor(small_memory):
     factor = activation_memory(none) / activation_memory(blocks)  # measured: ~3.2x
     assert factor >= 3.0  # the target: >= 3x less activation memory, cpu-small at T=128
     # the whole step's peak, predicted from the formulas, within 10% (and not below by > 2%)
-    from efflab.config import Knobs
+    from efflab.core.config import Knobs
     from efflab.measurement.memory import predict_for
     for mode, measured in (("none", none), ("blocks", blocks)):
         pred = predict_for(SMALL, Knobs(batch_size=B, seq_len=T, checkpointing=mode))

@@ -76,7 +76,7 @@ def test_bad_knob_text_names_the_knob(capsys):
 
 
 def test_lab_and_cli_read_knob_text_with_the_same_parser():
-    from efflab.config import parse_knob
+    from efflab.core.config import parse_knob
 
     assert parse_knob("batch_size", " 8 ") == 8
     assert parse_knob("moe_capacity", "1.25") == 1.25
@@ -100,6 +100,6 @@ def test_bad_corpus_and_weights_are_bad_input_not_failed_measurements(tmp_path, 
                  "--vary", "batch_size=1,2"])
     err = capsys.readouterr().err
     assert code == 2 and str(truncated) in err and "Traceback" not in err
-    from efflab.store import Store
+    from efflab.core.store import Store
 
     assert not (store / "efflab.sqlite").exists() or Store(store).count() == 0  # nothing recorded

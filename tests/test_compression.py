@@ -4,9 +4,9 @@ candidates that really are smaller."""
 import pandas as pd
 import pytest
 
-from efflab.compression import Recipe, build_candidate, claim, frontier, quality_ratio
-from efflab.config import ConfigError, ModelConfig
-from efflab.model import build_model
+from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.model import build_model
+from efflab.studies.compression import Recipe, build_candidate, claim, frontier, quality_ratio
 from efflab.techniques.pruning import PruneConfig
 from efflab.techniques.quantization import QuantConfig, model_bytes
 
@@ -62,7 +62,7 @@ def test_candidates_are_smaller(corpus):
 
 
 def test_sparsity_sweep_rows_and_theory(corpus):
-    from efflab.compression import sparsity_sweep
+    from efflab.studies.compression import sparsity_sweep
 
     cfg = ModelConfig("t", n_layer=2, n_head=2, n_embd=64, block_size=48)
     model = build_model(cfg, 0).eval()

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from efflab.config import PRESETS, ConfigError, Knobs, get_preset, knob_fields
+from efflab.core.config import PRESETS, ConfigError, Knobs, get_preset, knob_fields
 
 
 def test_knobs_are_frozen_and_hashable():

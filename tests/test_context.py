@@ -4,9 +4,9 @@ its interval, and paired comparisons that resolve small differences."""
 import numpy as np
 import pytest
 
-from efflab.analysis import quality_difference
 from efflab.measurement import hardware, timing
-from efflab.workloads import summarize_windows
+from efflab.measurement.workloads import summarize_windows
+from efflab.studies.analysis import quality_difference
 
 
 def test_available_cpus_respects_affinity_and_cgroup_quota(tmp_path, monkeypatch):

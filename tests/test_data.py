@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from efflab.data import CorpusError, decode, encode, fixed_batches, load_corpus, random_batch
+from efflab.core.data import CorpusError, decode, encode, fixed_batches, load_corpus, random_batch
 
 
 def test_default_corpus_is_the_stdlib_with_a_stable_hash(corpus, tmp_path):

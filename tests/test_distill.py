@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from efflab.config import ConfigError, ModelConfig
-from efflab.distill import (
+from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.model import build_model
+from efflab.studies.distill import (
     compare_students,
     distillation_loss,
     init_from_teacher,
@@ -16,7 +17,6 @@ from efflab.distill import (
     soft_target_loss,
     student_config,
 )
-from efflab.model import build_model
 
 
 def _logits(seed, shape=(2, 5, 256)):

@@ -1,4 +1,4 @@
-"""efflab.distributed: the α–β formulas and fit, the step-time and memory formulas, the launcher's
+"""efflab.systems.distributed: the α–β formulas and fit, the step-time and memory formulas, the launcher's
 refusals and clean-up, and — in one two-rank torchrun launch (gloo over loopback) — DDP against
 single-process training, ZeRO-1 and FSDP per-rank state, and records in the store."""
 
@@ -10,8 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from efflab.config import ConfigError
-from efflab.distributed import (
+from efflab.core.config import ConfigError
+from efflab.core.store import Store
+from efflab.measurement.hardware import RefusedError
+from efflab.systems.distributed import (
     AlphaBeta,
     DataParallelConfig,
     ShardingConfig,
@@ -33,13 +35,11 @@ from efflab.distributed import (
     run_local,
     step_time_at,
 )
-from efflab.distributed.comm import split_held_out
-from efflab.distributed.launch import LaunchError, run_streaming, torchrun_command
-from efflab.distributed.worker import execute
-from efflab.distributed.worker import main as worker_main
-from efflab.distributed.zero import fsdp_refusal
-from efflab.measurement.hardware import RefusedError
-from efflab.store import Store
+from efflab.systems.distributed.comm import split_held_out
+from efflab.systems.distributed.launcher import LaunchError, run_streaming, torchrun_command
+from efflab.systems.distributed.worker import execute
+from efflab.systems.distributed.worker import main as worker_main
+from efflab.systems.distributed.zero import fsdp_refusal
 
 # ----------------------------------------------------------------------------- α–β fit
 
@@ -172,7 +172,7 @@ def test_the_command_is_torchrun_on_loopback(tmp_path):
     cmd = torchrun_command(2, tmp_path / "j.json", tmp_path, 29500)
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in cmd and "--rdzv-endpoint=127.0.0.1:29500" in cmd
-    assert cmd[cmd.index("-m", 3) + 1] == "efflab.distributed.worker"
+    assert cmd[cmd.index("-m", 3) + 1] == "efflab.systems.distributed.worker"
 
 
 def _alive(pid: int) -> bool:

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import efflab
-from efflab.config import Knobs
-from efflab.store import Store
-from efflab.weights import WeightsError, load_model, load_weights, save_weights
+from efflab.core.config import Knobs
+from efflab.core.store import Store
+from efflab.core.weights import WeightsError, load_model, load_weights, save_weights
 
 KILLS = 20
 KILL_SEED = 20261129
@@ -147,8 +147,8 @@ def test_a_config_that_exhausts_memory_is_recorded_oom_in_its_worker_and_the_swe
 def test_a_worker_that_dies_without_a_record_is_reported_not_raised(monkeypatch):
     """The worker killed outright (as the kernel's OOM killer would) or timing out leaves a
     record saying so; input errors it meets come back as the same exception."""
-    from efflab import isolation
-    from efflab.data import CorpusError
+    from efflab.core.data import CorpusError
+    from efflab.measurement import isolation
 
     k = Knobs(batch_size=2)
     killed = isolation._outcome(None, -9, False, 60, 2**30, "", k, "cpu-tiny", None)
@@ -203,7 +203,7 @@ def test_a_panel_whose_measurement_raises_shows_it_and_runs_again(monkeypatch, t
     """The measurement raising inside the Run button's thread (not a recorded failure: an
     exception) shows in the panel's error area; the panel stays usable and the next Run
     measures normally."""
-    import efflab.sweeping as sweeping
+    import efflab.measurement.sweeping as sweeping
 
     real = sweeping.measure
     calls = []

@@ -59,8 +59,8 @@ def test_layernorm_output_is_normalised_and_reference_agrees():
 
 
 def test_fused_layernorm_module_swaps_into_the_model_without_changing_the_loss():
-    from efflab.config import get_preset
-    from efflab.model import build_model
+    from efflab.core.config import get_preset
+    from efflab.core.model import build_model
 
     model = build_model(get_preset("cpu-tiny"), seed=0, device=DEVICE)
     idx = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)

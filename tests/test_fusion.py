@@ -1,10 +1,10 @@
-"""efflab.fusion: stored benchmark results are labelled (stale on another machine) and turned into
+"""efflab.studies.fusion: stored benchmark results are labelled (stale on another machine) and turned into
 the tables and chart frames lesson 09 shows."""
 
 import json
 
-from efflab import fusion
 from efflab.measurement.hardware import fingerprint
+from efflab.studies import fusion
 
 
 def _stored(tmp_path, fp):

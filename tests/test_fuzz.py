@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import efflab
-import efflab.data as data_module
+import efflab.core.data as data_module
 import efflab.measurement.core as core
 from efflab import cli
-from efflab.config import ConfigError, Knobs, knob_fields
-from efflab.data import CorpusError, load_corpus
+from efflab.core.config import ConfigError, Knobs, knob_fields
+from efflab.core.data import CorpusError, load_corpus
 
 FIELDS = {f["name"]: f for f in knob_fields()}
 SMALL_CORPUS = os.__file__

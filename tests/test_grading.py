@@ -23,16 +23,16 @@ import pytest
 
 import efflab.check
 from efflab.cli import main
-from efflab.config import ConfigError
-from efflab.grading import cells as C
-from efflab.grading.assign import NOT_ANSWERED, student_version
-from efflab.grading.class_results import class_table, pool
-from efflab.grading.grade import grade, score_cell
-from efflab.grading.sandbox import CellRun, Limits
-from efflab.grading.submit import open_submission, submit
-from efflab.report import NOTEBOOK_DIR, run_notebook
-from efflab.store import Store
-from efflab.viz.class_results import class_results_chart
+from efflab.core.config import ConfigError
+from efflab.core.store import Store
+from efflab.course import cells as C
+from efflab.course.assignment import NOT_ANSWERED, student_version
+from efflab.course.class_results import class_table, pool
+from efflab.course.gradebook import grade, score_cell
+from efflab.course.report import NOTEBOOK_DIR, run_notebook
+from efflab.course.sandbox import CellRun, Limits
+from efflab.course.submission import open_submission, submit
+from efflab.ui.charts.class_results import class_results_chart
 
 FIXTURES = Path(__file__).parent / "fixtures" / "class"
 ASSIGNMENT = FIXTURES / "assignment.ipynb"
@@ -418,7 +418,7 @@ def test_class_results_pool_ratios_per_machine(tmp_path, capsys):
 
 
 def test_moe_loss_at_equal_flops_from_stored_curves():
-    from efflab.grading.class_results import moe_loss_ratios
+    from efflab.course.class_results import moe_loss_ratios
 
     curves = pd.DataFrame(
         [{"variant": "dense", "flops": f, "val_loss": loss} for f, loss in ((1, 3.0), (2, 2.0), (3, 1.5))]
@@ -436,11 +436,11 @@ def test_moe_loss_at_equal_flops_from_stored_curves():
 
 
 def test_train_curves_are_kept_per_run_and_pooled_from_a_submission(tmp_path):
-    from efflab.config import Knobs
-    from efflab.grading.class_results import moe_loss_ratios
-    from efflab.grading.submit import dump_store
-    from efflab.store import Store
-    from efflab.train import train_curves
+    from efflab.core.config import Knobs
+    from efflab.core.store import Store
+    from efflab.course.class_results import moe_loss_ratios
+    from efflab.course.submission import dump_store
+    from efflab.measurement.training import train_curves
 
     variants = {"dense": Knobs(), "MoE 2×top-1": Knobs(moe_experts=2, moe_top_k=1)}
     kw = dict(preset="cpu-tiny", steps=4, batch_size=2, seq_len=16, warmup=1, eval_every=2,
@@ -482,7 +482,7 @@ def test_grade_command_without_running_a_kernel(tmp_path, capsys):
 def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     import psutil
 
-    from efflab.grading.sandbox import run_sandboxed
+    from efflab.course.sandbox import run_sandboxed
 
     cells = ["x = 1",
              "import subprocess, time\n"

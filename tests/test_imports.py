@@ -1,5 +1,5 @@
-"""The house: imports run one way, no module imports itself back, and every module imports
-on its own (``python -c "import efflab.measurement.memory"``)."""
+"""The house: layers are folders, imports run one way through them, no package hides a module,
+every module imports on its own, and ``import efflab`` stays light."""
 
 import ast
 import subprocess
@@ -10,23 +10,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "efflab"
 
-# the layers of the architecture, lowest first: a module may import its own layer or lower
-LAYERS = [
-    {"efflab.config", "efflab.records"},
-    {"efflab.data", "efflab.model"},
-    {"efflab.kernels", "efflab.weights"},
-    {"efflab.techniques"},
-    {"efflab.workloads"},
-    {"efflab.measurement", "efflab.profiling", "efflab.memory_timeline", "efflab.fusion"},
-    {"efflab.store", "efflab.sweeping", "efflab.theory", "efflab.train", "efflab.analysis",
-     # the later lessons' engines: they measure, train and store, and draw nothing
-     "efflab.profiling", "efflab.memory_timeline", "efflab.fusion", "efflab.kv_cache",
-     "efflab.speculative", "efflab.shapes", "efflab.serving", "efflab.compression",
-     "efflab.distill", "efflab.scaling", "efflab.distributed"},
-    {"efflab.viz", "efflab.check", "efflab.predictions"},
-    {"efflab.lab", "efflab.panel_state", "efflab.panel_runner", "efflab.cli", "efflab.report",
-     "efflab.grading"},
-]
+# the layers of the architecture, lowest first: a module may import its own layer or lower ones
+LAYERS = ["efflab.core", "efflab.kernels", "efflab.techniques", "efflab.measurement",
+          "efflab.systems", "efflab.studies", "efflab.ui", "efflab.check", "efflab.course",
+          "efflab.theory", "efflab.cli"]
 
 
 def _module_name(path: Path) -> str:
@@ -60,10 +47,25 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int | None:
-    for i, group in enumerate(LAYERS):
-        if any(module == g or module.startswith(g + ".") for g in group):
+    for i, top in enumerate(LAYERS):
+        if module == top or module.startswith(top + "."):
             return i
     return None
+
+
+def test_every_module_belongs_to_a_layer_and_the_top_level_is_small():
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")} - {"efflab"}
+    assert not sorted(m for m in modules if _layer(m) is None)
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+
+
+def test_every_layer_says_what_it_holds():
+    for top in LAYERS:
+        rel = Path(*top.split(".")[1:])
+        init = PACKAGE / rel / "__init__.py" if (PACKAGE / rel).is_dir() else PACKAGE / f"{rel}.py"
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc) > 80, f"{init} needs a docstring saying what the layer holds"
 
 
 def test_the_import_graph_has_no_cycle():
@@ -95,12 +97,34 @@ def test_imports_run_one_way_through_the_layers():
         for d in deps:
             ld = _layer(d)
             if lm is not None and ld is not None and ld > lm:
-                wrong.append(f"{m} (layer {lm}) imports {d} (layer {ld})")
+                wrong.append(f"{m} ({LAYERS[lm]}) imports {d} ({LAYERS[ld]})")
     assert not wrong, "\n".join(sorted(wrong))
 
 
-@pytest.mark.parametrize("module", ["efflab.measurement.memory", "efflab.sweeping",
-                                    "efflab.weights", "efflab.theory", "efflab.kernels.flash_attention"])
+def test_the_layer_check_catches_an_upward_import():
+    # the rule itself: a core module importing the ui would be reported
+    assert _layer("efflab.core.model") < _layer("efflab.ui.charts.live")
+    assert _layer("efflab.course.sandbox") > _layer("efflab.check.core")
+
+
+def test_no_package_hides_a_submodule_behind_a_same_named_export():
+    hidden = []
+    for init in PACKAGE.rglob("__init__.py"):
+        pkg = init.parent
+        for node in ast.walk(ast.parse(init.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    name = a.asname or a.name
+                    if (pkg / f"{name}.py").exists() or (pkg / name).is_dir():
+                        if node.module != f"{_module_name(init)}" or a.name != name:
+                            hidden.append(f"{init.relative_to(PACKAGE.parent)}: {name}")
+    assert not hidden, hidden
+
+
+@pytest.mark.parametrize("module", ["efflab.measurement.memory", "efflab.measurement.sweeping",
+                                    "efflab.core.weights", "efflab.theory",
+                                    "efflab.kernels.flash_attention", "efflab.ui.predictions",
+                                    "efflab.course.sandbox"])
 def test_a_module_imports_on_its_own(module):
     out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                          timeout=120)
@@ -113,6 +137,6 @@ def test_public_functions_do_not_hide_their_modules():
     import efflab
 
     assert callable(efflab.measure) and callable(efflab.sweep)
-    sweeping = importlib.import_module("efflab.sweeping")
-    assert sweeping.sweep is efflab.sweep  # patching efflab.sweeping.measure reaches the sweep
+    sweeping = importlib.import_module("efflab.measurement.sweeping")
+    assert sweeping.sweep is efflab.sweep  # patching efflab.measurement.sweeping.measure reaches the sweep
     assert importlib.import_module("efflab.measurement").measure is efflab.measure

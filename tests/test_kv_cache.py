@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from efflab.config import PRESETS, ConfigError, ModelConfig
-from efflab.kv_cache import cache_size_rows, new_token_flops
-from efflab.model import KVCache, build_model
+from efflab.core.config import PRESETS, ConfigError, ModelConfig
+from efflab.core.model import KVCache, build_model
+from efflab.studies.kv_cache import cache_size_rows, new_token_flops
 
 BASE = ModelConfig("kv-test", n_layer=2, n_head=4, n_embd=32, block_size=32)
 

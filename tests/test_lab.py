@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import efflab.panel_runner as runner_module
-from efflab.config import ConfigError, knob_fields
-from efflab.lab import Lab, gpu_refusal
-from efflab.panel_runner import Runner, progress_text, summary_text
-from efflab.panel_state import PanelSettings, apply_run_args, make_plan, parse_budget
-from efflab.store import Store
-from efflab.viz import live as live_module
-from efflab.viz.charts import records_frame
+import efflab.ui.panel_runner as runner_module
+from efflab.core.config import ConfigError, knob_fields
+from efflab.core.store import Store
+from efflab.ui.charts import live as live_module
+from efflab.ui.charts.charts import records_frame
+from efflab.ui.lab import Lab, gpu_refusal
+from efflab.ui.panel_runner import Runner, progress_text, summary_text
+from efflab.ui.panel_state import PanelSettings, apply_run_args, make_plan, parse_budget
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -269,12 +269,12 @@ def test_static_mode_display_summarises_the_panel(shown):
 
 
 def test_importing_efflab_does_not_load_the_lab():
-    code = ("import sys, efflab; assert 'efflab.lab' not in sys.modules; "
+    code = ("import sys, efflab; assert 'efflab.ui.lab' not in sys.modules; "
             "assert 'ipywidgets' not in sys.modules; print(efflab.Lab.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "efflab.lab"
+    assert out.stdout.strip() == "efflab.ui.lab"
 
 
 def test_precisions_this_machine_refuses_are_labelled_with_the_measured_reason(tmp_path):
@@ -343,7 +343,7 @@ def test_run_arguments_become_settings_checked_first():
 
 
 def test_the_pure_layers_import_without_ipywidgets():
-    code = ("import sys, efflab.panel_state, efflab.panel_runner; "
+    code = ("import sys, efflab.ui.panel_state, efflab.ui.panel_runner; "
             "assert 'ipywidgets' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=REPO)

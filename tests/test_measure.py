@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from efflab.config import ConfigError, Knobs, get_preset
+from efflab.core.config import ConfigError, Knobs, get_preset
 from efflab.measurement import SCHEMA, measure
 from efflab.measurement.energy import EnergyMeter
 from efflab.measurement.memory import CATEGORIES, predict_memory
@@ -123,7 +123,7 @@ def test_gpu_preset_refused_on_cpu(quick_cal):
 
 
 def test_bad_weights_are_refused_before_work(quick_cal, tmp_path):
-    from efflab.weights import WeightsError
+    from efflab.core.weights import WeightsError
 
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"garbage")

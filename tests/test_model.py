@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from efflab.config import PRESETS, get_preset
-from efflab.model import KVCache, build_model
+from efflab.core.config import PRESETS, get_preset
+from efflab.core.model import KVCache, build_model
 
 
 @pytest.mark.parametrize("name", ["cpu-tiny", "cpu-small", "cpu-medium"])
@@ -109,7 +109,7 @@ def test_model_runs_on_cuda_and_matches_cpu():
 # ----------------------------------------------------------------------------- forms for a compiler
 
 def test_gelu_by_sigmoid_is_the_tanh_gelu_values_and_gradients():
-    from efflab.model import gelu_tanh_by_sigmoid
+    from efflab.core.model import gelu_tanh_by_sigmoid
 
     x = torch.linspace(-12, 12, 4001, dtype=torch.float64, requires_grad=True)
     ref = torch.nn.functional.gelu(x, approximate="tanh")
@@ -126,7 +126,7 @@ def test_gelu_by_sigmoid_is_the_tanh_gelu_values_and_gradients():
 
 
 def test_gelu_keeping_its_slope_has_the_tanh_gelus_gradient():
-    from efflab.model import GeluTanhKeepSlope
+    from efflab.core.model import GeluTanhKeepSlope
 
     x = torch.linspace(-12, 12, 4001, dtype=torch.float64, requires_grad=True)
     ref = torch.nn.functional.gelu(x, approximate="tanh")
@@ -144,7 +144,7 @@ def test_gelu_keeping_its_slope_has_the_tanh_gelus_gradient():
 
 
 def test_mlp_is_traced_in_its_sigmoid_form_and_runs_eagerly_as_one_gelu():
-    from efflab.model import MLP
+    from efflab.core.model import MLP
 
     mlp = MLP(get_preset("cpu-tiny"))
     x = torch.randn(2, 5, get_preset("cpu-tiny").n_embd)
@@ -168,8 +168,8 @@ def test_mlp_is_traced_in_its_sigmoid_form_and_runs_eagerly_as_one_gelu():
 
 @pytest.mark.parametrize("T,S", [(1, 1), (5, 5), (1, 9), (4, 9), (128, 128)])
 def test_causal_masks_are_lower_triangles_aligned_to_the_end(T, S):
+    from efflab.core.model import causal_mask
     from efflab.kernels.flash_attention import causal_mask as kernel_mask
-    from efflab.model import causal_mask
 
     want = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
     assert torch.equal(causal_mask(T, S, "cpu"), want)

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from efflab.config import ConfigError, get_preset
-from efflab.data import random_batch
-from efflab.model import MLP, build_model
+from efflab.core.config import ConfigError, get_preset
+from efflab.core.data import random_batch
+from efflab.core.model import MLP, build_model
+from efflab.measurement.workloads import eval_loss
 from efflab.techniques.checkpointing import CheckpointConfig, apply_checkpointing
 from efflab.techniques.moe import (
     MoEConfig,
@@ -27,7 +28,6 @@ from efflab.techniques.moe import (
     expert_load,
     moe_layers,
 )
-from efflab.workloads import eval_loss
 
 TINY = get_preset("cpu-tiny")
 C = TINY.n_embd

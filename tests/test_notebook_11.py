@@ -8,7 +8,7 @@ from notebook_support import execute_lesson, graded_cells
 from notebook_support import images as _images
 
 from efflab.check import read_answers
-from efflab.report import NOTEBOOK_DIR
+from efflab.course.report import NOTEBOOK_DIR
 
 PATH = NOTEBOOK_DIR / "11_serving.ipynb"
 

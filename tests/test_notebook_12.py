@@ -7,7 +7,7 @@ from notebook_support import execute_lesson, graded_cells, text
 from notebook_support import images as _images
 
 from efflab.check import read_answers
-from efflab.report import NOTEBOOK_DIR
+from efflab.course.report import NOTEBOOK_DIR
 
 PATH = NOTEBOOK_DIR / "12_compression.ipynb"
 

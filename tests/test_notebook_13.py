@@ -7,7 +7,7 @@ from notebook_support import execute_lesson, graded_cells
 from notebook_support import images as _images
 
 from efflab.check import judge, read_answers
-from efflab.report import NOTEBOOK_DIR
+from efflab.course.report import NOTEBOOK_DIR
 
 PATH = NOTEBOOK_DIR / "13_scaling_laws.ipynb"
 
@@ -33,8 +33,8 @@ def test_runs_and_draws(executed):
 
 def test_rerun_reproduces_the_shipped_losses(executed):
     _, _, _, results = executed
-    from efflab.scaling import load_shipped, runs_frame
-    from efflab.store import Store
+    from efflab.core.store import Store
+    from efflab.studies.scaling import load_shipped, runs_frame
 
     rerun = runs_frame(Store(results / "scaling.sqlite").records())
     shipped = load_shipped().set_index(["budget", "name"])["val_loss"]

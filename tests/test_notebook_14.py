@@ -9,8 +9,8 @@ from notebook_support import execute_lesson, graded_cells
 from notebook_support import images as _images
 from notebook_support import text as _text
 
-from efflab.report import NOTEBOOK_DIR
-from efflab.store import Store
+from efflab.core.store import Store
+from efflab.course.report import NOTEBOOK_DIR
 
 PATH = NOTEBOOK_DIR / "14_distributed.ipynb"
 

@@ -9,9 +9,9 @@ from notebook_support import errors as _errors
 from notebook_support import images as _images
 
 from efflab import check
-from efflab.predictions import guesses
-from efflab.report import notebooks, run_notebook
-from efflab.store import Store
+from efflab.core.store import Store
+from efflab.course.report import notebooks, run_notebook
+from efflab.ui.predictions import guesses
 
 LESSONS = 8  # 00-07: the lessons this file executes; later ones have a test file each
 

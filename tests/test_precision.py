@@ -1,10 +1,10 @@
 import pytest
 
-from efflab.config import ConfigError, Knobs, get_preset
+from efflab.core.config import ConfigError, Knobs, get_preset
 from efflab.measurement import measure
 from efflab.measurement.refusals import availability_table
+from efflab.measurement.training import train_curves
 from efflab.techniques.precision import PrecisionConfig, refusal
-from efflab.train import train_curves
 
 
 def fake_cal(bf16=1e9, fp16=1e9, fp32=100e9):

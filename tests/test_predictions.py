@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import efflab
-from efflab import predictions as pr
-from efflab.store import Store
+from efflab.core.store import Store
+from efflab.ui import predictions as pr
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_bad_names_and_values_are_refused_clearly(store):
 
 
 def test_db_per_bit_line_runs_through_the_widest_scheme_with_slope_six():
-    from efflab.viz.predictions import db_per_bit_chart
+    from efflab.ui.charts.predictions import db_per_bit_chart
     rows = [{"name": "h.0.mlp", "scheme": "int8-weight", "sqnr_db": 40.0},
             {"name": "h.1.mlp", "scheme": "int8-weight", "sqnr_db": 42.0},
             {"name": "h.0.mlp", "scheme": "int4-weight", "sqnr_db": 19.0},

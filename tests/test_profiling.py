@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import efflab
-from efflab.config import ConfigError, get_preset
+from efflab.core.config import ConfigError, get_preset
+from efflab.core.model import build_model
 from efflab.measurement.flops import attention_flops, count_flops
-from efflab.memory_timeline import memory_timeline
-from efflab.model import build_model
-from efflab.profiling import (
+from efflab.measurement.memory_timeline import memory_timeline
+from efflab.measurement.profiling import (
     adamw_cost,
     kernel_count,
     matmul_cost,
@@ -102,7 +102,7 @@ def test_profile_covers_every_phase_and_kind(train_profile):
 def test_profile_flops_agree_with_the_flop_counter(train_profile):
     """Matmul + attention FLOPs from shapes = PyTorch's counter (+ efflab's attention formula)."""
     model = build_model(TINY, 0)
-    prep = efflab.workloads.prepare("train", model, efflab.data.load_corpus(),
+    prep = efflab.measurement.workloads.prepare("train", model, efflab.core.data.load_corpus(),
                                     efflab.Knobs(batch_size=2, seq_len=32))
     counted = count_flops(prep.step, TINY, 2, 32, 32, backward=True)["per_step"]
     ops = train_profile.ops

@@ -4,9 +4,9 @@ keeps, fine-tuning never revives a pruned weight, and 2:4 speed is refused off N
 import pytest
 import torch
 
-from efflab.compression import finetune
-from efflab.config import ConfigError, ModelConfig
-from efflab.model import KVCache, build_model
+from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.model import KVCache, build_model
+from efflab.studies.compression import finetune
 from efflab.techniques.pruning import (
     PruneConfig,
     PrunedAttention,

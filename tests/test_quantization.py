@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from efflab.config import PRESETS, ConfigError
-from efflab.model import KVCache, build_model
+from efflab.core.config import PRESETS, ConfigError
+from efflab.core.model import KVCache, build_model
+from efflab.core.weights import load_model
 from efflab.techniques.quantization import (
     GROUP_SIZES,
     Int4WeightOnlyLinear,
@@ -32,7 +33,6 @@ from efflab.techniques.quantization import (
     unpack_int4,
     weight_bytes_per_token,
 )
-from efflab.weights import load_model
 
 MODULE_OF = {"int8-weight": Int8WeightOnlyLinear, "int4-weight": Int4WeightOnlyLinear,
              "int8-dynamic": Int8DynamicLinear}
@@ -295,7 +295,7 @@ def test_wide_preset_is_memory_bound_on_paper():
 def test_predicted_weight_bytes_equal_the_built_model(mode, preset):
     """The technique's own formula (from its layout) predicts the stored bytes exactly — the
     number ``predict_for`` and the memory lesson use."""
-    from efflab.config import Knobs
+    from efflab.core.config import Knobs
     from efflab.measurement.memory import predict_for
     from efflab.techniques.quantization import block_linear_shapes, predicted_weight_bytes
 

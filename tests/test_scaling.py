@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from efflab.config import ConfigError
-from efflab.scaling import (
+from efflab.core.config import ConfigError
+from efflab.studies.scaling import (
     PUBLISHED,
     ScalingSpec,
     chinchilla_optimum,

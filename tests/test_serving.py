@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from efflab.config import ModelConfig
-from efflab.model import build_model
-from efflab.serving.engine import CostModelClock, Engine, summarize_run
-from efflab.serving.kv_pool import KVPool, OutOfBlocks, SeqSlot
-from efflab.serving.paged_forward import paged_forward
-from efflab.serving.stream import Request, poisson_stream
+from efflab.core.config import ModelConfig
+from efflab.core.model import build_model
+from efflab.systems.serving.engine import CostModelClock, Engine, summarize_run
+from efflab.systems.serving.kv_pool import KVPool, OutOfBlocks, SeqSlot
+from efflab.systems.serving.paged import paged_forward
+from efflab.systems.serving.stream import Request, poisson_stream
 
 CFG = ModelConfig("serve-test", n_layer=2, n_head=4, n_embd=32, block_size=64)
 GQA = ModelConfig("serve-test-gqa", n_layer=2, n_head=4, n_embd=32, block_size=64, n_kv_head=2)

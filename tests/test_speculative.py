@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from efflab.config import ModelConfig
-from efflab.model import build_model
-from efflab.speculative import (
+from efflab.core.config import ModelConfig
+from efflab.core.model import build_model
+from efflab.systems.speculative import (
     CachedLM,
     accept_or_resample,
     best_k,

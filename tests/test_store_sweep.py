@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from efflab.config import Knobs
-from efflab.store import Store, config_key, results
-from efflab.sweeping import grid, sweep
+from efflab.core.config import Knobs
+from efflab.core.store import Store, config_key, results
+from efflab.measurement.sweeping import grid, sweep
 
 
 def fake_record(b, status="ok"):
@@ -48,7 +48,7 @@ def test_grid_is_the_cartesian_product():
 
 
 def test_sweep_goes_on_past_failures_and_skips_what_it_holds(tmp_path, quick_cal, monkeypatch):
-    sw = importlib.import_module("efflab.sweeping")  # the module (efflab.sweep is the function)
+    sw = importlib.import_module("efflab.measurement.sweeping")  # the module (efflab.sweep is the function)
 
     calls = []
     real = sw.measure
@@ -123,7 +123,7 @@ def _run(tmp_path, **kw):
 
 
 def test_a_smoke_point_is_not_reused_by_a_full_run(tmp_path, monkeypatch):
-    sw = importlib.import_module("efflab.sweeping")
+    sw = importlib.import_module("efflab.measurement.sweeping")
     calls = []
     monkeypatch.setattr(sw, "measure", _fake_measure(calls))
     _run(tmp_path, target_s=0.05)  # a rough SMOKE timing
@@ -135,7 +135,7 @@ def test_a_smoke_point_is_not_reused_by_a_full_run(tmp_path, monkeypatch):
 
 
 def test_a_record_from_another_machine_or_efflab_version_is_not_reused(tmp_path, monkeypatch):
-    sw = importlib.import_module("efflab.sweeping")
+    sw = importlib.import_module("efflab.measurement.sweeping")
     ctx = importlib.import_module("efflab.measurement.context")
     calls = []
     monkeypatch.setattr(sw, "measure", _fake_measure(calls))
@@ -152,7 +152,7 @@ def test_a_record_from_another_machine_or_efflab_version_is_not_reused(tmp_path,
 
 
 def test_an_error_is_measured_again_and_a_refusal_reused_only_under_its_budget(tmp_path, monkeypatch):
-    sw = importlib.import_module("efflab.sweeping")
+    sw = importlib.import_module("efflab.measurement.sweeping")
     calls = []
     monkeypatch.setattr(sw, "measure", _fake_measure(calls, lambda k: "error"))
     _run(tmp_path)
@@ -166,10 +166,10 @@ def test_an_error_is_measured_again_and_a_refusal_reused_only_under_its_budget(t
 
 
 def test_weights_content_is_part_of_the_key(tmp_path, monkeypatch):
-    from efflab.config import get_preset
+    from efflab.core.config import get_preset
+    from efflab.core.model import build_model
+    from efflab.core.weights import save_weights
     from efflab.measurement.context import weights_fingerprint
-    from efflab.model import build_model
-    from efflab.weights import save_weights
 
     path = save_weights(build_model(get_preset("cpu-tiny"), seed=0), tmp_path / "w.safetensors")
     first = weights_fingerprint(path)
@@ -182,7 +182,7 @@ def test_weights_content_is_part_of_the_key(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- where the store lives
 
 def test_store_location_env_then_checkout_then_user_data(tmp_path, monkeypatch):
-    st = importlib.import_module("efflab.store")
+    st = importlib.import_module("efflab.core.store")
     monkeypatch.setenv("EFFLAB_RESULTS", str(tmp_path / "mine"))
     assert st.default_results_dir() == tmp_path / "mine"
     monkeypatch.delenv("EFFLAB_RESULTS")
@@ -205,10 +205,10 @@ def test_pip_installed_efflab_writes_its_store_outside_site_packages(tmp_path):
                             "--no-build-isolation", "--target", str(site), str(root)],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
-    assert (site / "efflab" / "store.py").exists() and not (site / "efflab.egg-link").exists()
+    assert (site / "efflab" / "core" / "store.py").exists() and not (site / "efflab.egg-link").exists()
     env = {k: v for k, v in os.environ.items() if k != "EFFLAB_RESULTS"}
     env.update(PYTHONPATH=str(site), XDG_DATA_HOME=str(tmp_path / "xdg"))
-    code = ("import efflab.store as s; print(s.__file__); st = s.Store(); "
+    code = ("import efflab.core.store as s; print(s.__file__); st = s.Store(); "
             "st.append({'status': 'ok', 'preset': 'p', 'knobs': {}}); print(st.path)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
@@ -220,7 +220,7 @@ def test_pip_installed_efflab_writes_its_store_outside_site_packages(tmp_path):
 
 
 def test_a_corrupt_store_is_one_clear_error_and_is_left_alone(tmp_path):
-    from efflab.store import StoreError
+    from efflab.core.store import StoreError
 
     bad = tmp_path / "efflab.sqlite"
     bad.write_bytes(b"this is not sqlite at all" * 100)
@@ -235,7 +235,7 @@ def test_a_corrupt_store_is_one_clear_error_and_is_left_alone(tmp_path):
 
 
 def test_a_store_from_a_newer_efflab_is_refused(tmp_path):
-    from efflab.store import STORE_SCHEMA, StoreError
+    from efflab.core.store import STORE_SCHEMA, StoreError
 
     st = Store(tmp_path)
     with sqlite3.connect(st.path) as db:
@@ -251,7 +251,7 @@ def test_a_store_from_a_newer_efflab_is_refused(tmp_path):
 def test_a_read_only_store_is_one_clear_error(tmp_path):
     import pytest
 
-    from efflab.store import StoreError
+    from efflab.core.store import StoreError
 
     if os.geteuid() == 0:
         pytest.skip("root ignores file permissions: a read-only store cannot be made here")

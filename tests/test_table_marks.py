@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from efflab.analysis import batching_table, technique_table
+from efflab.studies.analysis import batching_table, technique_table
 
 
 def row(b, reused=None, noisy=None, status="ok", knob="fp32"):

@@ -17,8 +17,8 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from efflab.viz import charts
-from efflab.viz.charts import (
+from efflab.ui.charts import charts
+from efflab.ui.charts.charts import (
     MIB,
     dashboard,
     latency_chart,
@@ -31,7 +31,7 @@ from efflab.viz.charts import (
     to_svg,
     training_curve_chart,
 )
-from efflab.viz.live import LiveChart, static_mode
+from efflab.ui.charts.live import LiveChart, static_mode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -323,8 +323,8 @@ import sys, types
 pkg = types.ModuleType("efflab")  # the package without its __init__ (which measures: torch)
 pkg.__path__ = [{path!r}]
 sys.modules["efflab"] = pkg
-import efflab.viz, efflab.viz.charts, efflab.viz.live
-assert "torch" not in sys.modules, "efflab.viz imported torch"
+import efflab.ui.charts, efflab.ui.charts.charts, efflab.ui.charts.live
+assert "torch" not in sys.modules, "efflab.ui.charts imported torch"
 print("ok")
 """
 
@@ -384,7 +384,7 @@ def test_live_chart_widget_mode_replaces_the_jupyterchart_spec(records):
 def test_static_display_is_one_bundle_with_svg_png_and_text(records, monkeypatch):
     import IPython.display
 
-    from efflab.viz import live as live_module
+    from efflab.ui.charts import live as live_module
 
     shown = []
     monkeypatch.setattr(live_module, "_in_ipython", lambda: True)  # as in a notebook kernel
@@ -423,7 +423,7 @@ def test_live_training_curve_without_x():
 
 
 def test_static_live_chart_shows_once_when_the_sweep_finishes(records, monkeypatch):
-    from efflab.viz import live as live_module
+    from efflab.ui.charts import live as live_module
 
     shown = []
     monkeypatch.setattr(live_module, "_in_ipython", lambda: True)
@@ -438,7 +438,7 @@ def test_static_live_chart_shows_once_when_the_sweep_finishes(records, monkeypat
 
 
 def test_plain_charts_are_drawn_offline_in_both_modes(df, monkeypatch):
-    from efflab.viz import live as live_module
+    from efflab.ui.charts import live as live_module
 
     before = alt.renderers.active, dict(alt.renderers.options)
     try:
@@ -457,8 +457,8 @@ def test_plain_charts_are_drawn_offline_in_both_modes(df, monkeypatch):
 
 
 def test_pareto_chart_draws_every_point_the_front_and_the_best():
-    from efflab.analysis import best_under_budget, pareto_front
-    from efflab.viz.charts import pareto_chart, to_svg
+    from efflab.studies.analysis import best_under_budget, pareto_front
+    from efflab.ui.charts.charts import pareto_chart, to_svg
 
     df = pd.DataFrame({"status": ["ok"] * 4 + ["refused"],
                        "config": ["a", "b", "c", "d", "e"],
@@ -590,7 +590,7 @@ def test_dashboard_with_marks_renders_every_chart():
 
 
 def test_mark_columns_trust_the_records_flags():
-    from efflab.viz.frame import mark_columns
+    from efflab.ui.charts.frame import mark_columns
 
     frame = pd.DataFrame({"reused": [True, None, False, float("nan")],
                           "latency_ms.noisy": [None, True, False, True],
@@ -611,7 +611,7 @@ def test_mark_columns_trust_the_records_flags():
 
 
 def test_pareto_marks_reused_always_and_noise_only_on_a_timed_axis():
-    from efflab.viz.charts import pareto_chart
+    from efflab.ui.charts.charts import pareto_chart
 
     df = pd.DataFrame({"status": ["ok"] * 4, "config": ["a", "b", "c", "d"],
                        "ms per token": [1.0, 2.0, 3.0, 2.5], "peak MiB": [4.0, 3.0, 2.0, 5.0],

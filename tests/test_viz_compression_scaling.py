@@ -5,9 +5,13 @@ import json
 
 import pandas as pd
 
-from efflab.scaling import PUBLISHED, scaling_fit
-from efflab.viz.compression import frontier_chart, sparsity_quality_chart, sparsity_speed_chart
-from efflab.viz.scaling import isoflop_chart, scaling_law_chart
+from efflab.studies.scaling import PUBLISHED, scaling_fit
+from efflab.ui.charts.compression import (
+    frontier_chart,
+    sparsity_quality_chart,
+    sparsity_speed_chart,
+)
+from efflab.ui.charts.scaling import isoflop_chart, scaling_law_chart
 from tests.test_scaling import _synthetic
 
 
@@ -58,7 +62,7 @@ def test_compression_charts_draw_theory_intervals_and_the_claim_lines():
 
 
 def test_scaling_law_chart_renders_offline():
-    from efflab.viz import to_svg
+    from efflab.ui.charts import to_svg
 
     runs = _synthetic()
     fit = scaling_fit(runs, n_boot=10)
@@ -67,7 +71,7 @@ def test_scaling_law_chart_renders_offline():
 
 
 def test_isoflop_and_compression_charts_render_offline():
-    from efflab.viz import to_svg
+    from efflab.ui.charts import to_svg
 
     runs = _synthetic()
     runs["name"] = [f"s{i}" for i in range(len(runs))]

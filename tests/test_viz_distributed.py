@@ -5,8 +5,8 @@ import json
 
 import pandas as pd
 
-from efflab.distributed import AlphaBeta, fit_line
-from efflab.viz import distributed as dviz
+from efflab.systems.distributed import AlphaBeta, fit_line
+from efflab.ui.charts import distributed as dviz
 
 
 def _marks(chart) -> list[str]:

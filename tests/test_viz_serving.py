@@ -3,7 +3,7 @@ the theory layer, and an empty frame gives a placeholder, not an error."""
 
 import pandas as pd
 
-from efflab.viz import serving as vz
+from efflab.ui.charts import serving as vz
 
 
 def _marks(chart) -> list[str]:

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from efflab.config import get_preset
-from efflab.model import build_model
-from efflab.weights import WeightsError, load_weights, read_config, save_weights
+from efflab.core.config import get_preset
+from efflab.core.model import build_model
+from efflab.core.weights import WeightsError, load_weights, read_config, save_weights
 
 
 def test_roundtrip_gives_the_same_model(tmp_path):
@@ -44,8 +44,8 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_shipped_weights_loads_and_beats_random(corpus):
-    from efflab.weights import read_record, shipped_weights
-    from efflab.workloads import eval_loss
+    from efflab.core.weights import read_record, shipped_weights
+    from efflab.measurement.workloads import eval_loss
 
     path = shipped_weights("cpu-small")
     if path is None:

@@ -41,8 +41,8 @@ from efflab.check.core import (
     latest_answers,
     read_answers,
 )
+from efflab.check.frontier import pareto, request_latency
 from efflab.check.moe import balance_loss, route
-from efflab.check.pareto import pareto, request_latency
 from efflab.check.precision import bf16_round, bytes_per_param
 from efflab.check.quantization import decode_bound, group_quantize
 from efflab.check.tour import bits_per_byte, mfu

@@ -16,7 +16,7 @@ from efflab.check.core import (
     probed,
     ratio_text,
 )
-from efflab.distill import soft_target_loss as reference_soft_target_loss
+from efflab.studies.distill import soft_target_loss as reference_soft_target_loss
 from efflab.techniques.pruning import kept_channels, mlp_flops_per_token
 
 PROBE_SEED = 12

@@ -8,9 +8,9 @@ import math
 import numpy as np
 
 from efflab.check.core import Verdict, exercise, judge_number, number
-from efflab.distributed.comm import AlphaBeta, fit_alpha_beta
-from efflab.distributed.ddp import predicted_step_time, step_time_at
-from efflab.distributed.zero import memory_per_rank
+from efflab.systems.distributed.comm import AlphaBeta, fit_alpha_beta
+from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
+from efflab.systems.distributed.zero import memory_per_rank
 
 
 def _median_error(alpha_s: float, bandwidth: float, n: np.ndarray, t: np.ndarray) -> float:

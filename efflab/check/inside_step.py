@@ -12,7 +12,7 @@ from efflab.check.core import (
     probe_outputs,
     probed,
 )
-from efflab.profiling import matmul_cost, roof_bound
+from efflab.measurement.profiling import matmul_cost, roof_bound
 
 PROBE_SEED = 8
 BOUNDS = ("memory", "compute")

@@ -4,8 +4,8 @@ and context, and the break-even acceptance rate of a draft of a given cost."""
 from __future__ import annotations
 
 from efflab.check.core import Verdict, exercise, judge_number, number
-from efflab.config import ModelConfig
-from efflab.speculative import break_even_alpha, expected_speedup
+from efflab.core.config import ModelConfig
+from efflab.systems.speculative import break_even_alpha, expected_speedup
 
 
 def _cfg(ev: dict) -> ModelConfig:

@@ -24,7 +24,7 @@ What you learn here, in the order the file reads:
    (O((T+S)·hs)) and the logsumexp (O(T)); the score tiles exist only inside a program.
    :func:`efflab.techniques.attention.attention_memory_bytes` gives the formulas.
 
-Causality follows :class:`efflab.model.SDPACore`: queries are the *last* T of the S key
+Causality follows :class:`efflab.core.model.SDPACore`: queries are the *last* T of the S key
 positions, so query row i sits at absolute position ``S - T + i`` and sees keys
 ``j <= S - T + i``. Blocks at the ragged ends (T or S not a multiple of the block size, head
 sizes that are not a power of two) are handled with masked loads and stores.
@@ -47,8 +47,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from efflab.config import ConfigError
-from efflab.model import causal_mask  # the model's own mask: one definition of causality
+from efflab.core.config import ConfigError
+from efflab.core.model import causal_mask  # the model's own mask: one definition of causality
 
 if not torch.cuda.is_available():  # must happen before triton.jit decorates the kernels below
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -491,7 +491,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """Causal attention by the Triton kernels above, differentiable in q, k and v.
 
     q: (B, nh, T, hs); k, v: (B, nh, S, hs) with S >= T, queries aligned to the end of the keys
-    (as :class:`efflab.model.SDPACore`). Returns (B, nh, T, hs) in the input dtype.
+    (as :class:`efflab.core.model.SDPACore`). Returns (B, nh, T, hs) in the input dtype.
 
     - dtype: float32, bfloat16 or float16; tiles are computed in fp32 inside the kernel.
     - layout: any strides; inputs are made contiguous (a copy only when they are not).

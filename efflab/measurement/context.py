@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from efflab.config import Knobs, ModelConfig, get_preset
-from efflab.data import Corpus, CorpusError, load_corpus
+from efflab.core.config import Knobs, ModelConfig, get_preset
+from efflab.core.data import Corpus, CorpusError, load_corpus
+from efflab.core.weights import WeightsError, read_config, weights_source
 from efflab.measurement.hardware import RefusedError, default_threads, fingerprint, pick_device
-from efflab.weights import WeightsError, read_config, weights_source
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

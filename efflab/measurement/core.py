@@ -7,7 +7,7 @@ fixed held-out slice -> energy from a real counter or "unavailable" -> the envir
 
 A failure never escapes as a traceback from inside torch: a configuration that cannot run here
 comes back with ``status`` "refused" (before any work), "oom" or "error" and a ``message``.
-Invalid knobs raise :class:`efflab.config.ConfigError` before anything runs.
+Invalid knobs raise :class:`efflab.core.config.ConfigError` before anything runs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ import traceback
 
 import torch
 
-from efflab.config import ConfigError, Knobs, ModelConfig, get_preset
-from efflab.data import CorpusError, load_corpus
+from efflab.core.config import ConfigError, Knobs, ModelConfig, get_preset
+from efflab.core.data import CorpusError, load_corpus
+from efflab.core.model import build_model
+from efflab.core.records import SCHEMA, STATUSES, is_out_of_memory  # noqa: F401  (re-exported)
+from efflab.core.weights import WeightsError, load_model, weights_source
 from efflab.measurement.context import check_inputs, measurement_context, weights_fingerprint
 from efflab.measurement.energy import EnergyMeter
 from efflab.measurement.flops import count_flops, estimate_6n
@@ -36,13 +39,10 @@ from efflab.measurement.memory import measure_memory, predict_for
 from efflab.measurement.refusals import refusal_reason
 from efflab.measurement.roofline import bytes_moved, roofline
 from efflab.measurement.timing import summarize, time_steps
-from efflab.model import build_model
-from efflab.records import SCHEMA, STATUSES, is_out_of_memory  # noqa: F401  (re-exported)
+from efflab.measurement.workloads import heldout_quality, prepare
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
 from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast
-from efflab.weights import WeightsError, load_model, weights_source
-from efflab.workloads import heldout_quality, prepare
 
 INTERPRETED_NOTE = ("Triton kernel interpreted on CPU (TRITON_INTERPRET=1): correctness only; "
                     "this timing is not meaningful")

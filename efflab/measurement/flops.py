@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from efflab.config import ModelConfig
+from efflab.core.config import ModelConfig
 
 
 def attention_flops(cfg: ModelConfig, batch_size: int, q_len: int, k_len: int,

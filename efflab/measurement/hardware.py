@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from efflab.config import ConfigError, ModelConfig
+from efflab.core.config import ConfigError, ModelConfig
 from efflab.kernels import flash_attention as fa
 
 CACHE_DIR = Path(os.environ.get("EFFLAB_CACHE", Path.home() / ".cache" / "efflab"))

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from efflab.config import Knobs, ModelConfig, get_preset
+from efflab.core.config import Knobs, ModelConfig, get_preset
 from efflab.techniques import technique_configs
 from efflab.techniques.attention import CORES, attention_memory_bytes, model_attention_bytes
 from efflab.techniques.checkpointing import predict_activation_bytes

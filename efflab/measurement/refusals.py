@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from efflab.config import PRECISIONS, Knobs, ModelConfig
+from efflab.core.config import PRECISIONS, Knobs, ModelConfig
 from efflab.measurement.flops import step_flops_estimate
 from efflab.measurement.hardware import interpreter_seconds_per_program
 from efflab.techniques.attention import interpreted_refusal

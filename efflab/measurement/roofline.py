@@ -13,7 +13,7 @@ throughput grows with B until it meets the compute roof.
 
 from __future__ import annotations
 
-from efflab.config import ModelConfig
+from efflab.core.config import ModelConfig
 from efflab.measurement.memory import predict_memory
 
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from efflab.config import Knobs, ModelConfig
+from efflab.core.config import Knobs, ModelConfig
+from efflab.core.weights import load_model
 from efflab.techniques import moe
 from efflab.techniques.attention import AttentionConfig, set_attention
 from efflab.techniques.checkpointing import CheckpointConfig, apply_checkpointing
 from efflab.techniques.moe import MoEConfig, apply_moe
 from efflab.techniques.precision import PrecisionConfig, apply_precision
 from efflab.techniques.quantization import QuantConfig, check_fits, quantize_
-from efflab.weights import load_model
 
 
 @dataclass(frozen=True)

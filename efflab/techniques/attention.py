@@ -27,16 +27,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from efflab.config import ATTENTIONS, Attention, ConfigError
+from efflab.core.config import ATTENTIONS, Attention, ConfigError
+from efflab.core.model import SDPACore as _ModelSDPACore
 from efflab.kernels.flash_attention import (
     INTERPRETED,
     TRITON_AVAILABLE,
     flash_attention,
     naive_attention,
 )
-from efflab.model import SDPACore as _ModelSDPACore
 
-AttentionImpl = Attention  # the choices live with the Knobs field, in efflab.config
+AttentionImpl = Attention  # the choices live with the Knobs field, in efflab.core.config
 IMPLS: tuple[str, ...] = ATTENTIONS
 
 
@@ -46,7 +46,7 @@ class AttentionConfig:
     ``"triton"``.
 
     Validated on construction: an unknown impl, or ``"triton"`` where triton is not
-    installed, raises :class:`efflab.config.ConfigError` naming the field.
+    installed, raises :class:`efflab.core.config.ConfigError` naming the field.
     """
 
     impl: AttentionImpl = "sdpa"
@@ -112,7 +112,7 @@ class BlockedCore(nn.Module):
 
 
 class SDPACore(_ModelSDPACore):
-    """The model's own :class:`efflab.model.SDPACore`, made to say what it is in ``print``."""
+    """The model's own :class:`efflab.core.model.SDPACore`, made to say what it is in ``print``."""
 
     def extra_repr(self) -> str:
         return "impl='sdpa', torch scaled_dot_product_attention: fused, O(T) memory"
@@ -147,7 +147,7 @@ def set_attention(model: nn.Module, config: AttentionConfig | None = None) -> nn
     parents = [m for m in model.modules() if "core" in dict(m.named_children())]
     if not parents:
         raise ValueError("model has no attention core to replace (no submodule named 'core', "
-                         "as efflab.model.CausalSelfAttention has)")
+                         "as efflab.core.model.CausalSelfAttention has)")
     for attn in parents:
         core = CORES[config.impl]()
         core.train(attn.training)

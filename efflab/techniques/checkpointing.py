@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from efflab.config import ConfigError, ModelConfig
+from efflab.core.config import ConfigError, ModelConfig
 
 CheckpointMode = Literal["none", "blocks", "selective"]
 MODES: tuple[str, ...] = get_args(CheckpointMode)

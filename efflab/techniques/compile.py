@@ -24,7 +24,7 @@ from typing import Literal, get_args
 
 import torch
 
-from efflab.config import ConfigError
+from efflab.core.config import ConfigError
 from efflab.techniques.checkpointing import CheckpointedBlock
 
 CompileMode = Literal["none", "default", "max-autotune"]

@@ -63,8 +63,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflab.config import ConfigError
-from efflab.model import MLP, gelu_tanh
+from efflab.core.config import ConfigError
+from efflab.core.model import MLP, gelu_tanh
 
 
 def _is_int(value) -> bool:
@@ -199,7 +199,7 @@ class MoEMLP(nn.Module):
 
     def reset_parameters(self, n_layer: int, generator: torch.Generator | None = None) -> None:
         """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the residual projections
-        (``c_proj``) at 0.02 / sqrt(2·n_layer), as :class:`efflab.model.GPT` does."""
+        (``c_proj``) at 0.02 / sqrt(2·n_layer), as :class:`efflab.core.model.GPT` does."""
         with torch.no_grad():
             nn.init.normal_(self.router.weight, 0.0, 0.02, generator=generator)
             for expert in self.experts:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from efflab.config import PRECISIONS, ConfigError, Precision
+from efflab.core.config import PRECISIONS, ConfigError, Precision
 
 COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-pure": "bfloat16"}
 MAX_PREDICTED_STEP_S = 1.0  # a step predicted slower than this is refused: a lab point

@@ -43,8 +43,8 @@ from typing import Literal, get_args
 import torch
 import torch.nn as nn
 
-from efflab.config import ConfigError, ModelConfig
-from efflab.model import gelu_tanh
+from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.model import gelu_tanh
 
 PruneMethod = Literal["none", "unstructured", "2:4", "structured"]
 METHODS: tuple[str, ...] = get_args(PruneMethod)

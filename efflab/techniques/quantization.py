@@ -74,8 +74,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflab.config import ConfigError, ModelConfig
-from efflab.weights import load_model
+from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.weights import load_model
 
 QuantMode = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
 MODES: tuple[str, ...] = get_args(QuantMode)

@@ -1,0 +1,255 @@
+"""Bulk grading: ``efflab grade SUBMISSIONS/ --out gradebook.csv [--workers N]``.
+
+For every submission (see :func:`efflab.course.submission.discover`):
+
+1. open it without trusting it (:func:`open_submission`): not a notebook, malformed, too
+   large -> zero for every check of the assignment, with the reason;
+2. match it with its instructor notebook (``--source``: one notebook, or a folder matched by
+   the assignment name a student version carries, then by file name);
+3. restore every check, locked and ``parameters`` cell from the instructor's version, by cell
+   id (hidden checks come back; a deleted or edited check cell does not help), and inject
+   ``SMOKE = True``;
+4. run it in a sandbox (:mod:`efflab.course.sandbox`): its own process and folder, time and
+   memory limits, a canary tree beside it;
+5. recompute every verdict here, in the grader's process, with ``efflab.check.judge`` from
+   the evidence each restored check cell logged. A check cell that logged nothing (say
+   ``efflab.check`` was patched to "pass") earns nothing; evidence logged by other cells, or
+   for exercises the cell does not call, is ignored.
+
+A check cell is worth its nbgrader ``points``; it earns ``points × the lowest fraction`` its
+checks give (each visible and hidden call must pass, as in nbgrader), zero if it raised, timed
+out or did not run. A submission that changed files outside its folder gets zero throughout.
+
+Writes ``gradebook.csv`` (one row per student, notebook and check cell: points, max_points,
+status, feedback), ``gradebook.html`` (a summary table, then every row), ``gradebook.log.json``
+(seconds, restored cells, violations per submission: the only part that varies between runs)
+and ``gradebook_executed/`` (each executed notebook, for reading what a student saw).
+Grading the same folder twice gives the same CSV and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from efflab.check import judge
+from efflab.core.config import ConfigError
+from efflab.course import cells as C
+from efflab.course.report import NOTEBOOK_DIR
+from efflab.course.sandbox import CellRun, Limits, SandboxResult, run_sandboxed
+from efflab.course.submission import Submission, discover, open_submission
+from efflab.measurement import hardware
+
+COLUMNS = ["student", "notebook", "grade_id", "exercises", "points", "max_points", "status",
+           "feedback"]
+
+
+@dataclass(frozen=True)
+class Row:
+    student: str
+    notebook: str
+    grade_id: str
+    exercises: str
+    points: float
+    max_points: float
+    status: str  # correct | partial | wrong | unanswered | error | timeout | not_run | ...
+    feedback: str
+
+
+_SANDBOX_PATH = re.compile(r"/[^\s'\"]*efflab-grade-[^/\s'\"]*(/[^\s'\"]*)?")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def _clean(text: str) -> str:
+    """Reasons without what changes from run to run (sandbox paths, memory addresses)."""
+    text = _SANDBOX_PATH.sub("<sandbox>", text or "")
+    return _ADDRESS.sub("0x…", text).strip()
+
+
+def load_sources(source: str | os.PathLike) -> dict[str, nbformat.NotebookNode]:
+    """Instructor notebooks by assignment name (file stem)."""
+    source = Path(source)
+    paths = [source] if source.is_file() else sorted(source.glob("*.ipynb")) if source.is_dir() else []
+    if not paths:
+        raise ConfigError("--source", str(source), "an instructor notebook or a folder of them")
+    out = {}
+    for p in paths:
+        nb = nbformat.read(str(p), as_version=4)
+        if not C.grade_cells(nb):
+            if source.is_file():
+                raise ConfigError("--source", str(p), "a notebook with nbgrader grade cells")
+            continue
+        out[p.stem] = nb
+    return out
+
+
+def _match(sub: Submission, sources: dict) -> str | None:
+    if len(sources) == 1:
+        return next(iter(sources))
+    a = sub.assignment
+    return a if a in sources else None
+
+
+def _zero_rows(student, notebook, gcs, status, reason) -> list[Row]:
+    return [Row(student, notebook, g.grade_id, " ".join(g.exercises), 0.0, g.points, status,
+                reason) for g in gcs]
+
+
+def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note: str) -> tuple:
+    """(points, status, feedback) of one check cell from what its run reported."""
+    context = ""
+    for r in before:  # the first thing that went wrong in the cells leading to this check
+        if r.status != "ok":
+            what = r.reason or r.status
+            context = f" (cell {r.cell_id or r.index} before it: {_clean(what)})"
+            break
+    if run is None:
+        return 0.0, "not_run", "not run: " + (_clean(note) or "the run reported nothing")
+    if run.status in ("not_run", "dead", "timeout"):
+        return 0.0, run.status, _clean(run.reason)
+    if run.status == "error":
+        return 0.0, "error", f"the check cell raised {_clean(run.reason)}{context}"
+    if not g.exercises:  # an nbgrader-style test cell: passing means running without error
+        return g.points, "correct", "ran without error"
+    judged = []
+    for name in g.exercises:
+        entries = [e for e in run.evidence if e.get("exercise") == name]
+        if not entries:
+            return 0.0, "error", (f"no answer was logged for {name}: the check did not run as "
+                                  "given (was efflab.check replaced?)")
+        judged += [judge(name, e.get("evidence")) for e in entries]
+    fractions = [fb.points / fb.max_points if fb.max_points else 0.0 for fb in judged]
+    fraction = min(fractions)
+    if fraction >= 1:
+        return g.points, "correct", "correct"
+    worst = judged[fractions.index(fraction)]
+    status = "partial" if fraction > 0 else worst.status
+    return round(g.points * fraction, 6), status, _clean(str(worst))
+
+
+def grade_submission(sub: Submission, sources: dict, limits: Limits,
+                     calibration_dir: Path | None = None) -> tuple[list[Row], dict]:
+    """The rows of one submission and its log entry."""
+    log = {"student": sub.student, "file": sub.path.name, "problem": sub.problem}
+    key = _match(sub, sources)
+    nb_name = key or sub.assignment or sub.path.name
+    if key is None:
+        reason = sub.problem or (f"no instructor notebook for assignment {sub.assignment!r} "
+                                 f"(known: {', '.join(sorted(sources))})")
+        return [Row(sub.student, nb_name, "-", "", 0.0, 0.0, "not_graded", reason)], log
+    instructor = sources[key]
+    gcs = C.grade_cells(instructor)
+    if sub.problem:
+        status = "not_a_notebook" if sub.problem.startswith("not a notebook") else "malformed"
+        return _zero_rows(sub.student, key, gcs, status, sub.problem), log
+    restored, changes = C.restore_cells(sub.notebook, instructor)
+    runnable = C.set_parameters(restored, SMOKE=True)
+    positions = {g.grade_id: C.find_cell(runnable.cells, instructor.cells[g.index]) for g in gcs}
+    ids = [str(instructor.cells[g.index].get("id", "")) for g in gcs]
+    result: SandboxResult = run_sandboxed(dict(runnable), ids, limits, calibration_dir,
+                                          name=sub.name or "submission.ipynb")
+    log.update({"restored": changes, "violations": result.violations, "note": result.note,
+                "seconds": round(result.seconds, 1),
+                "cells": [asdict(c) | {"evidence": len(c.evidence)} for c in result.cells]})
+    log["executed"] = result.notebook
+    if result.violations:
+        reason = "zero: the submission " + "; ".join(result.violations)
+        return _zero_rows(sub.student, key, gcs, "violation", reason), log
+    by_index = {c.index: c for c in result.cells}
+    rows, prev = [], -1
+    for g in gcs:
+        at = positions[g.grade_id]
+        before = [c for c in result.cells if prev < c.index < (at if at is not None else -1)]
+        points, status, feedback = score_cell(g, by_index.get(at), before, result.note)
+        rows.append(Row(sub.student, key, g.grade_id, " ".join(g.exercises), points, g.points,
+                        status, feedback))
+        prev = at if at is not None else prev
+    return rows, log
+
+
+def _html(df: pd.DataFrame, limits: Limits) -> str:
+    totals = (df.groupby(["student", "notebook"], sort=True)[["points", "max_points"]].sum()
+              .reset_index())
+    summary = "".join(
+        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.notebook)}</td>"
+        f"<td style='text-align:right'>{r.points:g} / {r.max_points:g}</td></tr>"
+        for r in totals.itertuples())
+    colour = {"correct": "#1a7f37", "partial": "#9a6700"}
+    rows = "".join(
+        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.notebook)}</td>"
+        f"<td>{html.escape(r.grade_id)}</td><td>{html.escape(r.exercises)}</td>"
+        f"<td style='text-align:right'>{r.points:g} / {r.max_points:g}</td>"
+        f"<td style='color:{colour.get(r.status, '#cf222e')}'>{html.escape(r.status)}</td>"
+        f"<td>{html.escape(r.feedback)}</td></tr>" for r in df.itertuples())
+    lim = (f"time limits: {limits.cell_s:g} s per cell, {limits.notebook_s:g} s per notebook; "
+           f"memory limit {limits.memory_bytes / 2**30:g} GiB per process")
+    return ("<!doctype html><meta charset=utf-8><title>efflab gradebook</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;vertical-align:top}"
+            "table{border-collapse:collapse}tr:nth-child(even){background:#f6f8fa}</style>"
+            f"<h1>efflab gradebook</h1><p>{html.escape(lim)}</p>"
+            "<h2>Totals</h2><table><tr><th>student</th><th>notebook</th><th>points</th></tr>"
+            f"{summary}</table><h2>Every check</h2><table><tr><th>student</th><th>notebook</th>"
+            "<th>check</th><th>exercises</th><th>points</th><th>status</th><th>feedback</th></tr>"
+            f"{rows}</table>")
+
+
+def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.csv",
+          source: str | os.PathLike | None = None, limits: Limits | None = None,
+          workers: int = 1, calibration_dir: str | os.PathLike | None = None,
+          progress: bool = False) -> pd.DataFrame:
+    """Grade every submission in ``submissions``; write the gradebook files; return the rows.
+
+    ``source``: the instructor notebook(s) (default: efflab's lessons). ``limits``: the
+    sandbox's time and memory limits. ``workers``: submissions graded at once (each in its
+    own process; math threads per kernel default to cores ÷ workers).
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError("--workers", workers, "an integer >= 1")
+    sources = load_sources(source if source is not None else NOTEBOOK_DIR)
+    limits = limits or Limits()
+    if limits.threads is None:
+        limits = Limits(**{**asdict(limits), "threads": max(1, (os.cpu_count() or 1) // workers)})
+    if calibration_dir is None:
+        calibration_dir = getattr(hardware, "CACHE_DIR", None)
+    entries = discover(submissions)
+
+    def one(entry):
+        student, path = entry
+        sub = open_submission(path, student=student)
+        rows, log = grade_submission(sub, sources, limits,
+                                     Path(calibration_dir) if calibration_dir else None)
+        if progress:
+            got = sum(r.points for r in rows)
+            print(f"{student} ({path.name}): {got:g}/{sum(r.max_points for r in rows):g}",
+                  flush=True)
+        return rows, log
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(one, entries))
+    rows = [r for rs, _ in done for r in rs]
+    df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    out.with_suffix(".html").write_text(_html(df, limits), encoding="utf-8")
+    executed = out.parent / f"{out.stem}_executed"
+    executed.mkdir(exist_ok=True)
+    logs = []
+    for (student, path), (_, log) in zip(entries, done):
+        nb = log.pop("executed", None)
+        if nb is not None:
+            target = executed / f"{student}--{Path(path).stem}.ipynb"
+            target.write_text(json.dumps(nb), encoding="utf-8")
+        logs.append(log)
+    out.with_suffix(".log.json").write_text(
+        json.dumps({"limits": asdict(limits), "submissions": logs}, indent=1, default=str),
+        encoding="utf-8")
+    return df

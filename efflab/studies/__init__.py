@@ -1,0 +1,16 @@
+"""What each lesson computes beyond a single measurement: its tables, sweeps and verdicts.
+
+| module           | lesson | holds                                                          |
+|------------------|--------|----------------------------------------------------------------|
+| analysis         | 01–07  | tables and verdicts over measured records (pandas only)        |
+| compare          | 02, 03 | fast path against reference: same loss, same gradients         |
+| kernel_benchmark | 04, 09 | Triton kernels beside their references, declared as data       |
+| fusion           | 09     | operators launched and bytes moved, eager vs compiled          |
+| kv_cache         | 10     | the KV cache's size and a new token's cost with and without it |
+| shapes           | 10     | model shapes that are not presets, trained at equal budgets    |
+| compression      | 12     | pruning + distillation + quantization combined, the frontier   |
+| distill          | 12     | knowledge distillation into a small student                    |
+| scaling          | 13     | IsoFLOP sweeps, parabola fits, compute-optimal exponents       |
+
+May import core, kernels, techniques, measurement and systems; never ui, check or course.
+"""

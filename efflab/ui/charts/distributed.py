@@ -1,0 +1,158 @@
+"""Charts of lesson 14 (distributed), each over one table from ``efflab.systems.distributed.records``:
+all-reduce time vs message size beside the α–β fit, loss curves of one process vs N, step time
+measured vs predicted per bucket size, and per-rank memory by category beside the formula.
+Altair and pandas only (no torch): every measured point carries its p25–p75 spread.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+WIDTH, HEIGHT = 420, 260
+MIB = 2**20
+CATEGORY_COLORS = {"parameters": "#4c78a8", "gradients": "#f58518", "optimizer": "#54a24b"}
+
+
+def _empty(title: str, text: str) -> alt.Chart:
+    return alt.Chart(pd.DataFrame({"t": [text]})).mark_text(size=13).encode(text="t:N").properties(
+        title=title, width=WIDTH, height=60)
+
+
+def allreduce_chart(frame: pd.DataFrame, fit: pd.DataFrame | None = None,
+                    held_out_bytes=(), *, stat: str = "p25_ms",
+                    title: str = "All-reduce time vs message size",
+                    subtitle: str | None = None) -> alt.TopLevelMixin:
+    """Measured all-reduce times on log–log axes — a point at the statistic the fit uses
+    (``stat``), a bar from p25 to p75, a tick at the median — held-out sizes marked apart, and
+    the fitted t = α + n/β as a line (``fit``: columns bytes, fit_ms)."""
+    if frame is None or frame.empty:
+        return _empty(title, "no all-reduce measurements yet")
+    t = frame.copy()
+    held = {float(b) for b in held_out_bytes}
+    t["used for"] = ["held out (test)" if float(b) in held else "fit" for b in t["bytes"]]
+    x = alt.X("bytes:Q", scale=alt.Scale(type="log"), title="message size (bytes)")
+    y = alt.Y(f"{stat}:Q", scale=alt.Scale(type="log"), title="time per all-reduce (ms)")
+    color = alt.Color("used for:N", scale=alt.Scale(domain=["fit", "held out (test)"],
+                                                    range=["#4c78a8", "#e45756"]))
+    tips = [alt.Tooltip("bytes:Q", format=","), alt.Tooltip("median_ms:Q", format=".4f"),
+            alt.Tooltip("p25_ms:Q", format=".4f"), alt.Tooltip("p75_ms:Q", format=".4f"),
+            alt.Tooltip("n:Q"), alt.Tooltip("used for:N")]
+    base = alt.Chart(t)
+    layers = [base.mark_rule().encode(x=x, y=alt.Y("p25_ms:Q", scale=alt.Scale(type="log")),
+                                      y2="p75_ms:Q", color=color),
+              base.mark_tick(thickness=2, size=10).encode(
+                  x=x, y=alt.Y("median_ms:Q", scale=alt.Scale(type="log")), color=color,
+                  tooltip=tips),
+              base.mark_point(filled=True, size=60).encode(x=x, y=y, color=color, tooltip=tips)]
+    if fit is not None and not fit.empty:
+        f = fit.assign(series="α–β fit")
+        layers.insert(0, alt.Chart(f).mark_line(color="black", strokeDash=[5, 3]).encode(
+            x=x, y=alt.Y("fit_ms:Q", scale=alt.Scale(type="log")),
+            tooltip=[alt.Tooltip("bytes:Q", format=","), alt.Tooltip("fit_ms:Q", format=".4f")]))
+    return alt.layer(*layers).properties(
+        title=alt.Title(title, subtitle=subtitle or (
+            f"dots: {'lower quartile' if stat == 'p25_ms' else 'median'} (what the fit uses) · "
+            "ticks: median · bars: p25–p75 · dashed: the α–β fit")),
+        width=WIDTH, height=HEIGHT)
+
+
+def loss_curves_chart(frame: pd.DataFrame, *, title: str = "Training loss: one process vs N",
+                      shards: bool = True) -> alt.TopLevelMixin:
+    """The global-batch loss per step of each run (lines: they should lie on top of each other)
+    and, faintly, each rank's own shard loss (different data, so a different number)."""
+    if frame is None or frame.empty:
+        return _empty(title, "no training runs yet")
+    runs = frame[frame["rank"].isna()]
+    lines = alt.Chart(runs).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("step:Q", title="step"), y=alt.Y("loss:Q", title="loss (nats)",
+                                                 scale=alt.Scale(zero=False)),
+        color=alt.Color("series:N", title="run"),
+        strokeDash=alt.StrokeDash("series:N", legend=None),
+        tooltip=["series:N", "step:Q", alt.Tooltip("loss:Q", format=".6f")])
+    layers = [lines]
+    part = frame[frame["rank"].notna()]
+    if shards and not part.empty:
+        layers.insert(0, alt.Chart(part).mark_line(opacity=0.35, strokeWidth=1).encode(
+            x="step:Q", y="loss:Q", detail="series:N", color=alt.value("#999999"),
+            tooltip=["series:N", "step:Q", alt.Tooltip("loss:Q", format=".4f")]))
+    return alt.layer(*layers).properties(
+        title=alt.Title(title, subtitle="grey: each rank's loss on its own share of the batch"),
+        width=WIDTH, height=HEIGHT)
+
+
+def step_time_chart(frame: pd.DataFrame, *, title: str = "Step time: measured vs predicted"
+                    ) -> alt.TopLevelMixin:
+    """Per run (one process, or N processes at a bucket size): the measured step median with its
+    p25–p75 bar, the compute-only median beside it, and the α–β prediction (compute + Σ buckets)
+    as a black tick."""
+    if frame is None or frame.empty:
+        return _empty(title, "no data-parallel runs yet")
+    t = frame.copy()
+    t["run"] = [("1 process" if w == 1 else f"{w} ranks, {b:g} MiB ({n} buckets)")
+                for w, b, n in zip(t["world_size"], t["bucket_cap_mb"], t["n_buckets"])]
+    order = list(t.sort_values(["world_size", "bucket_cap_mb"])["run"])
+    rows = []
+    for _, r in t.iterrows():
+        rows.append({"run": r["run"], "what": "measured step", "ms": r["step_ms"],
+                     "p25": r["step_p25_ms"], "p75": r["step_p75_ms"], "n": r["n"]})
+        if r["world_size"] > 1:  # alone, a step is all compute
+            rows.append({"run": r["run"], "what": "compute only (no all-reduce)",
+                         "ms": r["compute_ms"], "p25": r["compute_p25_ms"],
+                         "p75": r["compute_p75_ms"], "n": r["n"]})
+    long = pd.DataFrame(rows)
+    x = alt.X("run:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20, labelLimit=220))
+    color = alt.Color("what:N", title=None, scale=alt.Scale(
+        domain=["measured step", "compute only (no all-reduce)"], range=["#4c78a8", "#bab0ac"]))
+    off = alt.XOffset("what:N", sort=["measured step", "compute only (no all-reduce)"])
+    base = alt.Chart(long)
+    layers = [base.mark_bar(opacity=0.85).encode(
+                  x=x, xOffset=off, y=alt.Y("ms:Q", title="ms per step (median)"), color=color,
+                  tooltip=["run:N", "what:N", alt.Tooltip("ms:Q", format=".2f"),
+                           alt.Tooltip("p25:Q", format=".2f"), alt.Tooltip("p75:Q", format=".2f"),
+                           "n:Q"]),
+              base.mark_rule(color="black").encode(x=x, xOffset=off, y="p25:Q", y2="p75:Q")]
+    if "pred_ms" in t.columns and t["pred_ms"].notna().any():
+        pred = t[t["pred_ms"].notna()].assign(what="measured step")
+        layers.append(alt.Chart(pred).mark_tick(color="black", thickness=3, size=26).encode(
+            x=x, xOffset=alt.XOffset("what:N", sort=["measured step",
+                                                     "compute only (no all-reduce)"]),
+            y="pred_ms:Q",
+            tooltip=["run:N", alt.Tooltip("pred_ms:Q", format=".2f", title="predicted ms"),
+                     alt.Tooltip("comm_pred_ms:Q", format=".2f", title="predicted all-reduce ms"),
+                     alt.Tooltip("pred_error:Q", format="+.0%", title="prediction error")]))
+    return alt.layer(*layers).properties(
+        title=alt.Title(title, subtitle="black tick: compute + Σ buckets (α + bytes/β) · "
+                                        "bars: p25–p75"), width=WIDTH, height=HEIGHT)
+
+
+def memory_chart(frame: pd.DataFrame, *, title: str = "State per rank by category"
+                 ) -> alt.TopLevelMixin:
+    """Stacked bars of what each rank holds (parameters, gradients, optimizer state), one per
+    (sharding, rank), with the formula's total as a black tick beside each bar."""
+    if frame is None or frame.empty:
+        return _empty(title, "no sharding measurements yet")
+    t = frame.copy()
+    t["bar"] = t["sharding"] + " · rank " + t["rank"].astype(str)
+    t["MiB"] = t["measured_bytes"] / MIB
+    order = [f"{s} · rank {r}" for s in ("none", "zero1", "fsdp") for r in sorted(t["rank"].unique())]
+    x = alt.X("bar:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20))
+    bars = alt.Chart(t).mark_bar().encode(
+        x=x, y=alt.Y("sum(MiB):Q", title="MiB held by this rank"),
+        color=alt.Color("category:N", scale=alt.Scale(domain=list(CATEGORY_COLORS),
+                                                      range=list(CATEGORY_COLORS.values()))),
+        order=alt.Order("category:N"),
+        tooltip=["bar:N", "category:N", alt.Tooltip("MiB:Q", format=".4f"),
+                 alt.Tooltip("measured_bytes:Q", format=","),
+                 alt.Tooltip("formula_bytes:Q", format=",")])
+    totals = (t.groupby("bar", as_index=False)[["formula_bytes"]].sum()
+              .assign(formula_MiB=lambda d: d["formula_bytes"] / MIB))
+    ticks = alt.Chart(totals).mark_tick(color="black", thickness=3, size=30).encode(
+        x=x, y="formula_MiB:Q",
+        tooltip=["bar:N", alt.Tooltip("formula_MiB:Q", format=".4f", title="formula MiB")])
+    return alt.layer(bars, ticks).properties(
+        title=alt.Title(title, subtitle="black tick: the formula (4P + 4P + 8P, each ÷ N where "
+                                        "sharded)"), width=WIDTH, height=HEIGHT)
+
+
+__all__ = ["allreduce_chart", "loss_curves_chart", "step_time_chart", "memory_chart"]
