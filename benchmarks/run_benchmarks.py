@@ -20,6 +20,7 @@ from pathlib import Path
 
 import efflab
 from efflab.measurement.hardware import calibrate, environment, fingerprint
+from efflab.measurement.training import train_curves
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -85,6 +86,31 @@ def bench_test_suite() -> None:
                                  "pytest_summary": lines[-1:], "failed": failed,
                                  "returncode": proc.returncode,
                                  "met": secs <= 900 and proc.returncode == 0})
+
+
+def bench_import_time(rounds: int = 15) -> None:
+    """``python -c "import efflab"`` against ``python -c "import torch"``, whole processes,
+    interleaved round by round (target: at most 0.5 s more)."""
+    from efflab.measurement.hardware import load_average
+    from efflab.measurement.timing import summarize
+
+    commands = {"torch": "import torch", "efflab": "import efflab"}
+    samples: dict[str, list[float]] = {k: [] for k in commands}
+    extra = []
+    load_before = load_average()
+    for _ in range(rounds):
+        for name, code in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
+            samples[name].append(time.perf_counter() - t0)
+        extra.append(samples["efflab"][-1] - samples["torch"][-1])
+    extra_s = statistics.median(extra)
+    write("import_time", {
+        "target": "python -c 'import efflab' <= 0.5 s more than python -c 'import torch'",
+        "ms": {k: summarize(v) for k, v in samples.items()},
+        "extra_s": {"median": extra_s, "p25": float(sorted(extra)[len(extra) // 4]),
+                    "p75": float(sorted(extra)[(3 * len(extra)) // 4]), "n": len(extra)},
+        "load_average_before": load_before, "met": extra_s <= 0.5})
 
 
 def _point(rec: dict) -> dict:
@@ -169,7 +195,7 @@ def bench_moe(cal: dict, steps: int = 200) -> None:
 
     variants = {"dense": efflab.Knobs(), "moe-4x-top1": efflab.Knobs(moe_experts=4),
                 "moe-4x-top2": efflab.Knobs(moe_experts=4, moe_top_k=2)}
-    df = efflab.train_curves(variants, preset="cpu-small", steps=steps, batch_size=16,
+    df = train_curves(variants, preset="cpu-small", steps=steps, batch_size=16,
                              eval_every=steps, calibration=cal, progress=False)
     final = df.dropna(subset=["val_loss"]).groupby("variant").tail(1).set_index("variant")
     params = {v: count_params(efflab.build("cpu-small", k, weights=None))
@@ -185,7 +211,7 @@ def bench_moe(cal: dict, steps: int = 200) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="mfu,lab_point,precision,checkpointing,attention,moe,"
-                                      "test_suite")
+                                      "import_time,test_suite")
     args = ap.parse_args()
     cal = calibrate()
     which = args.only.split(",")
@@ -201,6 +227,8 @@ def main() -> None:
         bench_attention_memory()
     if "moe" in which:
         bench_moe(cal)
+    if "import_time" in which:
+        bench_import_time()
     if "test_suite" in which:
         bench_test_suite()
 

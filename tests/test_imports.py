@@ -90,21 +90,26 @@ def test_the_import_graph_has_no_cycle():
             visit(m)
 
 
-def test_imports_run_one_way_through_the_layers():
+def _upward(graph: dict[str, set[str]]) -> list[str]:
     wrong = []
-    for m, deps in _graph().items():
+    for m, deps in graph.items():
         lm = _layer(m)
         for d in deps:
             ld = _layer(d)
             if lm is not None and ld is not None and ld > lm:
                 wrong.append(f"{m} ({LAYERS[lm]}) imports {d} ({LAYERS[ld]})")
-    assert not wrong, "\n".join(sorted(wrong))
+    return sorted(wrong)
+
+
+def test_imports_run_one_way_through_the_layers():
+    wrong = _upward(_graph())
+    assert not wrong, "\n".join(wrong)
 
 
 def test_the_layer_check_catches_an_upward_import():
-    # the rule itself: a core module importing the ui would be reported
-    assert _layer("efflab.core.model") < _layer("efflab.ui.charts.live")
-    assert _layer("efflab.course.sandbox") > _layer("efflab.check.core")
+    assert _upward({"efflab.core.model": {"efflab.ui.lab"}}) == [
+        "efflab.core.model (efflab.core) imports efflab.ui.lab (efflab.ui)"]
+    assert _upward({"efflab.course.sandbox": {"efflab.check.core", "efflab.core.store"}}) == []
 
 
 def test_no_package_hides_a_submodule_behind_a_same_named_export():
@@ -140,3 +145,33 @@ def test_public_functions_do_not_hide_their_modules():
     sweeping = importlib.import_module("efflab.measurement.sweeping")
     assert sweeping.sweep is efflab.sweep  # patching efflab.measurement.sweeping.measure reaches the sweep
     assert importlib.import_module("efflab.measurement").measure is efflab.measure
+
+
+def test_import_efflab_is_light_and_names_load_on_first_use():
+    code = (
+        "import json, sys\n"
+        "import efflab\n"
+        "heavy = ('triton', 'altair', 'ipywidgets', 'pandas', 'efflab.systems.distributed',\n"
+        "         'efflab.check', 'efflab.theory', 'efflab.ui.lab')\n"
+        "before = sorted(m for m in heavy if m in sys.modules)\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('efflab.'))\n"
+        "knobs = efflab.Knobs(batch_size=2)\n"
+        "check = efflab.check\n"
+        "print(json.dumps({'before': before, 'ours': ours, 'after': 'efflab.check' in sys.modules,\n"
+        "                  'names': sorted(efflab.__all__), 'dir': 'measure' in dir(efflab),\n"
+        "                  'batch': knobs.batch_size}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    got = json.loads(out.stdout)
+    assert got["before"] == [] and got["ours"] == []  # nothing of efflab but its __init__
+    assert got["after"] and got["dir"] and got["batch"] == 2
+    assert 12 <= len(got["names"]) <= 20
+
+
+def test_an_unknown_top_level_name_is_a_clear_attribute_error():
+    import efflab
+
+    with pytest.raises(AttributeError, match="no attribute 'batching_table'"):
+        efflab.batching_table  # noqa: B018 - it moved to efflab.studies.analysis

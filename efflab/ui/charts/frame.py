@@ -141,7 +141,7 @@ def tidy(df: pd.DataFrame, x: str) -> tuple[pd.DataFrame, bool, int]:
     be placed on the axis: they are left out and counted in ``n_without_x``.
     """
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"charts take the records DataFrame of efflab.sweep / efflab.results, "
+        raise TypeError(f"charts take the records DataFrame of efflab.sweep / efflab.core.store.results, "
                         f"not {type(df).__name__}")
     if x not in df.columns:
         knob_cols = sorted(c for c in df.columns if c.startswith("knobs."))
