@@ -4,7 +4,6 @@ they check."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +62,3 @@ def text(cell, markdown: bool = False) -> str:
 
 def cell_text(nb, cell_id: str) -> str:
     return text(next(c for c in nb.cells if c.get("id") == cell_id))
-
-
-def graded_cells(path: Path) -> tuple[list, list]:
-    """(grade cells, solution cells) of a committed lesson, once it is checked to be stripped of
-    outputs and to have unique cell ids."""
-    cells = json.loads(Path(path).read_text())["cells"]
-    assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code")
-    ids = [c["id"] for c in cells]
-    assert len(ids) == len(set(ids))
-    meta = [c.get("metadata", {}).get("nbgrader", {}) for c in cells]
-    return ([c for c, m in zip(cells, meta) if m.get("grade")],
-            [c for c, m in zip(cells, meta) if m.get("solution")])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from record_factory import fake_record as make_record
 
 import efflab.ui.panel_runner as runner_module
 from efflab.core.config import ConfigError, knob_fields
@@ -43,9 +44,8 @@ def shown(monkeypatch):
 def fake_record(knobs, preset, status="ok", reused=False, noisy=False):
     """A record as ``measure`` returns it (numbers made up), for sweeps that don't measure;
     ``reused``: as a sweep returns a stored one, ``noisy``: timing flagged unstable."""
-    rec = {"schema": "efflab.record/1", "status": status, "message": None, "preset": preset,
-           "workload": knobs.workload, "knobs": knobs.to_dict(), "budget_bytes": None,
-           "theory": {"memory": {"peak_bytes": 1_000_000}}}
+    rec = make_record(status, preset=preset, workload=knobs.workload, knobs=knobs,
+                      budget_bytes=None, theory={"memory": {"peak_bytes": 1_000_000}})
     if status == "ok":
         b = knobs.batch_size
         rec.update(latency_ms={"median": 2.0 * b, "p25": 1.9 * b, "p75": 2.2 * b, "n": 7,

@@ -7,16 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+from record_factory import fake_record as make_record
+
 from efflab.core.config import Knobs
 from efflab.core.store import Store, config_key, results
 from efflab.measurement.sweeping import grid, sweep
 
 
 def fake_record(b, status="ok"):
-    return {"schema": "efflab.record/1", "status": status, "preset": "cpu-tiny",
-            "workload": "train", "knobs": Knobs(batch_size=b).to_dict(),
-            "latency_ms": {"median": 1.0 * b, "p25": 0.9, "p75": 1.1, "n": 5},
-            "memory": {"by_category": {"parameters": 10, "other": b}}}
+    return make_record(status, knobs=Knobs(batch_size=b),
+                       latency_ms={"median": 1.0 * b, "p25": 0.9, "p75": 1.1, "n": 5},
+                       memory={"by_category": {"parameters": 10, "other": b}})
 
 
 def test_records_roundtrip_through_the_store(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 import pytest
+from record_factory import fake_record
 
 from efflab.ui.charts import charts
 from efflab.ui.charts.charts import (
@@ -48,10 +49,9 @@ def ok_record(b, workload="train", preset="cpu-small", budget=None, T=128):
     peak = sum(cats.values())
     bound = min(tokens / (1.2e-3 + 0.0002 * b), 60_000.0)
     return {
-        "schema": "efflab.record/1", "status": "ok", "message": None, "preset": preset,
-        "workload": workload,
-        "knobs": {"batch_size": b, "seq_len": None, "workload": workload, "seed": 0,
-                  "threads": None, "gen_tokens": 32},
+        **fake_record("ok", preset=preset, workload=workload,
+                      knobs={"batch_size": b, "seq_len": None, "workload": workload, "seed": 0,
+                             "threads": None, "gen_tokens": 32}),
         "budget_bytes": budget, "key": f"{preset}-{workload}-{b}",
         "model": {"preset": preset, "n_params": 850_000, "weights": "random-init",
                   "device": "cpu", "dtype": "float32"},
@@ -78,10 +78,9 @@ def ok_record(b, workload="train", preset="cpu-small", budget=None, T=128):
 def failed_record(b, status="refused", workload="train", preset="cpu-small", budget=None,
                   message="predicted peak 60.0 MiB exceeds the budget of 48.0 MiB; not run"):
     """A failed record: only what ``measure`` keeps when it refuses or fails."""
-    return {"schema": "efflab.record/1", "status": status, "message": message, "preset": preset,
-            "workload": workload,
-            "knobs": {"batch_size": b, "seq_len": None, "workload": workload, "seed": 0,
-                      "threads": None, "gen_tokens": 32},
+    return {**fake_record(status, preset=preset, workload=workload, message=message,
+                          knobs={"batch_size": b, "seq_len": None, "workload": workload,
+                                 "seed": 0, "threads": None, "gen_tokens": 32}),
             "budget_bytes": budget,
             "theory": {"memory": {"peak_bytes": 60 * MIB,
                                   "by_category": {"parameters": 3_400_000}}}}
