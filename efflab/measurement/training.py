@@ -1,15 +1,28 @@
-"""Training a preset from scratch: AdamW, linear warm-up then cosine decay, a progress bar.
+"""Training: the one loop every trainer in efflab runs, and the record a checkpoint carries.
+
+:func:`run_training` is the loop: AdamW (decay on matrices only), a learning rate that warms up
+linearly and decays along a cosine (or stays constant), gradient clipping, the techniques'
+auxiliary losses (MoE load balancing, through ``optimizer_step``), optional autocast and loss
+scaling, an optional loss of the caller's (distillation's soft targets), an evaluation every k
+steps and a progress bar. Batches come from a generator seeded once per run, so two runs with
+the same seed see the same batches in the same order. Every trainer calls it: :func:`train`
+and :func:`train_curves` here, ``studies.shapes.train_shape``, ``studies.scaling.train_run``,
+``studies.distill.compare_students`` and ``studies.compression.finetune``.
 
 ``train(preset)`` writes ``<out>/<preset>.safetensors`` and a JSON training record beside it
-(config, corpus hash, steps, tokens, wall time, loss curve, final val loss and bits per byte).
-A run interrupted with Ctrl-C still saves what it trained so far, marked ``interrupted``.
+(:func:`build_training_record`: config, corpus hash, steps, tokens, wall time, loss curve, final val
+loss and bits per byte). A run interrupted with Ctrl-C still saves what it trained so far,
+marked ``interrupted``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +31,7 @@ from tqdm.auto import tqdm
 
 from efflab.core.config import ConfigError, Knobs, get_preset
 from efflab.core.data import load_corpus, random_batch
-from efflab.core.model import build_model
+from efflab.core.model import GPT, build_model
 from efflab.core.store import Store
 from efflab.core.weights import WEIGHTS_DIR, save_weights
 from efflab.measurement.flops import step_flops_estimate
@@ -26,7 +39,11 @@ from efflab.measurement.hardware import calibrate, environment, pick_device
 from efflab.measurement.workloads import eval_loss, make_optimizer, optimizer_step
 from efflab.techniques import apply_techniques, technique_configs
 from efflab.techniques.moe import dropped_tokens, expert_load
-from efflab.techniques.precision import autocast, grad_scaler, refusal
+from efflab.techniques.precision import PrecisionConfig, autocast, grad_scaler, refusal
+
+SCHEDULES = ("cosine", "constant")
+PROBE_STEPS = 6  # a run of ``minutes`` times this many steps before it fixes its step count
+UNKNOWN_HORIZON = 10**9  # the schedule's horizon while the step count is not fixed yet
 
 
 def lr_at(step: int, max_steps: int, peak_lr: float, warmup: int, min_ratio: float = 0.1) -> float:
@@ -35,6 +52,182 @@ def lr_at(step: int, max_steps: int, peak_lr: float, warmup: int, min_ratio: flo
         return peak_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return peak_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def model_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default training loss: the model's own next-byte cross-entropy on (x, y)."""
+    _, loss = model(x, y)
+    return loss
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`run_training` did: one row per step, in order.
+
+    A row: ``step`` (steps done, 1-based), ``tokens`` (seen so far), ``train_loss`` (the step's
+    loss before its update), ``seconds`` (training compute so far: forward, backward and
+    update, without drawing batches or evaluating), and on evaluated steps whatever
+    ``evaluate`` returned. ``seconds`` here is the loop's whole wall time, evaluations included.
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    planned_steps: int = 0
+    status: str = "complete"  # or "interrupted" (Ctrl-C, when the caller allowed it)
+    seconds: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        """Steps done (fewer than planned only when interrupted)."""
+        return len(self.rows)
+
+    @property
+    def last_loss(self) -> float:
+        """The last step's training loss (nan before any step)."""
+        return self.rows[-1]["train_loss"] if self.rows else float("nan")
+
+
+def run_training(model: GPT, data, *, steps: int | None = None, minutes: float | None = None,
+                 batch_size: int, seq_len: int, lr: float, warmup: int = 0,
+                 schedule: str = "cosine", seed: int = 0, device="cpu",
+                 clip_norm: float | None = 1.0, precision: PrecisionConfig | None = None,
+                 loss_fn: Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 after_step: Callable[[GPT], None] | None = None, eval_every: int = 0,
+                 evaluate: Callable[[GPT], dict] | None = None, eval_last: bool = True,
+                 on_row: Callable[[dict], None] | None = None, interruptible: bool = False,
+                 progress: bool = True, desc: str = "train", leave: bool = True) -> TrainingRun:
+    """Train ``model`` in place on ``data.train`` with AdamW; return the :class:`TrainingRun`.
+
+    Steps: exactly ``steps``, or — with ``minutes`` — as many as fit: the first
+    ``PROBE_STEPS`` are timed (the very first one, a warm-up, left out) and fix the count, so
+    the schedule still ends exactly at the last step. Each step: set the learning rate
+    (``schedule`` "cosine": :func:`lr_at` with ``warmup``; "constant": ``lr``), draw a
+    (``batch_size``, ``seq_len``) batch from a generator seeded with ``seed``, compute
+    ``loss_fn(model, x, y)`` (default :func:`model_loss`) under ``precision``'s autocast, then
+    ``optimizer_step`` (the techniques' auxiliary losses added, fp16 loss scaling, clipping to
+    ``clip_norm``; None: no clipping) and ``after_step(model)`` (e.g. hold pruned weights at
+    zero). ``evaluate(model) -> dict`` runs after every ``eval_every`` steps (0: never) and,
+    with ``eval_last``, after the last; its fields join that step's row, and the model is put
+    back in training mode. ``on_row(row)`` sees every row as it is made (a live chart's hook).
+    With ``interruptible``, Ctrl-C ends the run early (status "interrupted") instead of raising.
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError("schedule", schedule, f"one of {', '.join(map(repr, SCHEDULES))}")
+    if (steps is None) == (minutes is None):
+        raise ConfigError("steps", steps, "an integer >= 1, or None with minutes given")
+    loss_fn = loss_fn or model_loss
+    opt = make_optimizer(model, lr=lr)
+    scaler = grad_scaler(precision, device) if precision is not None else None
+    g = torch.Generator().manual_seed(seed)  # the batches: the same for every run of this seed
+    run = TrainingRun(planned_steps=steps or 0)
+    compute_s = 0.0
+    model.train()
+
+    def one_step(step: int, horizon: int) -> dict:
+        nonlocal compute_s
+        step_lr = lr if schedule == "constant" else lr_at(step, horizon, lr, warmup)
+        for group in opt.param_groups:
+            group["lr"] = step_lr
+        x, y = random_batch(data.train, batch_size, seq_len, g, device)  # (B, T)
+        t0 = time.perf_counter()
+        with autocast(precision, device) if precision is not None else contextlib.nullcontext():
+            loss = loss_fn(model, x, y)
+        optimizer_step(model, loss, opt, scaler, clip_norm=clip_norm)
+        if after_step is not None:
+            after_step(model)
+        compute_s += time.perf_counter() - t0
+        done = step + 1
+        row = {"step": done, "tokens": done * batch_size * seq_len, "train_loss": loss.item(),
+               "seconds": compute_s}
+        if evaluate is not None and ((eval_every and done % eval_every == 0)
+                                     or (eval_last and done == run.planned_steps)):
+            row.update(evaluate(model))
+            model.train()
+        run.rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        return row
+
+    t_start = time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=leave)
+    try:
+        if steps is None:  # time a few steps, then fix the step count so the schedule is exact
+            one_step(0, UNKNOWN_HORIZON)  # the first step warms up: not timed
+            t1 = time.perf_counter()
+            for step in range(1, PROBE_STEPS):
+                one_step(step, UNKNOWN_HORIZON)
+            per_step = (time.perf_counter() - t1) / (PROBE_STEPS - 1)
+            run.planned_steps = max(PROBE_STEPS + 1, int(minutes * 60 / per_step))
+            bar.total = run.planned_steps
+            bar.update(PROBE_STEPS)
+        for step in range(run.steps, run.planned_steps):
+            row = one_step(step, run.planned_steps)
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        run.status = "interrupted"
+        run.planned_steps = run.planned_steps or run.steps
+    finally:
+        bar.close()
+    run.seconds = time.perf_counter() - t_start
+    return run
+
+
+def loss_curve(rows: list[dict], every: int = 10) -> list[dict]:
+    """A training record's ``curve`` from a run's rows: ``{"step", "train_loss"}`` every
+    ``every`` steps and at the last one, where ``step`` counts the updates before that loss
+    (0 for the first batch), and ``{"step", "val_loss"}`` where ``step`` counts the updates
+    behind that evaluation."""
+    curve = []
+    for i, row in enumerate(rows):
+        if i % every == 0 or i == len(rows) - 1:
+            curve.append({"step": i, "train_loss": row["train_loss"]})
+        if "val_loss" in row:
+            curve.append({"step": row["step"], "val_loss": row["val_loss"]})
+    return curve
+
+
+def build_training_record(model: GPT, run: TrainingRun, data, *, seed: int, batch_size: int,
+                          seq_len: int, lr: float, warmup: int, final: dict, device="cpu",
+                          trainer: str | None = None) -> dict:
+    """The training record (schema ``efflab.training/1``) saved beside a checkpoint: what was
+    trained (config, parameters), on what (corpus, seed, batches), how long (steps planned and
+    done, tokens, seconds), the loss curve (:func:`loss_curve`), the final held-out quality and
+    the environment; ``trainer`` names the function that trained it when it was not ``train``."""
+    cfg = model.cfg
+    record = {
+        "schema": "efflab.training/1",
+        "status": run.status,
+        "preset": cfg.name,
+        "config": cfg.__dict__,
+        "n_params": model.num_params(),
+        "corpus": data.describe(),
+        "seed": seed,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "peak_lr": lr,
+        "warmup": warmup,
+        "steps": run.steps,
+        "planned_steps": run.planned_steps,
+        "tokens": run.steps * batch_size * seq_len,
+        "seconds": run.seconds,
+        "final": final,
+        "curve": loss_curve(run.rows),
+        "env": environment(device),
+    }
+    if trainer is not None:
+        record["trainer"] = trainer
+    return record
+
+
+def save_trained(model: GPT, record: dict, out: str | Path) -> dict:
+    """Write ``model`` to ``<out>/<record["preset"]>.safetensors`` with ``record`` beside it;
+    return the record with the weights' ``path`` added."""
+    path = Path(out) / f"{record['preset']}.safetensors"
+    save_weights(model, path, record)
+    return {**record, "path": str(path)}
 
 
 def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | None = None,
@@ -55,72 +248,17 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
     T = seq_len or cfg.block_size
     data = load_corpus(corpus)
     model = build_model(cfg, seed, dev)
-    opt = make_optimizer(model, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-
-    def one_step(step: int, max_steps: int) -> float:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, max_steps, lr, warmup)
-        x, y = random_batch(data.train, batch_size, T, g, dev)
-        _, loss = model(x, y)
-        optimizer_step(model, loss, opt, clip_norm=1.0)
-        return loss.item()
-
-    t0 = time.perf_counter()
-    curve: list[dict] = []
-    done = 0
-    if steps is None:  # time a few steps, then fix the step count so the schedule is exact
-        probe = 6
-        curve.append({"step": 0, "train_loss": one_step(0, 10**9)})  # first step: warm-up
-        t1 = time.perf_counter()
-        for i in range(1, probe):
-            curve.append({"step": i, "train_loss": one_step(i, 10**9)})
-        per_step = (time.perf_counter() - t1) / (probe - 1)
-        steps = max(probe + 1, int(minutes * 60 / per_step))
-        done = probe
-    status = "complete"
-    bar = tqdm(total=steps, initial=done, desc=f"train {preset}", disable=not progress)
-    try:
-        for step in range(done, steps):
-            loss = one_step(step, steps)
-            done = step + 1
-            bar.update(1)
-            if step % 10 == 0:
-                curve.append({"step": step, "train_loss": loss})
-                bar.set_postfix(loss=f"{loss:.3f}")
-            if eval_every and step > 0 and step % eval_every == 0:
-                ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
-                curve.append({"step": step, "val_loss": ev["val_loss"]})
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
+    run = run_training(
+        model, data, steps=steps, minutes=None if steps is not None else minutes,
+        batch_size=batch_size, seq_len=T, lr=lr, warmup=warmup, seed=seed, device=dev,
+        eval_every=eval_every, eval_last=False, interruptible=True, progress=progress,
+        desc=f"train {preset}",
+        evaluate=lambda m: {"val_loss": eval_loss(m, data, T, batch_size=8, n_batches=4,
+                                                  device=dev)["val_loss"]})
     final = eval_loss(model, data, T, batch_size=8, n_batches=32, device=dev)
-    record = {
-        "schema": "efflab.training/1",
-        "status": status,
-        "preset": preset,
-        "config": cfg.__dict__,
-        "n_params": model.num_params(),
-        "corpus": data.describe(),
-        "seed": seed,
-        "batch_size": batch_size,
-        "seq_len": T,
-        "peak_lr": lr,
-        "warmup": warmup,
-        "steps": done,
-        "planned_steps": steps,
-        "tokens": done * batch_size * T,
-        "seconds": seconds,
-        "final": final,
-        "curve": curve,
-        "env": environment(dev),
-    }
-    path = Path(out) / f"{preset}.safetensors"
-    save_weights(model, path, record)
-    record["path"] = str(path)
-    return record
+    record = build_training_record(model, run, data, seed=seed, batch_size=batch_size,
+                                   seq_len=T, lr=lr, warmup=warmup, final=final, device=dev)
+    return save_trained(model, record, out)
 
 
 def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,
@@ -183,30 +321,24 @@ def _train_variant(label: str, knobs: Knobs, cfg, dev, data, cal, emit, *, steps
         emit({"variant": label, "status": "refused", "message": why, "step": 0})
         return
     model = apply_techniques(build_model(cfg, seed, dev), knobs)
-    opt = make_optimizer(model, lr=lr)
-    scaler = grad_scaler(techniques.precision, dev)
-    g = torch.Generator().manual_seed(seed)  # the same batches for every variant
-    seconds = 0.0
-    bar = tqdm(range(steps), desc=f"train {label}", disable=not progress, leave=False)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
-        x, y = random_batch(data.train, batch_size, T, g, dev)
-        t0 = time.perf_counter()
+
+    def evaluate(m) -> dict:
         with autocast(techniques.precision, dev):
-            _, loss = model(x, y)
-        optimizer_step(model, loss, opt, scaler)
-        seconds += time.perf_counter() - t0
-        done = step + 1
-        row = {"variant": label, "status": "ok", "step": done,
-               "tokens": done * batch_size * T, "flops": done * step_flops,
-               "seconds": seconds, "train_loss": loss.item()}
-        if eval_every and (done % eval_every == 0 or done == steps):
-            with autocast(techniques.precision, dev):
-                ev = eval_loss(model, data, T, batch_size=8, n_batches=4, device=dev)
-            row["val_loss"] = ev["val_loss"]
-            load = expert_load(model)
-            if load:
-                row["expert_load"] = load
-                row["dropped"] = dropped_tokens(model)  # per layer, over capacity
-        emit(row)
+            ev = {"val_loss": eval_loss(m, data, T, batch_size=8, n_batches=4,
+                                        device=dev)["val_loss"]}
+        load = expert_load(m)
+        if load:
+            ev["expert_load"] = load
+            ev["dropped"] = dropped_tokens(m)  # per layer, over capacity
+        return ev
+
+    def on_row(row: dict) -> None:
+        emit({"variant": label, "status": "ok", "step": row["step"], "tokens": row["tokens"],
+              "flops": row["step"] * step_flops, "seconds": row["seconds"],
+              **{k: v for k, v in row.items() if k not in ("step", "tokens", "seconds")}})
+
+    run_training(model, data, steps=steps, batch_size=batch_size, seq_len=T, lr=lr,
+                 warmup=warmup, seed=seed,  # the same batches for every variant
+                 device=dev, clip_norm=None, precision=techniques.precision,
+                 eval_every=eval_every, evaluate=evaluate if eval_every else None,
+                 on_row=on_row, progress=progress, desc=f"train {label}", leave=False)

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 import torch.nn as nn
 
 from efflab.core.config import ConfigError, Knobs
-from efflab.core.data import random_batch
 from efflab.measurement.hardware import load_average
 from efflab.measurement.timing import summarize, time_steps
-from efflab.measurement.workloads import heldout_quality, make_optimizer, optimizer_step, prepare
+from efflab.measurement.training import run_training
+from efflab.measurement.workloads import heldout_quality, prepare
 from efflab.studies.analysis import pareto_front
 from efflab.techniques.pruning import PruneConfig, enforce_masks, prune_
 from efflab.techniques.quantization import QuantConfig, check_fits, model_bytes, quantize_
@@ -48,25 +47,15 @@ def finetune(model: nn.Module, corpus, steps: int, *, batch_size: int = 16,
              eval_every: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
              on_point: Callable[[dict], None] | None = None) -> list[dict]:
     """A short fine-tune after pruning: AdamW at a small constant ``lr`` on training batches,
-    pruned weights held at zero. Returns rows {step, tokens, train_loss[, val_loss]};
+    pruned weights held at zero (the one loop, ``run_training``, with a constant schedule).
+    Returns rows {step, tokens, seconds, train_loss[, val_loss]};
     ``evaluate(model) -> loss`` is called every ``eval_every`` steps and at the end."""
     T = seq_len or model.cfg.block_size
-    opt = make_optimizer(model, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    rows = []
-    for step in range(1, steps + 1):
-        x, y = random_batch(corpus.train, batch_size, T, g, device)  # (B, T)
-        _, loss = model(x, y)
-        optimizer_step(model, loss, opt, clip_norm=1.0)
-        enforce_masks(model)
-        row = {"step": step, "tokens": step * batch_size * T, "train_loss": float(loss.item())}
-        if evaluate is not None and ((eval_every and step % eval_every == 0) or step == steps):
-            row["val_loss"] = float(evaluate(model))
-            model.train()
-        rows.append(row)
-        if on_point is not None:
-            on_point(row)
+    score = None if evaluate is None else (lambda m: {"val_loss": float(evaluate(m))})
+    run = run_training(model, corpus, steps=steps, batch_size=batch_size, seq_len=T, lr=lr,
+                       schedule="constant", seed=seed, device=device, after_step=enforce_masks,
+                       eval_every=eval_every, evaluate=score, on_row=on_point, progress=False)
+    rows = run.rows
     model.eval()
     return rows
 

@@ -14,7 +14,6 @@ teacher's doing. The teacher is the shipped ``cpu-small`` checkpoint by default.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pandas as pd
@@ -23,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efflab.core.config import ConfigError, ModelConfig
-from efflab.core.data import load_corpus, random_batch
+from efflab.core.data import load_corpus
 from efflab.core.model import GPT, build_model
-from efflab.measurement.training import lr_at
-from efflab.measurement.workloads import heldout_quality, make_optimizer, optimizer_step
+from efflab.measurement.training import run_training
+from efflab.measurement.workloads import heldout_quality
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -96,12 +95,15 @@ def compare_students(teacher: GPT, student_cfg: ModelConfig, steps: int = 300, *
                      temperature: float = 2.0, alpha: float = 0.5, init: str = "random",
                      seed: int = 0, eval_every: int = 50, eval_windows: int = 64,
                      final_windows: int = 512, corpus: str | None = None, device="cpu",
-                     on_point: Callable[[dict], None] | None = None) -> tuple[pd.DataFrame, dict]:
+                     on_point: Callable[[dict], None] | None = None,
+                     progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """Train ``student_cfg`` twice — ``distilled`` (the loss above) and ``hard only`` (α = 0) —
     from the same initial weights (``init``: "random" or "teacher" blocks) on the same batches.
 
-    Returns (curves, final): curves has one row per step per variant (variant, step, tokens,
-    train_loss, and val_loss every ``eval_every`` steps on ``eval_windows`` held-out windows);
+    Both run the one training loop (``efflab.measurement.training.run_training``) with the loss
+    above in place of the model's own. Returns (curves, final): curves has one row per step per
+    variant (variant, step, tokens, seconds of training compute, train_loss, and val_loss every
+    ``eval_every`` steps on ``eval_windows`` held-out windows);
     final maps each variant — and "teacher" — to its :func:`heldout_quality` on
     ``final_windows`` windows (the same windows for all three, so they compare pairwise), with
     the trained students under ``final["models"]``.
@@ -117,30 +119,30 @@ def compare_students(teacher: GPT, student_cfg: ModelConfig, steps: int = 300, *
         student = build_model(student_cfg, seed, device)
         if init == "teacher":
             init_from_teacher(student, teacher)
-        opt = make_optimizer(student, lr=lr)
-        g = torch.Generator().manual_seed(seed)  # the same batches for both students
-        t0 = time.perf_counter()
-        for step in range(1, steps + 1):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step - 1, steps, lr, max(1, steps // 20))
-            x, y = random_batch(data.train, batch_size, T, g, device)  # (B, T)
-            logits, _ = student(x)  # (B, T, V)
+
+        def loss_fn(model, x, y, a=a):  # x, y: (B, T)
+            logits, _ = model(x)  # (B, T, V)
             if a > 0:
                 with torch.no_grad():
                     t_logits, _ = teacher(x)
-                loss = distillation_loss(logits, t_logits, y, temperature, a)
-            else:
-                loss = distillation_loss(logits, logits, y, temperature, 0.0)
-            optimizer_step(student, loss, opt, clip_norm=1.0)
-            row = {"variant": variant, "step": step, "tokens": step * batch_size * T,
-                   "train_loss": float(loss.item()), "seconds": time.perf_counter() - t0}
-            if eval_every and (step % eval_every == 0 or step == steps):
-                q = heldout_quality(student, data, T, eval_windows, device=device)
-                row["val_loss"] = q["val_loss"]
-                student.train()
+                return distillation_loss(logits, t_logits, y, temperature, a)
+            return distillation_loss(logits, logits, y, temperature, 0.0)
+
+        def evaluate(model):
+            return {"val_loss": heldout_quality(model, data, T, eval_windows,
+                                                device=device)["val_loss"]}
+
+        def on_row(row, variant=variant):
+            row = {"variant": variant, **row}
             rows.append(row)
             if on_point is not None:
                 on_point(row)
+
+        run_training(student, data, steps=steps, batch_size=batch_size, seq_len=T, lr=lr,
+                     warmup=max(1, steps // 20), seed=seed,  # the same batches for both
+                     device=device, loss_fn=loss_fn, eval_every=eval_every,
+                     evaluate=evaluate if eval_every else None, on_row=on_row,
+                     progress=progress, desc=f"student ({variant})", leave=False)
         student.eval()
         final[variant] = heldout_quality(student, data, T, final_windows, device=device)
         final["models"][variant] = student

@@ -8,25 +8,24 @@ Two lessons need models no preset describes:
 - **The draft model** (lesson 10, speculative decoding): the cpu-tiny shape with the cpu-small
   context (128), so it can follow the target through its whole context.
 
-``train_shape(cfg, steps)`` is the same recipe as ``efflab train`` (AdamW, warm-up then cosine,
-gradient clipping, the same corpus and split) for any :class:`ModelConfig`; it writes
-``<out>/<cfg.name>.safetensors`` and the training record beside it.
+``train_shape(cfg, steps)`` is the same recipe as ``efflab train`` (the one loop,
+``efflab.measurement.training.run_training``: AdamW, warm-up then cosine, gradient clipping, the
+same corpus and split) for any :class:`ModelConfig`; it writes ``<out>/<cfg.name>.safetensors``
+and the same training record beside it.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
 from efflab.core.config import ModelConfig
-from efflab.core.data import load_corpus, random_batch
+from efflab.core.data import load_corpus
 from efflab.core.model import GPT, build_model
-from efflab.core.weights import WEIGHTS_DIR, load_weights, save_weights
-from efflab.measurement.hardware import environment
-from efflab.measurement.training import lr_at
-from efflab.measurement.workloads import eval_loss, make_optimizer, optimizer_step
+from efflab.core.weights import WEIGHTS_DIR, load_weights
+from efflab.measurement.training import build_training_record, run_training, save_trained
+from efflab.measurement.workloads import eval_loss
 
 SHAPES_DIR = WEIGHTS_DIR / "shapes"
 
@@ -50,39 +49,18 @@ def train_shape(cfg: ModelConfig, steps: int, batch_size: int = 16, seq_len: int
     Every call with the same seed sees the same batches in the same order, so variants trained
     with the same arguments differ only by their shape.
     """
-    from tqdm.auto import tqdm
-
     if threads is not None:
         torch.set_num_threads(threads)
     T = seq_len or cfg.block_size
     data = load_corpus(corpus)
     model = build_model(cfg, seed)
-    opt = make_optimizer(model, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    curve = []
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc=f"train {cfg.name}", disable=not progress):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
-        x, y = random_batch(data.train, batch_size, T, g)
-        _, loss = model(x, y)
-        optimizer_step(model, loss, opt, clip_norm=1.0)
-        if step % 10 == 0 or step == steps - 1:
-            curve.append({"step": step, "train_loss": loss.item()})
-    seconds = time.perf_counter() - t0
+    run = run_training(model, data, steps=steps, batch_size=batch_size, seq_len=T, lr=lr,
+                       warmup=warmup, seed=seed, progress=progress, desc=f"train {cfg.name}")
     final = eval_loss(model, data, T, batch_size=8, n_batches=32)
-    record = {
-        "schema": "efflab.training/1", "status": "complete", "preset": cfg.name,
-        "config": cfg.__dict__, "n_params": model.num_params(), "corpus": data.describe(),
-        "seed": seed, "batch_size": batch_size, "seq_len": T, "peak_lr": lr, "warmup": warmup,
-        "steps": steps, "planned_steps": steps, "tokens": steps * batch_size * T,
-        "seconds": seconds, "final": final, "curve": curve, "env": environment("cpu"),
-        "trainer": "efflab.studies.shapes.train_shape",
-    }
-    path = Path(out) / f"{cfg.name}.safetensors"
-    save_weights(model, path, record)
-    record["path"] = str(path)
-    return record
+    record = build_training_record(model, run, data, seed=seed, batch_size=batch_size,
+                                   seq_len=T, lr=lr, warmup=warmup, final=final,
+                                   trainer="efflab.studies.shapes.train_shape")
+    return save_trained(model, record, out)
 
 
 def shape_path(cfg: ModelConfig, folder: str | Path = SHAPES_DIR) -> Path:
