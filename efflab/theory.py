@@ -1,70 +1,83 @@
 """What theory predicts: every formula the lessons draw beside a measurement, in one index.
 
 Each formula lives next to the code it describes — a technique owns its bytes and FLOPs, the
-roofline lives with the measurement — and is listed here so a learner finds them in one place
-and every chart takes its prediction from the same function the library uses.
+roofline lives with the measurement, a lesson's study owns what only that lesson computes — and
+is listed here, once, so a learner finds them in one place and every chart takes its prediction
+from the same function the library uses. This module defines nothing.
 
-| formula | what it says | owner |
-|---|---|---|
-| :func:`estimate_6n` | training FLOPs ≈ 6·N·tokens (2·N forward) | measurement.flops |
-| :func:`attention_flops` | attention adds 4·B·nh·T·S·hs per layer forward, ×3 with backward | measurement.flops |
-| :func:`step_flops_estimate` | a step's FLOPs from shapes alone | measurement.flops |
-| :func:`predict_memory` | a step's peak bytes by category | measurement.memory |
-| :func:`predict_for` | the same for a configuration of knobs (each technique adds its term) | measurement.memory |
-| :func:`predict_activation_bytes` | activation bytes per checkpointing policy | techniques.checkpointing |
-| :func:`recompute_flops_fraction` | checkpointing's extra compute | techniques.checkpointing |
-| :func:`attention_memory_bytes` | one attention call's bytes beyond q, k, v (T² for naive) | techniques.attention |
-| :func:`model_attention_bytes` | a model's naive-attention bytes in a training step | techniques.attention |
-| :meth:`PrecisionConfig.param_bytes` / ``activation_bytes`` | bytes per weight / activation per format | techniques.precision |
-| :func:`predicted_weight_bytes` | a quantized model's stored bytes | techniques.quantization |
-| :func:`bytes_moved` | a step's DRAM traffic (lower estimate) | measurement.roofline |
-| :func:`roofline` | time ≥ max(FLOPs / peak, bytes / bandwidth) | measurement.roofline |
-| :func:`decode_bound_tokens_per_s` | decode tokens/s ≤ B · bandwidth / bytes per step | measurement.roofline |
-| :func:`throughput` | throughput = B · T / L(B) | measurement.roofline |
-| :func:`alpha_beta_time` | one collective on n bytes: t = α + n/β | distributed.comm |
-| :func:`ring_allreduce_time` | ring all-reduce: 2(N−1)·α + 2(N−1)/N · n/β per link | distributed.comm |
-| :func:`predicted_step_time` | data-parallel step ≈ compute + Σ buckets (α + bytes/β) | distributed.ddp |
-| :func:`step_time_at` | the same at N ranks, same global batch (compute ÷ N, ring scaling) | distributed.ddp |
-| :func:`memory_per_rank` | per-rank bytes: 4P + 4P + 8P, each ÷ N where ZeRO-1 / FSDP shards it | distributed.zero |
-
-Formulas of later lessons (profiling, KV cache, serving, compression, scaling, distribution)
-are added to this index by the module that owns them.
+| lesson | formula | what it says | owner |
+|---|---|---|---|
+| every | :func:`compute_params` | N of 6·N·D: block weights, biases and norms plus the output head | measurement.flops |
+| every | :func:`estimate_6n` | training FLOPs C ≈ 6·N·tokens (2·N forward) | measurement.flops |
+| every | :func:`attention_flops` | attention adds 4·B·nh·T·S·hs per layer forward, ×3 with backward | measurement.flops |
+| every | :func:`step_flops_estimate` | a step's FLOPs from shapes alone | measurement.flops |
+| every | :func:`predict_memory` | a step's peak bytes by category | measurement.memory |
+| every | :func:`predict_for` | the same for a configuration of knobs (each technique adds its term) | measurement.memory |
+| 01 batching | :func:`bytes_moved` | a step's DRAM traffic (lower estimate) | measurement.roofline |
+| 01 batching | :func:`roofline` | time ≥ max(FLOPs / peak, bytes / bandwidth) | measurement.roofline |
+| 01 batching | :func:`decode_bound_tokens_per_s` | decode tokens/s ≤ B · bandwidth / bytes per step | measurement.roofline |
+| 01 batching | :func:`throughput` | throughput = B · T / L(B) | measurement.roofline |
+| 02 precision | :class:`PrecisionConfig` (``param_bytes`` / ``activation_bytes``) | bytes per weight / activation per format | techniques.precision |
+| 03 checkpointing | :func:`predict_activation_bytes` | activation bytes per checkpointing policy | techniques.checkpointing |
+| 03 checkpointing | :func:`recompute_flops_fraction` | checkpointing's extra compute | techniques.checkpointing |
+| 04 attention | :func:`attention_memory_bytes` | one attention call's bytes beyond q, k, v (T² for naive) | techniques.attention |
+| 04 attention | :func:`model_attention_bytes` | a model's naive-attention bytes in a training step | techniques.attention |
+| 05 quantization | :func:`predicted_weight_bytes` | a quantized model's stored bytes | techniques.quantization |
+| 08 inside a step | :func:`matmul_cost` | (FLOPs, bytes) of a matmul: 2·m·k·n, (mk + kn + mn) elements | measurement.profiling |
+| 08 inside a step | :func:`attention_cost` | (FLOPs, bytes) of fused attention | measurement.profiling |
+| 08 inside a step | :func:`adamw_cost` | (FLOPs, bytes) of one AdamW update, foreach or fused | measurement.profiling |
+| 08 inside a step | :func:`op_cost` | (FLOPs, bytes) of one operator call from its shapes | measurement.profiling |
+| 08 inside a step | :func:`intensity` | arithmetic intensity = FLOPs / bytes | measurement.profiling |
+| 08 inside a step | :func:`roof_bound` | which roof bounds an operator: min(peak, intensity × bandwidth) | measurement.profiling |
+| 09 fusion | :func:`elementwise_chain_bytes` | bytes of a chain of elementwise operators, fused or not | techniques.compile |
+| 09 fusion | :func:`fused_bytes_saved` | the traffic fusing that chain removes | techniques.compile |
+| 09 fusion | :func:`layernorm_bytes` | LayerNorm's bytes, fused or not | kernels.layernorm |
+| 09 fusion | :func:`cross_entropy_bytes` | cross-entropy's bytes, fused or not | kernels.cross_entropy |
+| 10 KV cache | :func:`matmul_weights` | matrix entries a token is multiplied by (no biases, norms) | measurement.flops |
+| 10 KV cache | :func:`new_token_flops` | a new token's FLOPs with and without the cache | studies.kv_cache |
+| 10 speculation | :func:`expected_tokens_per_round` | tokens per round: (1 − α^(k+1)) / (1 − α) | systems.speculative |
+| 10 speculation | :func:`expected_speedup` | tokens per round ÷ the round's cost in target steps | systems.speculative |
+| 10 speculation | :func:`break_even_alpha` | the acceptance rate at which speculation pays | systems.speculative |
+| 10 speculation | :func:`best_k` | the draft length that maximises the speed-up | systems.speculative |
+| 12 compression | :func:`mlp_flops_per_token` | an MLP's forward FLOPs per token: 4·C·H | techniques.pruning |
+| 12 compression | :func:`attention_flops_per_token` | an attention layer's forward FLOPs per token, heads kept | techniques.pruning |
+| 12 compression | :func:`kept_channels` | MLP channels a structured pruning keeps | techniques.pruning |
+| 12 compression | :func:`soft_target_loss` | distillation's τ² · KL(p_t ‖ p_s) | studies.distill |
+| 13 scaling laws | :func:`tokens_for_budget` | D = C / 6N | studies.scaling |
+| 13 scaling laws | :func:`attention_share` | attention-score FLOPs as a fraction of 6N | studies.scaling |
+| 13 scaling laws | :func:`chinchilla_optimum` | the 20-tokens-per-parameter rule: N = √(C/120) | studies.scaling |
+| 14 distributed | :func:`alpha_beta_time` | one collective on n bytes: t = α + n/β | systems.distributed.comm |
+| 14 distributed | :func:`ring_allreduce_time` | ring all-reduce: 2(N−1)·α + 2(N−1)/N · n/β per link | systems.distributed.comm |
+| 14 distributed | :func:`predicted_step_time` | data-parallel step ≈ compute + Σ buckets (α + bytes/β) | systems.distributed.ddp |
+| 14 distributed | :func:`step_time_at` | the same at N ranks, same global batch (compute ÷ N, ring scaling) | systems.distributed.ddp |
+| 14 distributed | :func:`memory_per_rank` | per-rank bytes: 4P + 4P + 8P, each ÷ N where ZeRO-1 / FSDP shards it | systems.distributed.zero |
 """
+
+# ruff: noqa: I001 -- the imports are grouped by lesson, in lesson order, not alphabetically
 
 from __future__ import annotations
 
-from efflab.measurement.flops import attention_flops, estimate_6n, step_flops_estimate
-from efflab.measurement.memory import predict_for, predict_memory
-from efflab.measurement.roofline import (
-    bytes_moved,
-    decode_bound_tokens_per_s,
-    roofline,
-    throughput,
+# every lesson: FLOPs and memory of a step
+from efflab.measurement.flops import (
+    attention_flops,
+    compute_params,
+    estimate_6n,
+    matmul_weights,
+    step_flops_estimate,
 )
-from efflab.techniques.attention import attention_memory_bytes, model_attention_bytes
-from efflab.techniques.checkpointing import predict_activation_bytes, recompute_flops_fraction
+from efflab.measurement.memory import predict_for, predict_memory
+
+# 01 batching: the roofline
+from efflab.measurement.roofline import bytes_moved, decode_bound_tokens_per_s, roofline, throughput
+
+# 02-05: the techniques' bytes and compute
 from efflab.techniques.precision import PrecisionConfig
+from efflab.techniques.checkpointing import predict_activation_bytes, recompute_flops_fraction
+from efflab.techniques.attention import attention_memory_bytes, model_attention_bytes
 from efflab.techniques.quantization import predicted_weight_bytes
 
-__all__ = ["estimate_6n", "attention_flops", "step_flops_estimate", "predict_memory",
-           "predict_for", "predict_activation_bytes", "recompute_flops_fraction",
-           "attention_memory_bytes", "model_attention_bytes", "PrecisionConfig",
-           "predicted_weight_bytes", "bytes_moved", "roofline", "decode_bound_tokens_per_s",
-           "throughput"]
-
-# lesson 14 (distributed): the α–β model, the data-parallel step, per-rank memory under ZeRO
-from efflab.systems.distributed.comm import alpha_beta_time, ring_allreduce_time  # noqa: E402
-from efflab.systems.distributed.ddp import predicted_step_time, step_time_at  # noqa: E402
-from efflab.systems.distributed.zero import memory_per_rank  # noqa: E402
-
-__all__ += ["alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "step_time_at",
-            "memory_per_rank"]
-
-# lessons 08-09 (inside a step, fusion): an operator's FLOPs and bytes from its shapes, the roof
-# that bounds it, and the traffic fusion removes
-from efflab.kernels.cross_entropy import cross_entropy_bytes  # noqa: E402
-from efflab.kernels.layernorm import layernorm_bytes  # noqa: E402
-from efflab.measurement.profiling import (  # noqa: E402
+# 08-09 inside a step, fusion: an operator's FLOPs and bytes, its roof, the traffic fusion removes
+from efflab.measurement.profiling import (
     adamw_cost,
     attention_cost,
     intensity,
@@ -72,41 +85,55 @@ from efflab.measurement.profiling import (  # noqa: E402
     op_cost,
     roof_bound,
 )
-from efflab.techniques.compile import elementwise_chain_bytes, fused_bytes_saved  # noqa: E402
+from efflab.techniques.compile import elementwise_chain_bytes, fused_bytes_saved
+from efflab.kernels.layernorm import layernorm_bytes
+from efflab.kernels.cross_entropy import cross_entropy_bytes
 
-__all__ += ["matmul_cost", "attention_cost", "adamw_cost", "op_cost", "intensity", "roof_bound",
-            "elementwise_chain_bytes", "fused_bytes_saved", "layernorm_bytes",
-            "cross_entropy_bytes"]
-
-# lessons 12-13 (compression, scaling laws): FLOPs a pruned MLP / attention keeps, the
-# soft-target loss, and compute-optimal training (C = 6·N·D, D = C / 6N, the 20-tokens rule)
-from efflab.studies.distill import soft_target_loss  # noqa: E402
-from efflab.studies.scaling import (  # noqa: E402
-    attention_share,
-    chinchilla_optimum,
-    compute_params,
-    tokens_for_budget,
-    training_flops,
-)
-from efflab.techniques.pruning import (  # noqa: E402
-    attention_flops_per_token,
-    kept_channels,
-    mlp_flops_per_token,
-)
-
-__all__ += ["mlp_flops_per_token", "attention_flops_per_token", "kept_channels",
-            "soft_target_loss", "compute_params", "training_flops", "tokens_for_budget",
-            "attention_share", "chinchilla_optimum"]
-
-# lessons 10-11 (KV cache, speculative decoding): the cache's bytes (ModelConfig.kv_cache_bytes),
-# the FLOPs of a new token with/without the cache, the speculative speed-up and its break-even
-from efflab.studies.kv_cache import matmul_params, new_token_flops  # noqa: E402
-from efflab.systems.speculative import (  # noqa: E402
+# 10 KV cache and speculative decoding (the cache's bytes: ModelConfig.kv_cache_bytes)
+from efflab.studies.kv_cache import new_token_flops
+from efflab.systems.speculative import (
     best_k,
     break_even_alpha,
     expected_speedup,
     expected_tokens_per_round,
 )
 
-__all__ += ["matmul_params", "new_token_flops", "expected_tokens_per_round", "expected_speedup",
-            "break_even_alpha", "best_k"]
+# 12 compression: what pruning keeps, distillation's soft targets
+from efflab.techniques.pruning import (
+    attention_flops_per_token,
+    kept_channels,
+    mlp_flops_per_token,
+)
+from efflab.studies.distill import soft_target_loss
+
+# 13 scaling laws: compute-optimal training
+from efflab.studies.scaling import attention_share, chinchilla_optimum, tokens_for_budget
+
+# 14 distributed: the α–β model, the data-parallel step, per-rank memory under ZeRO
+from efflab.systems.distributed.comm import alpha_beta_time, ring_allreduce_time
+from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
+from efflab.systems.distributed.zero import memory_per_rank
+
+__all__ = [
+    # every lesson
+    "compute_params", "estimate_6n", "attention_flops", "step_flops_estimate", "predict_memory",
+    "predict_for",
+    # 01 batching
+    "bytes_moved", "roofline", "decode_bound_tokens_per_s", "throughput",
+    # 02-05 techniques
+    "PrecisionConfig", "predict_activation_bytes", "recompute_flops_fraction",
+    "attention_memory_bytes", "model_attention_bytes", "predicted_weight_bytes",
+    # 08-09 inside a step, fusion
+    "matmul_cost", "attention_cost", "adamw_cost", "op_cost", "intensity", "roof_bound",
+    "elementwise_chain_bytes", "fused_bytes_saved", "layernorm_bytes", "cross_entropy_bytes",
+    # 10 KV cache, speculative decoding
+    "matmul_weights", "new_token_flops", "expected_tokens_per_round", "expected_speedup",
+    "break_even_alpha", "best_k",
+    # 12 compression
+    "mlp_flops_per_token", "attention_flops_per_token", "kept_channels", "soft_target_loss",
+    # 13 scaling laws
+    "tokens_for_budget", "attention_share", "chinchilla_optimum",
+    # 14 distributed
+    "alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "step_time_at",
+    "memory_per_rank",
+]

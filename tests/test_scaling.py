@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from efflab.core.config import ConfigError
+from efflab.core.model import build_model
+from efflab.measurement.flops import compute_params, estimate_6n, matmul_weights
 from efflab.studies.scaling import (
     PUBLISHED,
     ScalingSpec,
     chinchilla_optimum,
-    compute_params,
     export_runs,
     fit_parabola,
     fit_power_law,
@@ -23,14 +24,19 @@ from efflab.studies.scaling import (
     scaling_fit,
     size_config,
     t_975,
-    training_flops,
 )
 
 
-def test_compute_params_counts_blocks_and_head():
+def test_compute_params_counts_blocks_and_head_and_matmul_weights_only_matrices():
     cfg = size_config(2, 32)
     assert compute_params(cfg) == cfg.n_params(include_embeddings=False) + 256 * 32
-    assert training_flops(1000, 10) == 60_000
+    assert estimate_6n(cfg, 10) == 60 * compute_params(cfg)
+    assert estimate_6n(cfg, 10, train=False) == 20 * compute_params(cfg)
+    model = build_model(cfg, 0)
+    blocks = sum(p.numel() for p in model.parameters() if p.dim() == 2) - model.wpe.weight.numel()
+    assert matmul_weights(cfg) == blocks  # every Linear weight and the (tied) head, nothing else
+    assert compute_params(cfg) - matmul_weights(cfg) == sum(  # the biases and norms
+        p.numel() for n, p in model.named_parameters() if p.dim() == 1)
 
 
 def test_plan_spends_each_budget_within_half_a_step():

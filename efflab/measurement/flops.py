@@ -1,6 +1,15 @@
 """FLOPs of one step: counted by PyTorch's FlopCounterMode, with attention added from the formula
 where the counter cannot see it, and the classic 6·N·tokens estimate beside it.
 
+Two counts of a model's weights, for two uses:
+
+- :func:`compute_params` — the N of C = 6·N·D (:func:`estimate_6n`): every parameter of the
+  blocks (matrices, biases, LayerNorm gains) plus the output head, as Kaplan et al. count
+  "non-embedding" parameters; the token and position lookups are reads, not matmuls.
+- :func:`matmul_weights` — only the matrix entries a token is multiplied by (projections, MLP,
+  output head): 2 FLOPs each per token, what a single token's forward costs exactly
+  (``studies.kv_cache.new_token_flops``). Smaller than ``compute_params`` by the biases and norms.
+
 PyTorch's counter has formulas for matmuls and for the CUDA attention kernels, but not for the
 CPU flash-attention kernel that ``scaled_dot_product_attention`` uses on CPU: there efflab adds
 the attention FLOPs from the formula (4·B·nh·T·S·hs forward, twice that backward) and says so
@@ -21,10 +30,23 @@ def attention_flops(cfg: ModelConfig, batch_size: int, q_len: int, k_len: int,
     return fwd * (3 if backward else 1)
 
 
-def estimate_6n(cfg: ModelConfig, tokens: int, train: bool) -> int:
-    """Kaplan et al.: 2·N per token forward (N without embeddings), 6·N with backward."""
-    n = cfg.n_params(include_embeddings=False) + cfg.vocab_size * cfg.n_embd  # + output head
-    return (6 if train else 2) * n * tokens
+def compute_params(cfg: ModelConfig) -> int:
+    """N in C = 6·N·D: every block parameter (weights, biases, norms) plus the output head
+    (vocab × width; tied to the token table). The token and position lookups are left out."""
+    return cfg.n_params(include_embeddings=False) + cfg.vocab_size * cfg.n_embd
+
+
+def matmul_weights(cfg: ModelConfig) -> int:
+    """Matrix entries a token is multiplied by on its way through (q/k/v and output
+    projections, MLP up and down, output head): no biases, no norms, no lookups."""
+    C, kv = cfg.n_embd, cfg.kv_heads * cfg.head_dim
+    return cfg.n_layer * (C * (C + 2 * kv) + C * C + 8 * C * C) + cfg.vocab_size * C
+
+
+def estimate_6n(cfg: ModelConfig, tokens: float, train: bool = True) -> float:
+    """C = 6·N·D (Kaplan et al. 2020, §2.1): 2 FLOPs per weight per token forward, 4 more
+    backward, with N = :func:`compute_params`; ``train=False``: 2·N·D, the forward alone."""
+    return (6 if train else 2) * compute_params(cfg) * tokens
 
 
 def count_flops(step, cfg: ModelConfig, batch_size: int, q_len: int, k_len: int,

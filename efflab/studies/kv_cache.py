@@ -21,26 +21,22 @@ import torch
 from efflab.core.config import Knobs, ModelConfig
 from efflab.core.data import Corpus
 from efflab.core.model import GPT, KVCache
+from efflab.measurement.flops import attention_flops, matmul_weights
 from efflab.measurement.timing import summarize, time_steps
 from efflab.measurement.workloads import eval_loss, prepare
-
-
-def matmul_params(cfg: ModelConfig) -> int:
-    """Weights a token is multiplied by on its way through (projections, MLP, output head)."""
-    C, kv = cfg.n_embd, cfg.kv_heads * cfg.head_dim
-    return cfg.n_layer * (C * (C + 2 * kv) + C * C + 8 * C * C) + cfg.vocab_size * C
 
 
 def new_token_flops(cfg: ModelConfig, context: int, cached: bool) -> int:
     """FLOPs to produce the token after ``context`` tokens.
 
-    Cached: one token through every matmul (2 · matmul_params) plus attention over
-    context + 1 keys (4 · layers · keys · C). Recomputed: context + 1 tokens through every
-    matmul, and causal attention over all of them (Σ keys = (T)(T+1)/2 with T = context + 1).
+    Cached: one token through every matmul (2 · ``matmul_weights``) plus attention over
+    context + 1 keys (``attention_flops`` of one query: 4 · layers · keys · C). Recomputed:
+    context + 1 tokens through every matmul, and causal attention over all of them
+    (Σ keys = (T)(T+1)/2 with T = context + 1).
     """
     T = context + 1
-    per_token = 2 * matmul_params(cfg)
-    attn = 4 * cfg.n_layer * cfg.n_embd
+    per_token = 2 * matmul_weights(cfg)
+    attn = attention_flops(cfg, 1, 1, 1, backward=False)  # one query against one key
     if cached:
         return per_token + attn * T
     return T * per_token + attn * T * (T + 1) // 2
@@ -148,5 +144,5 @@ def ratio_summary(rows: list[dict]) -> dict:
     return {c: by[("recompute prefix", c)] / by[("with KV cache", c)] for c in (ctxs[0], ctxs[-1])}
 
 
-__all__ = ["matmul_params", "new_token_flops", "cache_size_rows", "decode_cost_rows",
+__all__ = ["new_token_flops", "cache_size_rows", "decode_cost_rows",
            "variant_rows", "generation_seconds", "ratio_summary"]

@@ -1,6 +1,6 @@
 """Scaling laws from an IsoFLOP sweep a learner can run: how big should a model be for a budget?
 
-Training compute is, to a good approximation, ``C = 6 · N · D`` FLOPs (:func:`training_flops`):
+Training compute is, to a good approximation, ``C = 6 · N · D`` FLOPs (``estimate_6n``):
 each of the ``N`` weights a token's matmuls touch costs 2 FLOPs forward and 4 backward, for each
 of ``D`` tokens. For a fixed budget C, a bigger model sees fewer tokens. An **IsoFLOP** sweep
 (Hoffmann et al. 2022, "Chinchilla", approach 2) trains models of several sizes to *exactly*
@@ -14,9 +14,10 @@ the same C and measures each one's held-out loss:
    measured a ≈ 0.73 (b ≈ 0.27) — they are drawn beside the learner's fit
    (:data:`PUBLISHED`).
 
-What ``N`` counts here (:func:`compute_params`): every weight a token is multiplied with —
-the blocks and the output head (tied to the token table, so the head's vocab × width weights
-count once). The position table and token lookup are reads, not matmuls, and are left out.
+What ``N`` counts here (``compute_params``, owned by ``efflab.measurement.flops`` with the 6N
+estimate itself): every parameter of the blocks and the output head (tied to the token table,
+so the head's vocab × width weights count once). The position table and token lookup are reads,
+not matmuls, and are left out.
 Attention's score FLOPs (``~6 · L · T · d`` per token fwd+bwd with the causal half) are also
 left out of 6N, as in both papers; :func:`attention_share` says how much that leaves out — at
 context 64 it is 11-17% for the smallest shapes here, so every budget is ~15% more real work
@@ -50,12 +51,13 @@ import torch
 from tqdm.auto import tqdm
 
 from efflab.core.config import ConfigError, ModelConfig
-from efflab.core.data import fixed_batches, load_corpus, random_batch
+from efflab.core.data import fixed_batches, load_corpus
 from efflab.core.model import build_model
 from efflab.core.store import Store, default_results_dir
+from efflab.measurement.flops import attention_flops, compute_params, estimate_6n
 from efflab.measurement.hardware import environment, load_average
-from efflab.measurement.training import lr_at
-from efflab.measurement.workloads import LN2, make_optimizer, optimizer_step
+from efflab.measurement.training import run_training
+from efflab.measurement.workloads import LN2
 
 SCHEMA = "efflab.scaling/1"
 SHIPPED = Path(__file__).resolve().parents[2] / "data" / "scaling" / "isoflop.json"
@@ -86,17 +88,6 @@ def size_config(n_layer: int, n_embd: int, block_size: int = 64) -> ModelConfig:
                        block_size=block_size)
 
 
-def compute_params(cfg: ModelConfig) -> int:
-    """N in C = 6·N·D: the weights a token's matmuls touch — every block weight and bias plus the
-    output head (vocab × width; tied to the token table). Lookups (token, position) excluded."""
-    return cfg.n_params(include_embeddings=False) + cfg.vocab_size * cfg.n_embd
-
-
-def training_flops(n_params: float, tokens: float) -> float:
-    """C = 6·N·D: 2 FLOPs per weight per token forward, 4 backward (Kaplan et al. 2020, §2.1)."""
-    return 6.0 * n_params * tokens
-
-
 def tokens_for_budget(budget: float, n_params: float) -> float:
     """D = C / 6N: how many tokens a model of N parameters may see on a budget of C FLOPs."""
     return budget / (6.0 * n_params)
@@ -105,8 +96,8 @@ def tokens_for_budget(budget: float, n_params: float) -> float:
 def attention_share(cfg: ModelConfig, seq_len: int) -> float:
     """Attention-score FLOPs (QKᵀ and AV, fwd+bwd ≈ 6·2·L·T·d per token at full context,
     halved by the causal mask) as a fraction of 6N: what the 6N rule leaves out."""
-    attn = 6 * cfg.n_layer * seq_len * cfg.n_embd  # 12·L·T·d / 2 for the causal half
-    return attn / (6 * compute_params(cfg))
+    attn = attention_flops(cfg, 1, seq_len, seq_len, backward=True) // (2 * seq_len)  # per token
+    return attn / estimate_6n(cfg, 1)
 
 
 def chinchilla_optimum(budget: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
@@ -189,7 +180,7 @@ class ScalingSpec:
                 tokens = steps * tokens_per_step
                 runs.append({"budget": budget, "n_layer": n_layer, "n_embd": n_embd,
                              "name": cfg.name, "n_params": n, "steps": steps, "tokens": tokens,
-                             "flops": training_flops(n, tokens),
+                             "flops": estimate_6n(cfg, tokens),
                              "tokens_per_param": tokens / n})
         return runs
 
@@ -212,25 +203,18 @@ def train_run(run: dict, spec: ScalingSpec, device="cpu", progress: bool = False
     cfg = size_config(run["n_layer"], run["n_embd"], spec.seq_len)
     data = load_corpus(spec.corpus)
     model = build_model(cfg, spec.seed, device)
-    opt = make_optimizer(model, lr=spec.lr)
-    g = torch.Generator().manual_seed(spec.seed)  # every size sees the same batches in order
     steps = run["steps"]
-    warmup = max(1, steps // 20)
     t0, c0 = time.perf_counter(), time.process_time()
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for step in tqdm(range(steps), desc=cfg.name, disable=not progress, leave=False):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, spec.lr, warmup)
-        x, y = random_batch(data.train, spec.batch_size, spec.seq_len, g, device)  # (B, T)
-        _, loss = model(x, y)
-        optimizer_step(model, loss, opt, clip_norm=1.0)
+    trained = run_training(model, data, steps=steps, batch_size=spec.batch_size,
+                           seq_len=spec.seq_len, lr=spec.lr, warmup=max(1, steps // 20),
+                           seed=spec.seed,  # every size sees the same batches in order
+                           device=device, progress=progress, desc=cfg.name, leave=False)
     train_s = time.perf_counter() - t0
     batch_losses = held_out_losses(model, data, spec, device)
     mean = float(np.mean(batch_losses))
     se = float(np.std(batch_losses, ddof=1) / math.sqrt(len(batch_losses)))
     return {**run, "schema": SCHEMA, "status": "ok", "preset": cfg.name, "workload": "scaling",
-            "final_train_loss": float(loss.item()), "val_loss": mean, "val_se": se,
+            "final_train_loss": trained.last_loss, "val_loss": mean, "val_se": se,
             "bits_per_byte": mean / LN2, "batch_losses": batch_losses,
             "n_params_total": cfg.n_params(), "attention_share": attention_share(cfg, spec.seq_len),
             "seconds": time.perf_counter() - t0, "train_seconds": train_s,
@@ -481,8 +465,7 @@ def nearest_shape(n_params: float, sizes: Iterable[tuple[int, int]] = LADDER,
                                                   / n_params)))
 
 
-__all__ = ["SCHEMA", "LADDER", "PUBLISHED", "ScalingSpec", "size_config", "compute_params",
-           "training_flops", "tokens_for_budget", "attention_share", "chinchilla_optimum",
+__all__ = ["SCHEMA", "LADDER", "PUBLISHED", "ScalingSpec", "size_config", "tokens_for_budget", "attention_share", "chinchilla_optimum",
            "run_key", "train_run", "held_out_losses", "isoflop_sweep", "runs_frame",
            "export_runs", "load_shipped", "fit_parabola", "fit_power_law", "scaling_fit",
            "predict_optimal", "nearest_shape"]
