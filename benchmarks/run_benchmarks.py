@@ -178,7 +178,7 @@ def bench_checkpointing(cal: dict, batch_size: int = 8) -> None:
 
 def bench_attention_memory() -> None:
     """Peak memory of one attention forward+backward, naive vs sdpa, at T = 1024."""
-    from efflab.measurement.memory import attention_memory_sweep
+    from efflab.studies.attention_memory import attention_memory_sweep
 
     df = attention_memory_sweep([256, 512, 1024], impls=("naive", "sdpa"))
     at = df[df["T"] == 1024].set_index("impl")

@@ -2,8 +2,8 @@ import pytest
 
 from efflab.core.config import ConfigError, Knobs, get_preset
 from efflab.measurement import measure
-from efflab.measurement.refusals import availability_table
 from efflab.measurement.training import train_curves
+from efflab.studies.precision_formats import availability_table
 from efflab.techniques.precision import PrecisionConfig, refusal
 
 

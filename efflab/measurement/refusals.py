@@ -9,13 +9,11 @@ reason instead of hanging the notebook. Each technique owns its rule (``precisio
 
 from __future__ import annotations
 
-import pandas as pd
-
-from efflab.core.config import PRECISIONS, Knobs, ModelConfig
+from efflab.core.config import Knobs, ModelConfig
 from efflab.measurement.flops import step_flops_estimate
 from efflab.measurement.hardware import interpreter_seconds_per_program
 from efflab.techniques.attention import interpreted_refusal
-from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, refusal
+from efflab.techniques.precision import PrecisionConfig, refusal
 
 
 def refusal_reason(cfg: ModelConfig, knobs: Knobs, device: str, calibration: dict) -> str | None:
@@ -25,20 +23,3 @@ def refusal_reason(cfg: ModelConfig, knobs: Knobs, device: str, calibration: dic
         why = interpreted_refusal(cfg, knobs.batch_size, knobs.resolve_seq_len(cfg),
                                   knobs.workload == "train", interpreter_seconds_per_program())
     return why
-
-
-def availability_table(cfg: ModelConfig, knobs: Knobs, calibration: dict) -> pd.DataFrame:
-    """One row per precision for ``knobs`` on preset ``cfg``: runs here or not, why, the
-    predicted step time at this machine's measured peak for its format, and the bytes per
-    parameter it stores (what the lesson shows beside its toggles)."""
-    flops = step_flops_estimate(cfg, knobs)
-    rows = []
-    for p in PRECISIONS:
-        pc = PrecisionConfig(p)
-        peak = calibration["matmul"][COMPUTE_DTYPE[p]]["flops_per_s"]
-        why = refusal(pc, flops, calibration)
-        rows.append({"precision": p, "runs here": why is None,
-                     "compute format": COMPUTE_DTYPE[p], "measured peak GFLOP/s": peak / 1e9,
-                     "predicted step s": flops / peak, "bytes per weight": pc.param_bytes,
-                     "why not": why or ""})
-    return pd.DataFrame(rows)

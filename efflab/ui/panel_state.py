@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from efflab.core.config import ConfigError, Knobs, get_preset, knob_fields, parse_knob
 from efflab.measurement.hardware import RefusedError, pick_device
-from efflab.measurement.refusals import availability_table
+from efflab.studies.precision_formats import availability_table
 
 MIB = 2**20
 DEFAULT_VALUES = (1, 2, 4, 8, 16)
