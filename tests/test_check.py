@@ -495,3 +495,31 @@ def test_a_student_placeholder_is_logged_unanswered_and_stops_the_run(name, answ
     (entry,) = check.read_answers(answer_log)
     fb = check.judge(name, entry["evidence"])
     assert fb.status == "unanswered" and fb.points == 0
+
+
+@pytest.mark.parametrize("truth", [3.7e-4, 0.81, 2.5, 41.0, 1.78e3, 6.1e6, 2.2e12])
+def test_a_miss_is_told_in_coarse_bands_that_never_hand_over_the_value(truth):
+    """The two-try attack: answer 1, then try every number the first reply contains (and
+    1 times or divided by each) — none may pass, because the reply gives a band, not a ratio."""
+    import re
+
+    from efflab.check.core import judge_number, miss_band
+
+    first = judge_number(1.0, truth, expected="the value", unit="B")
+    assert not first.passed
+    text = f"{first.expected} {first.got} {first.hint}"
+    numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+    for x in numbers:
+        for second in (x, 1 / x if x else 0.0):
+            assert not judge_number(second, truth, expected="the value").passed, (second, text)
+    assert miss_band(1.0, truth) in first.got
+
+
+@pytest.mark.parametrize("got, want, band", [
+    (5.0, 1.0, "too high, within 10x"), (0.5, 1.0, "too low, within 2x"),
+    (1.05, 1.0, "within 10%, too high"), (200.0, 1.0, "too high by more than 10x"),
+    (-1.0, 1.0, "the wrong sign"), (0.0, 3.0, "zero"), (float("nan"), 1.0, "off")])
+def test_miss_band_names_the_direction_and_the_band(got, want, band):
+    from efflab.check.core import miss_band
+
+    assert miss_band(got, want) == band

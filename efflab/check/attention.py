@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from efflab.check.core import Verdict, exercise, number, probe_outputs, probed, seed_of
+from efflab.check.core import Verdict, exercise, miss_band, number, probe_outputs, probed, seed_of
 
 PROBE_SEED = 4
 BLOCK = 7
@@ -181,5 +181,5 @@ def _judge_score_bytes(ev: dict) -> Verdict:
     p, i = probes[bad[0]], bad[0]
     return Verdict(False, expected=expected,
                    got=f"B={p['B']}, h={p['h']}, T={p['T']}, {p['bytes_per_value']} bytes per value: "
-                       f"{got[i]:,.0f} bytes ({got[i] / want[i]:.3g}x the right size); "
+                       f"{got[i]:,.0f} bytes ({miss_band(got[i], want[i])}); "
                        f"{len(bad)} of {len(probes)} shapes wrong", hint=hint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from efflab.check.core import Verdict, close, exercise, number, ratio_text
+from efflab.check.core import Verdict, close, exercise, miss_band, number
 
 
 def _row(df, batch_size: int):
@@ -48,9 +48,9 @@ def _judge_throughput(ev: dict) -> Verdict:
     ]
     for value, hint in slips:
         if close(got, value, rel=0.02):
-            return Verdict(False, expected=expected, got=f"{got_text} ({ratio_text(got, truth)})",
+            return Verdict(False, expected=expected, got=f"{got_text} ({miss_band(got, truth)})",
                            hint=hint)
-    return Verdict(False, expected=expected, got=f"{got_text} ({ratio_text(got, truth)})",
+    return Verdict(False, expected=expected, got=f"{got_text} ({miss_band(got, truth)})",
                    hint="tokens per step ÷ the step's latency in seconds; tokens per step = B·T")
 
 

@@ -11,10 +11,10 @@ from efflab.check.core import (
     Verdict,
     exercise,
     judge_number,
+    miss_band,
     number,
     probe_outputs,
     probed,
-    ratio_text,
 )
 from efflab.studies.distill import soft_target_loss as reference_soft_target_loss
 from efflab.techniques.pruning import kept_channels, mlp_flops_per_token
@@ -121,8 +121,8 @@ def _judge_soft(ev: dict) -> Verdict:
         for value, hint in slips:
             if math.isfinite(got) and abs(got - value) <= 1e-3 * abs(value) + 1e-6:
                 return Verdict(False, expected=expected,
-                               got=f"{case}: {got:.6g} ({ratio_text(got, truth)})", hint=hint)
-        return Verdict(False, expected=expected, got=f"{case}: {got:.6g} ({ratio_text(got, truth)})",
+                               got=f"{case}: {got:.6g} ({miss_band(got, truth)})", hint=hint)
+        return Verdict(False, expected=expected, got=f"{case}: {got:.6g} ({miss_band(got, truth)})",
                        hint="softmax over the last axis of logits/τ for both; Σ p_t·(log p_t − "
                             "log p_s) per position; mean over positions; × τ²")
     return Verdict(True, expected=expected, got=f"all {len(probes)} probes within 0.1%")

@@ -43,7 +43,7 @@ Checks never depend on absolute timings: they compare with references, the learn
 records, orderings, ratios and tolerances.
 
 Helpers for writing a check: :func:`number` (a float, or EvidenceError), :func:`close`,
-:func:`ratio_text` ("3.2x too high"), :func:`judge_number` (a derived number against its truth
+:func:`miss_band` ("too high, within 2x"), :func:`judge_number` (a derived number against its truth
 and the values known slips give, each with its hint), :func:`probe_outputs` (call a learner's
 function on probes, keeping outputs or errors) and :func:`seed_of` (the probe seed of evidence).
 Test every check with its right answer and at least two plausible wrong ones.
@@ -246,16 +246,27 @@ def close(got: float, want: float, rel: float = 0.02, abs_: float = 0.0) -> bool
     return abs(got - want) <= max(rel * abs(want), abs_)
 
 
-def ratio_text(got: float, want: float) -> str:
-    """'3.2x too high' / '1000x too low' / 'within 1%' — the direction of a miss."""
-    if want == 0 or not math.isfinite(got) or not math.isfinite(want) or got == 0:
+def miss_band(got: float, want: float) -> str:
+    """Which way an answer misses and by how much, in coarse bands that never give the value
+    back: "too high by more than 10x", "too low, within 10x", "too high, within 2x",
+    "within 10%, too low", "the wrong sign", "zero". The bands are a factor of 10, 2 and
+    1.1 wide, so no number read from the reply lands within a check's tolerance."""
+    if not math.isfinite(got) or not math.isfinite(want) or want == 0:
         return "off"
+    if got == 0:
+        return "zero"
     r = got / want
     if r < 0:
         return "the wrong sign"
-    if abs(r - 1) < 0.01:
-        return "within 1%"
-    return f"{r:.3g}x too high" if r > 1 else f"{1 / r:.3g}x too low"
+    way = "too high" if r > 1 else "too low"
+    factor = r if r > 1 else 1 / r
+    if factor > 10:
+        return f"{way} by more than 10x"
+    if factor > 2:
+        return f"{way}, within 10x"
+    if factor > 1.1:
+        return f"{way}, within 2x"
+    return f"within 10%, {way}"
 
 
 @dataclass
@@ -395,7 +406,7 @@ def judge_number(got: float, truth: float, *, expected: str, unit: str = "",
     """The verdict on a derived number: within tolerance of ``truth``, or which slip it matches.
 
     ``slips``: (the value a known mistake gives, the hint for it), tried in order. The reply
-    says how far off the answer is and which way, never the right value.
+    says which way the answer misses, in a coarse band (:func:`miss_band`), never the value.
     """
     shown = f"{got:,.6g}{' ' + unit if unit else ''}" if math.isfinite(got) else str(got)
     if close(got, truth, rel=rel, abs_=abs_):
@@ -403,8 +414,8 @@ def judge_number(got: float, truth: float, *, expected: str, unit: str = "",
     for value, slip_hint in slips:
         if value != truth and close(got, value, rel=rel, abs_=abs_):
             return Verdict(False, expected=expected,
-                           got=f"{shown} ({ratio_text(got, truth)})", hint=slip_hint)
-    return Verdict(False, expected=expected, got=f"{shown} ({ratio_text(got, truth)})", hint=hint)
+                           got=f"{shown} ({miss_band(got, truth)})", hint=slip_hint)
+    return Verdict(False, expected=expected, got=f"{shown} ({miss_band(got, truth)})", hint=hint)
 
 
 def probe_outputs(fn: Callable, probes: list[dict]) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from efflab.check.core import Verdict, close, exercise, number, ratio_text
+from efflab.check.core import Verdict, close, exercise, miss_band, number
 
 
 def _law(law: dict) -> tuple[float, float]:
@@ -33,7 +33,7 @@ def _judge_compute_optimal(ev: dict) -> Verdict:
     d_true = c / (6 * n_true)
     n, d = number(ev["n"]), number(ev["d"])
     expected = f"N_opt and D_opt at C = {c:.3g} from your fit, within 5%"
-    got = f"N = {n:,.4g} ({ratio_text(n, n_true)}), D = {d:,.4g} ({ratio_text(d, d_true)})"
+    got = f"N = {n:,.4g} ({miss_band(n, n_true)}), D = {d:,.4g} ({miss_band(d, d_true)})"
     n_ok, d_ok = close(n, n_true, rel=0.05), close(d, d_true, rel=0.05)
     if n_ok and d_ok:
         return Verdict(True, expected=expected, got=f"N = {n:,.4g}, D = {d:,.4g}")
@@ -77,7 +77,7 @@ def _judge_optimal_loss(ev: dict) -> Verdict:
     truth = k * c ** g
     got = number(ev["answer"])
     expected = f"L_opt at C = {c:.3g} from your loss law, within 1%"
-    shown = f"{got:.4f} nats ({ratio_text(got, truth)})"
+    shown = f"{got:.4f} nats ({miss_band(got, truth)})"
     if close(got, truth, rel=0.01):
         return Verdict(True, expected=expected, got=f"{got:.4f} nats")
     if close(got, number(ev["last"]), rel=0.005):
