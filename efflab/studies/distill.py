@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from efflab.core.config import ConfigError, ModelConfig
@@ -164,9 +163,5 @@ def paired_gap(a: dict, b: dict) -> dict:
             "significant": bool(abs(d.mean()) > half)}
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 __all__ = ["soft_target_loss", "distillation_loss", "student_config", "init_from_teacher",
-           "compare_students", "paired_gap", "count_params"]
+           "compare_students", "paired_gap"]
