@@ -23,8 +23,8 @@ from efflab.core.weights import load_model
 from efflab.measurement.hardware import environment, fingerprint, load_average
 from efflab.studies.compression import Recipe, claim, evaluate_recipes, frontier
 from efflab.studies.distill import compare_students, paired_gap, student_config
-from efflab.techniques.pruning import PruneConfig
-from efflab.techniques.quantization import QuantConfig
+from efflab.techniques.pruning import PruningConfig
+from efflab.techniques.quantization import QuantizationConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,15 +51,15 @@ def main() -> None:
                                      final_windows=args.windows)
     gap = paired_gap(final["hard only"], final["distilled"])
     print(f"distilled vs hard-only: gap {gap['gap']:+.4f} ± {gap['ci95']:.4f} nats")
-    int8, int4 = QuantConfig("int8-weight"), QuantConfig("int4-weight", 64)
-    half = PruneConfig("structured", 0.5)
+    int8, int4 = QuantizationConfig("int8-weight"), QuantizationConfig("int4-weight", 64)
+    half = PruningConfig("structured", 0.5)
     ft = args.finetune_steps
     recipes = [
         Recipe("teacher int8", quant=int8), Recipe("teacher int4", quant=int4),
         Recipe("pruned MLP 50%", prune=half, finetune_steps=ft),
         Recipe("pruned MLP 50% int8", prune=half, finetune_steps=ft, quant=int8),
         Recipe("pruned MLP 50% int4", prune=half, finetune_steps=ft, quant=int4),
-        Recipe("pruned MLP 25% int4", prune=PruneConfig("structured", 0.25), finetune_steps=ft,
+        Recipe("pruned MLP 25% int4", prune=PruningConfig("structured", 0.25), finetune_steps=ft,
                quant=int4),
         Recipe("student", base="student"), Recipe("student int8", base="student", quant=int8),
         Recipe("student int4", base="student", quant=int4),

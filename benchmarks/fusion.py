@@ -58,8 +58,8 @@ from efflab.core.model import build_model
 from efflab.measurement.hardware import available_cpus, environment, fingerprint, load_average
 from efflab.measurement.workloads import make_optimizer
 from efflab.studies.fusion import form_timings, fusion_counts
-from efflab.techniques import apply_techniques
-from efflab.techniques.compile import CompileConfig, compile_model, compile_optimizer
+from efflab.techniques import apply_, apply_techniques
+from efflab.techniques.compile import CompileConfig, compile_optimizer
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -147,9 +147,9 @@ RECIPES: dict[str, Knobs | None] = {
     "compile-model+blocked-attention": Knobs(attention="blocked", compile="default"),
 }
 """Each efflab recipe is a set of knobs, built exactly as ``efflab.measure`` builds it:
-techniques applied, the model compiled (``compile_model``; under compile the model traces its
-GELU in the sigmoid form), and the optimizer's step compiled under the same mode
-(``compile_optimizer``, as ``efflab.measurement.workloads.prepare`` does)."""
+techniques applied, the model compiled in place (``apply_(model, CompileConfig(...))``; under
+compile the model traces its GELU in the sigmoid form), and the optimizer's step compiled under
+the same mode (``compile_optimizer``, as ``efflab.measurement.workloads.prepare`` does)."""
 
 
 def make_recipe(name: str, cfg, seed: int = 0):
@@ -164,7 +164,7 @@ def make_recipe(name: str, cfg, seed: int = 0):
         model = apply_techniques(build_model(cfg, seed), knobs)
         config = CompileConfig(knobs.compile)
         opt = compile_optimizer(make_optimizer(model), config)
-        fwd = compile_model(model, config)
+        fwd = apply_(model, config)  # compiled in place: fwd is model
     model.train()
 
     def step(x, y):

@@ -34,25 +34,25 @@ from efflab.core.model import build_model
 from efflab.core.weights import load_model
 from efflab.measurement.hardware import copy_bandwidth, environment, fingerprint, read_bandwidth
 from efflab.measurement.workloads import eval_loss, prepare
+from efflab.techniques import apply_
 from efflab.techniques.quantization import (
-    QuantConfig,
+    QuantizationConfig,
     model_bytes,
-    quantize_,
     weight_bytes_per_token,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the memory-bound preset: fp32 weights ~229 MB, ~7x this CPU's 32 MiB L3
 CPU_WIDE = get_preset("cpu-wide")
-FORMATS = {"fp32": QuantConfig("none"), "int8": QuantConfig("int8-weight"),
-           "int4": QuantConfig("int4-weight", 64), "int8-dynamic": QuantConfig("int8-dynamic")}
+FORMATS = {"fp32": QuantizationConfig("none"), "int8": QuantizationConfig("int8-weight"),
+           "int4": QuantizationConfig("int4-weight", 64), "int8-dynamic": QuantizationConfig("int8-dynamic")}
 
 
 def decode_rates(base, formats: list[str], corpus, runs: int, steps: int, bandwidth: float):
     knobs = Knobs(batch_size=1, workload="decode", seq_len=64, gen_tokens=32)
     prepared, models = {}, {}
     for f in formats:
-        models[f] = quantize_(copy.deepcopy(base), FORMATS[f]).eval()
+        models[f] = apply_(copy.deepcopy(base), FORMATS[f]).eval()
         prepared[f] = prepare("decode", models[f], corpus, knobs)
         for _ in range(5):  # warm up: first calls allocate
             prepared[f].step()
@@ -102,7 +102,7 @@ def main():
                   f"{r['bytes_per_token'] / 1e6:7.2f} MB  bound {r['bound_tokens_per_s']:.0f} tok/s")
     bpb = {}
     for f in ["fp32", "int8", "int4", "int8-dynamic"]:
-        m = quantize_(copy.deepcopy(small), FORMATS[f])
+        m = apply_(copy.deepcopy(small), FORMATS[f])
         bpb[f] = eval_loss(m, corpus, 128, batch_size=8, n_batches=8)["bits_per_byte"]
         print(f"cpu-small {f:12s} val bpb {bpb[f]:.4f} ({100 * (bpb[f] / bpb['fp32'] - 1):+.2f}%)")
     out["val_bits_per_byte"] = bpb

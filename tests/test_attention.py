@@ -20,6 +20,7 @@ from efflab.core.config import ConfigError, get_preset  # noqa: E402
 from efflab.core.model import KVCache, build_model  # noqa: E402
 from efflab.kernels import flash_attention as fa  # noqa: E402
 from efflab.studies.kernel_benchmark import run_benchmark  # noqa: E402
+from efflab.techniques import apply_  # noqa: E402
 from efflab.techniques import attention as att  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not fa.TRITON_AVAILABLE, reason="triton is not installed")
@@ -171,7 +172,7 @@ def test_importing_without_triton_does_not_crash():
         "    assert 'not installed' in str(e), e\n"
         "else:\n"
         "    raise AssertionError('no error')\n"
-        "from efflab.techniques.attention import AttentionConfig, set_attention\n"
+        "from efflab.techniques import AttentionConfig, apply_\n"
         "AttentionConfig('naive')\n"
         "print('ok')\n"
     )
@@ -193,7 +194,7 @@ def test_config_is_checked_frozen_and_hashable():
     with pytest.raises(AttributeError):
         cfg.impl = "sdpa"
     with pytest.raises(TypeError):
-        att.set_attention(build_model(get_preset("cpu-tiny")), "naive")
+        apply_(build_model(get_preset("cpu-tiny")), "naive")
 
 
 def _impls():
@@ -203,7 +204,7 @@ def _impls():
 def test_set_attention_swaps_every_core_and_print_shows_it():
     model = build_model(get_preset("cpu-tiny"))
     for impl in _impls():
-        assert att.set_attention(model, att.AttentionConfig(impl)) is model
+        assert apply_(model, att.AttentionConfig(impl)) is model
         cores = [block.attn.core for block in model.h]
         assert len(cores) == model.cfg.n_layer
         assert all(type(c) is att.CORES[impl] for c in cores)
@@ -218,7 +219,7 @@ def test_model_logits_and_gradients_equal_across_impls():
     y = torch.randint(0, 256, (2, cfg.block_size), generator=g)
     results = {}
     for impl in _impls():
-        model = att.set_attention(build_model(cfg, seed=1), att.AttentionConfig(impl))
+        model = apply_(build_model(cfg, seed=1), att.AttentionConfig(impl))
         logits, loss = model(x, y)
         loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters()}
@@ -234,7 +235,7 @@ def test_model_logits_and_gradients_equal_across_impls():
 
 @needs_triton
 def test_kv_cache_decode_with_the_triton_core_equals_full_recompute():
-    model = att.set_attention(build_model(get_preset("cpu-tiny"), seed=3).eval(),
+    model = apply_(build_model(get_preset("cpu-tiny"), seed=3).eval(),
                               att.AttentionConfig("triton"))
     x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

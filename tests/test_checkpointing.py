@@ -18,20 +18,20 @@ from efflab.core.model import MLP, Block, build_model
 from efflab.core.weights import load_weights, save_weights
 from efflab.measurement.memory import measure_memory, predict_memory
 from efflab.measurement.workloads import prepare
+from efflab.techniques import apply_
 from efflab.techniques.checkpointing import (
-    CheckpointConfig,
     CheckpointedBlock,
     CheckpointedMLP,
+    CheckpointingConfig,
     activation_breakdown,
-    apply_checkpointing,
     forward_flops_per_token,
     predict_activation_bytes,
     recompute_flops_fraction,
 )
 
 TINY = get_preset("cpu-tiny")
-MODES = [CheckpointConfig("blocks"), CheckpointConfig("blocks", every=2),
-         CheckpointConfig("selective")]
+MODES = [CheckpointingConfig("blocks"), CheckpointingConfig("blocks", every=2),
+         CheckpointingConfig("selective")]
 IDS = ["blocks", "blocks-every2", "selective"]
 
 
@@ -65,20 +65,20 @@ def wrappers(model):
 ])
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ConfigError) as err:
-        CheckpointConfig(**kwargs)
+        CheckpointingConfig(**kwargs)
     assert err.value.field == field
     assert field in str(err.value)
 
 
 def test_config_is_frozen_and_hashable():
-    c = CheckpointConfig("blocks", every=2)
-    assert {c: 1}[CheckpointConfig("blocks", 2)] == 1
+    c = CheckpointingConfig("blocks", every=2)
+    assert {c: 1}[CheckpointingConfig("blocks", 2)] == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.mode = "none"
     assert c.wrapped_layers(5) == [0, 2, 4]
-    assert CheckpointConfig().wrapped_layers(5) == []
-    with pytest.raises(ConfigError, match="config"):
-        apply_checkpointing(build_model(TINY), "blocks")
+    assert CheckpointingConfig().wrapped_layers(5) == []
+    with pytest.raises(TypeError, match="config='blocks' of type str"):
+        apply_(build_model(TINY), "blocks")
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -96,7 +96,7 @@ def loss_and_grads(model, x, y):
 def test_gradients_equal_the_plain_model(config):
     x, y = tiny_batch()
     loss0, grads0 = loss_and_grads(build_model(TINY, seed=0), x, y)
-    model = apply_checkpointing(build_model(TINY, seed=0), config)
+    model = apply_(build_model(TINY, seed=0), config)
     loss1, grads1 = loss_and_grads(model, x, y)
     torch.testing.assert_close(loss1, loss0, rtol=0, atol=0)  # forward is the same computation
     assert grads1.keys() == grads0.keys()  # same parameter names
@@ -107,7 +107,7 @@ def test_gradients_equal_the_plain_model(config):
 @pytest.mark.parametrize("config", MODES, ids=IDS)
 def test_eval_and_kv_cache_decoding_are_unchanged(config):
     plain = build_model(TINY, seed=0).eval()
-    model = apply_checkpointing(build_model(TINY, seed=0), config).eval()
+    model = apply_(build_model(TINY, seed=0), config).eval()
     x, y = tiny_batch()
     with torch.no_grad():
         torch.testing.assert_close(model(x, y)[0], plain(x, y)[0], rtol=0, atol=0)
@@ -127,7 +127,7 @@ def test_checkpoint_runs_only_when_backward_can_use_it(monkeypatch):
         return real(fn, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_mod, "checkpoint", counting)
-    model = apply_checkpointing(build_model(TINY), CheckpointConfig("blocks"))
+    model = apply_(build_model(TINY), CheckpointingConfig("blocks"))
     x, y = tiny_batch()
     model(x, y)[1].backward()
     assert calls == ["Block"] * TINY.n_layer  # training: every block checkpointed, once
@@ -144,13 +144,13 @@ def test_checkpoint_runs_only_when_backward_can_use_it(monkeypatch):
 # ----------------------------------------------------------------------------- wrapping
 
 def test_print_shows_the_wrappers():
-    model = apply_checkpointing(build_model(TINY), CheckpointConfig("blocks", every=2))
+    model = apply_(build_model(TINY), CheckpointingConfig("blocks", every=2))
     text = str(model)  # cpu-tiny has 2 layers: (0) wrapped, (1) plain
     assert "(0): CheckpointedBlock(" in text and "(1): Block(" in text
     assert "checkpoint=block" in text and "(attn): CausalSelfAttention" in text
-    apply_checkpointing(model, CheckpointConfig("blocks"))
+    apply_(model, CheckpointingConfig("blocks"))
     assert all("checkpoint=block" in repr(b) for b in model.h)
-    apply_checkpointing(model, CheckpointConfig("selective"))
+    apply_(model, CheckpointingConfig("selective"))
     text = str(model)
     assert "CheckpointedBlock" not in text
     assert "(mlp): CheckpointedMLP(" in text and "checkpoint=selective" in text
@@ -162,17 +162,17 @@ def test_applying_twice_does_not_double_wrap_and_none_unwraps():
     blocks = list(model.h)
     mlps = [b.mlp for b in model.h]
     params = [id(p) for p in model.parameters()]
-    for config in (CheckpointConfig("blocks"), CheckpointConfig("blocks")):
-        apply_checkpointing(model, config)
+    for config in (CheckpointingConfig("blocks"), CheckpointingConfig("blocks")):
+        apply_(model, config)
         assert wrappers(model) == (list(range(TINY.n_layer)), [])
         assert all(type(b.inner) is Block for b in model.h)  # one level, never two
-    apply_checkpointing(model, CheckpointConfig("selective"))  # switching modes
-    apply_checkpointing(model, CheckpointConfig("selective"))
+    apply_(model, CheckpointingConfig("selective"))  # switching modes
+    apply_(model, CheckpointingConfig("selective"))
     assert wrappers(model) == ([], list(range(TINY.n_layer)))
     assert all(type(b.mlp.inner) is MLP for b in model.h)
-    apply_checkpointing(model, CheckpointConfig("blocks", every=2))
+    apply_(model, CheckpointingConfig("blocks", every=2))
     assert wrappers(model) == ([0], [])  # cpu-tiny has 2 layers: only block 0
-    apply_checkpointing(model, CheckpointConfig("none"))
+    apply_(model, CheckpointingConfig("none"))
     assert wrappers(model) == ([], [])
     assert all(a is b for a, b in zip(model.h, blocks))  # the very same modules come back
     assert all(b.mlp is m for b, m in zip(model.h, mlps))
@@ -182,14 +182,14 @@ def test_applying_twice_does_not_double_wrap_and_none_unwraps():
 def test_none_on_a_plain_model_changes_nothing():
     model = build_model(TINY)
     before = list(model.modules())
-    assert apply_checkpointing(model, CheckpointConfig()) is model
+    assert apply_(model, CheckpointingConfig()) is model
     assert list(model.modules()) == before
 
 
 def test_wrappers_are_transparent():
     model = build_model(TINY)
     block0, mlp1 = model.h[0], model.h[1].mlp
-    apply_checkpointing(model, CheckpointConfig("blocks"))
+    apply_(model, CheckpointingConfig("blocks"))
     assert model.h[0].attn is block0.attn  # children reached through the wrapper
     model.eval()
     assert not model.h[0].training and not model.h[0].inner.training
@@ -198,17 +198,17 @@ def test_wrappers_are_transparent():
     # a child swapped through the wrapper (another technique's change) survives unwrapping
     new_mlp = MLP(TINY)
     model.h[0].mlp = new_mlp
-    apply_checkpointing(model, CheckpointConfig("selective"))
+    apply_(model, CheckpointingConfig("selective"))
     assert model.h[0].mlp.inner is new_mlp and model.h[1].mlp.inner is mlp1
     assert model.h[1].mlp.c_fc is mlp1.c_fc
-    apply_checkpointing(model, CheckpointConfig())
+    apply_(model, CheckpointingConfig())
     assert model.h[0] is block0 and block0.mlp is new_mlp
 
 
 @pytest.mark.parametrize("config", MODES, ids=IDS)
 def test_state_dict_keys_do_not_change(config):
     plain = build_model(TINY, seed=0)
-    model = apply_checkpointing(build_model(TINY, seed=0), config)
+    model = apply_(build_model(TINY, seed=0), config)
     sd0, sd1 = plain.state_dict(), model.state_dict()
     assert list(sd1) == list(sd0)
     for k in sd0:
@@ -222,11 +222,11 @@ def test_checkpoints_load_across_wrapped_and_plain_models(tmp_path):
     # saved from a plain model, loaded into a wrapped one
     plain = build_model(TINY, seed=5).eval()
     path = save_weights(plain, tmp_path / "plain.safetensors")
-    wrapped = apply_checkpointing(build_model(TINY, seed=9), CheckpointConfig("blocks")).eval()
+    wrapped = apply_(build_model(TINY, seed=9), CheckpointingConfig("blocks")).eval()
     missing, unexpected = wrapped.load_state_dict(load_file(str(path)), strict=False)
     assert missing == ["lm_head.weight"] and unexpected == []  # tied to wte: saved once
     # saved from a wrapped model, loaded by efflab's own loader into a plain one
-    sel = apply_checkpointing(build_model(TINY, seed=5), CheckpointConfig("selective")).eval()
+    sel = apply_(build_model(TINY, seed=5), CheckpointingConfig("selective")).eval()
     path2 = save_weights(sel, tmp_path / "wrapped.safetensors")
     loaded = load_weights(path2).eval()
     with torch.no_grad():
@@ -245,9 +245,9 @@ B, T = 8, 128
 def small_memory(corpus):
     """One tracked train step of cpu-small at B=8, T=128 per mode, after a warm-up step."""
     out = {}
-    for config in [CheckpointConfig(), *MODES]:
+    for config in [CheckpointingConfig(), *MODES]:
         torch.set_num_threads(1)
-        model = apply_checkpointing(build_model(SMALL, seed=0), config)
+        model = apply_(build_model(SMALL, seed=0), config)
         prep = prepare("train", model, corpus, Knobs(batch_size=B, seq_len=T))
         prep.step()  # AdamW state exists from here on: the step is in steady state
         out[config] = measure_memory(prep.step, model, prep.optimizer, prep.tagged, prep.inputs)
@@ -274,10 +274,10 @@ def activation_memory(mem):
 
 def test_none_matches_predict_memory():
     acts = predict_memory(SMALL, "train", B, T)["by_category"]["activations"]
-    assert predict_activation_bytes(SMALL, B, T, CheckpointConfig()) == acts
+    assert predict_activation_bytes(SMALL, B, T, CheckpointingConfig()) == acts
 
 
-@pytest.mark.parametrize("config", [CheckpointConfig(), *MODES], ids=["none", *IDS])
+@pytest.mark.parametrize("config", [CheckpointingConfig(), *MODES], ids=["none", *IDS])
 def test_measured_activation_memory_follows_the_formula(small_memory, config):
     mem = small_memory[config]
     pred = activation_breakdown(SMALL, B, T, config)
@@ -288,7 +288,7 @@ def test_measured_activation_memory_follows_the_formula(small_memory, config):
 
 
 def test_blocks_cut_activation_memory_by_the_predicted_factor(small_memory):
-    none, blocks = small_memory[CheckpointConfig()], small_memory[CheckpointConfig("blocks")]
+    none, blocks = small_memory[CheckpointingConfig()], small_memory[CheckpointingConfig("blocks")]
     factor = activation_memory(none) / activation_memory(blocks)  # measured: ~3.2x
     assert factor >= 3.0  # the target: >= 3x less activation memory, cpu-small at T=128
     # the whole step's peak, predicted from the formulas, within 10% (and not below by > 2%)
@@ -303,7 +303,7 @@ def test_blocks_cut_activation_memory_by_the_predicted_factor(small_memory):
             / blocks["max_by_category"]["activations"])
     assert kept >= 5.0
     assert blocks["peak_bytes"] < 0.6 * none["peak_bytes"]  # the whole step's peak, too
-    assert (small_memory[CheckpointConfig("selective")]["peak_bytes"]
+    assert (small_memory[CheckpointingConfig("selective")]["peak_bytes"]
             < none["peak_bytes"])
 
 
@@ -322,7 +322,7 @@ def test_recompute_flops_match_the_formula(config):
     x, y = tiny_batch(B=2, T=64)
     B_, T_ = x.shape
     base, _ = counted_train_flops(build_model(cfg, seed=0), x, y)
-    flops, counts = counted_train_flops(apply_checkpointing(build_model(cfg, seed=0), config),
+    flops, counts = counted_train_flops(apply_(build_model(cfg, seed=0), config),
                                         x, y)
     f = forward_flops_per_token(cfg, T_)
     step = 3 * (cfg.n_layer * f["block"] + f["head"]) * B_ * T_
@@ -335,12 +335,12 @@ def test_recompute_flops_match_the_formula(config):
 
 def test_recompute_fraction_is_under_a_third():
     cfg = get_preset("cpu-small")
-    blocks = recompute_flops_fraction(cfg, CheckpointConfig("blocks"), 128)
-    half = recompute_flops_fraction(cfg, CheckpointConfig("blocks", every=2), 128)
-    sel = recompute_flops_fraction(cfg, CheckpointConfig("selective"), 128)
-    assert recompute_flops_fraction(cfg, CheckpointConfig(), 128) == 0
+    blocks = recompute_flops_fraction(cfg, CheckpointingConfig("blocks"), 128)
+    half = recompute_flops_fraction(cfg, CheckpointingConfig("blocks", every=2), 128)
+    sel = recompute_flops_fraction(cfg, CheckpointingConfig("selective"), 128)
+    assert recompute_flops_fraction(cfg, CheckpointingConfig(), 128) == 0
     assert 0.2 < blocks < 1 / 3  # forward is 1/3 of a step; the head and c_proj are not redone
     assert half == pytest.approx(blocks / 2)
     assert 0 < sel < half
     # the default context is the preset's block_size
-    assert recompute_flops_fraction(cfg, CheckpointConfig("blocks")) == blocks
+    assert recompute_flops_fraction(cfg, CheckpointingConfig("blocks")) == blocks

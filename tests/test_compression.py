@@ -7,8 +7,8 @@ import pytest
 from efflab.core.config import ConfigError, ModelConfig
 from efflab.core.model import build_model
 from efflab.studies.compression import Recipe, build_candidate, claim, frontier, quality_ratio
-from efflab.techniques.pruning import PruneConfig
-from efflab.techniques.quantization import QuantConfig, model_bytes
+from efflab.techniques.pruning import PruningConfig
+from efflab.techniques.quantization import QuantizationConfig, model_bytes
 
 
 def test_quality_ratio_is_one_for_the_same_model_and_below_for_a_worse_one():
@@ -54,9 +54,9 @@ def test_candidates_are_smaller(corpus):
     cfg = ModelConfig("t", n_layer=2, n_head=2, n_embd=64, block_size=32)
     bases = {"teacher": build_model(cfg, 0)}
     full = model_bytes(bases["teacher"])
-    pruned = build_candidate(Recipe("p", prune=PruneConfig("structured", sparsity=0.5)), bases, corpus)
-    both = build_candidate(Recipe("pq", prune=PruneConfig("structured", sparsity=0.5, heads=1),
-                                  quant=QuantConfig("int4-weight", 64)), bases, corpus)
+    pruned = build_candidate(Recipe("p", prune=PruningConfig("structured", sparsity=0.5)), bases, corpus)
+    both = build_candidate(Recipe("pq", prune=PruningConfig("structured", sparsity=0.5, heads=1),
+                                  quant=QuantizationConfig("int4-weight", 64)), bases, corpus)
     assert model_bytes(both) < model_bytes(pruned) < full
     assert model_bytes(bases["teacher"]) == full  # the base is copied, never changed
 
@@ -66,8 +66,8 @@ def test_sparsity_sweep_rows_and_theory(corpus):
 
     cfg = ModelConfig("t", n_layer=2, n_head=2, n_embd=64, block_size=48)
     model = build_model(cfg, 0).eval()
-    df = sparsity_sweep(model, corpus, [PruneConfig("none"), PruneConfig("unstructured", 0.5),
-                                        PruneConfig("structured", 0.5)], windows=4, target_s=0.01)
+    df = sparsity_sweep(model, corpus, [PruningConfig("none"), PruningConfig("unstructured", 0.5),
+                                        PruningConfig("structured", 0.5)], windows=4, target_s=0.01)
     rows = {r["method"]: r for r in df.to_dict("records")}
     assert set(rows) == {"dense", "unstructured-global", "structured"}
     dense, unstr, struct = rows["dense"], rows["unstructured-global"], rows["structured"]

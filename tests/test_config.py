@@ -107,3 +107,100 @@ def test_group_size_that_does_not_divide_the_width_is_refused_before_work():
         measure(Knobs(workload="decode", quantization="int4-weight", group_size=128),
                 preset="cpu-tiny")
     assert e.value.field == "group_size" and "64" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- the public checks
+
+@pytest.mark.parametrize("bad", [True, 2.0, "3", None, 0, 11])
+def test_check_int_names_field_value_and_range(bad):
+    from efflab.core.config import check_int
+
+    assert check_int("n", 5, lo=1, hi=10) == 5
+    with pytest.raises(ConfigError) as e:
+        check_int("n", bad, lo=1, hi=10)
+    assert e.value.field == "n" and e.value.value is bad
+    assert str(e.value) == f"n={bad!r} is not allowed; n must be an integer in [1, 10]"
+
+
+def test_check_int_bounds_optional_and_note():
+    from efflab.core.config import check_int
+
+    assert check_int("k", None, lo=1, optional=True) is None
+    with pytest.raises(ConfigError, match=r"k must be None or an integer >= 1 \(a note\)$"):
+        check_int("k", 0, lo=1, optional=True, note="a note")
+    with pytest.raises(ConfigError, match="k must be an integer >= 1$"):
+        check_int("k", None, lo=1)  # None only where optional
+    with pytest.raises(ConfigError, match="an integer <= 3"):
+        check_int("k", 4, hi=3)
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", None, float("nan"), float("inf"), 0, 1.0])
+def test_check_real_names_field_value_and_interval(bad):
+    from efflab.core.config import check_real
+
+    assert check_real("p", 0.5, 0, 1, lo_open=True, hi_open=True) == 0.5
+    with pytest.raises(ConfigError) as e:
+        check_real("p", bad, 0, 1, lo_open=True, hi_open=True)
+    assert e.value.field == "p" and "p must be a number in (0, 1)" in str(e.value)
+
+
+def test_check_real_with_one_bound_asks_for_a_finite_number():
+    from efflab.core.config import check_real
+
+    assert check_real("c", 3, lo=0) == 3  # an int is a real number
+    with pytest.raises(ConfigError, match=r"c must be a finite number > 0$"):
+        check_real("c", float("inf"), lo=0, lo_open=True)
+    with pytest.raises(ConfigError, match=r"c must be a finite number >= 0 \(seconds\)$"):
+        check_real("c", -1, lo=0, note="seconds")
+
+
+@pytest.mark.parametrize("bad", ["fp64", 64.0, True, None])
+def test_check_choice_is_of_the_choices_own_type(bad):
+    from efflab.core.config import check_choice
+
+    assert check_choice("group_size", 64, (32, 64)) == 64
+    with pytest.raises(ConfigError) as e:
+        check_choice("group_size", bad, (32, 64))
+    assert e.value.field == "group_size"
+    assert str(e.value).endswith("group_size must be one of 32, 64")
+
+
+def test_check_keys_names_the_unknown_key_and_the_known_ones():
+    from efflab.core.config import check_keys
+
+    check_keys("config", {"a": 1, "b": 2}, ("a", "b", "c"))
+    with pytest.raises(ConfigError) as e:
+        check_keys("config", {"a": 1, "zz": 2}, ("a", "b"))
+    assert e.value.field == "config" and e.value.value == "zz"
+    assert str(e.value).endswith("config must be one of a, b")
+
+
+def test_each_choice_list_is_declared_once_and_shared():
+    """Knobs, the technique configs and the UI read the Literals of efflab.core.config."""
+    import typing
+
+    from efflab.core import config as c
+    from efflab.techniques import (
+        AttentionConfig,
+        CheckpointingConfig,
+        CompileConfig,
+        PrecisionConfig,
+        PruningConfig,
+        QuantizationConfig,
+    )
+
+    knobs = typing.get_type_hints(Knobs)
+    pairs = [(PrecisionConfig, "precision", c.Precision, "precision"),
+             (AttentionConfig, "impl", c.Attention, "attention"),
+             (CheckpointingConfig, "mode", c.Checkpointing, "checkpointing"),
+             (QuantizationConfig, "mode", c.Quantization, "quantization"),
+             (CompileConfig, "mode", c.Compile, "compile")]
+    for cls, field, literal, knob in pairs:
+        assert typing.get_type_hints(cls)[field] is literal, cls
+        assert knobs[knob] is literal, knob
+    assert typing.get_type_hints(QuantizationConfig)["group_size"] is c.GroupSize
+    assert typing.get_type_hints(PruningConfig)["method"] is c.Pruning
+    assert typing.get_type_hints(PruningConfig)["scope"] is c.PruningScope
+    fields = {f["name"]: f for f in knob_fields()}
+    assert fields["quantization"]["choices"] == c.QUANTIZATIONS
+    assert c.GROUP_SIZES == typing.get_args(c.GroupSize)

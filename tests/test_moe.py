@@ -17,11 +17,11 @@ from efflab.core.config import ConfigError, get_preset
 from efflab.core.data import random_batch
 from efflab.core.model import MLP, build_model
 from efflab.measurement.workloads import eval_loss
-from efflab.techniques.checkpointing import CheckpointConfig, apply_checkpointing
+from efflab.techniques import apply_
+from efflab.techniques.checkpointing import CheckpointingConfig
 from efflab.techniques.moe import (
     MoEConfig,
     MoEMLP,
-    apply_moe,
     auxiliary_loss,
     count_params,
     dropped_tokens,
@@ -207,7 +207,7 @@ def test_apply_moe_replaces_chosen_blocks_and_changes_the_state_dict():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    apply_moe(model, MoEConfig(experts=4, every=2), seed=5)
+    apply_(model, MoEConfig(experts=4, every=2, seed=5))
     assert torch.equal(torch.rand(1), before)  # the global RNG is untouched
     kinds = [type(b.mlp).__name__ for b in model.h]
     assert kinds == ["MoEMLP", "MLP", "MoEMLP", "MLP"]
@@ -215,20 +215,20 @@ def test_apply_moe_replaces_chosen_blocks_and_changes_the_state_dict():
     assert "h.0.mlp.experts.3.c_fc.weight" in model.state_dict()
     with pytest.raises(RuntimeError):  # a dense checkpoint does not load into an MoE model
         model.load_state_dict(dense_state)
-    again = apply_moe(build_model(get_preset("cpu-small")), MoEConfig(experts=4, every=2), seed=5)
+    again = apply_(build_model(get_preset("cpu-small")), MoEConfig(experts=4, every=2, seed=5))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
     with pytest.raises(ValueError, match="already"):
-        apply_moe(model, MoEConfig(experts=2))
-    assert apply_moe(model, MoEConfig()) is model  # experts=0: nothing changes
+        apply_(model, MoEConfig(experts=2))
+    assert apply_(model, MoEConfig()) is model  # experts=0: nothing changes
 
 
 def test_active_parameters_of_top1_equal_the_dense_model_plus_routers():
     dense = build_model(TINY)
-    moe = apply_moe(build_model(TINY), MoEConfig(experts=4, top_k=1))
+    moe = apply_(build_model(TINY), MoEConfig(experts=4, top_k=1))
     n = count_params(moe)
     assert n["active"] == dense.num_params() + TINY.n_layer * C * 4  # routers: C·E, no bias
     assert n["total"] == n["active"] + TINY.n_layer * 3 * (2 * C * 4 * C + 4 * C + C)
-    top2 = count_params(apply_moe(build_model(TINY), MoEConfig(experts=4, top_k=2)))
+    top2 = count_params(apply_(build_model(TINY), MoEConfig(experts=4, top_k=2)))
     # two half-width experts: the same weights, one extra c_proj bias (C) per layer
     assert top2["active"] == dense.num_params() + TINY.n_layer * (C * 4 + C)
     assert count_params(dense) == {"total": dense.num_params(), "active": dense.num_params()}
@@ -239,7 +239,7 @@ def test_helpers_on_a_dense_model_and_under_checkpointing():
     aux = auxiliary_loss(dense)
     assert aux.dim() == 0 and aux.item() == 0.0
     assert expert_load(dense) == [] and dropped_tokens(dense) == []
-    model = apply_moe(build_model(TINY), MoEConfig(experts=4))
+    model = apply_(build_model(TINY), MoEConfig(experts=4))
     x = torch.randint(0, 256, (2, 32))
     _, loss = model(x, x)
     (loss + auxiliary_loss(model)).backward()
@@ -249,7 +249,7 @@ def test_helpers_on_a_dense_model_and_under_checkpointing():
     for mode in ("selective", "blocks"):  # wrappers hide nothing and change no gradient
         other = copy.deepcopy(model)  # deepcopy works after a forward (aux_loss is detached)
         other.zero_grad(set_to_none=True)
-        apply_checkpointing(other, CheckpointConfig(mode))
+        apply_(other, CheckpointingConfig(mode))
         assert len(moe_layers(other)) == 2
         _, loss = other(x, x)
         (loss + auxiliary_loss(other)).backward()
@@ -259,7 +259,7 @@ def test_helpers_on_a_dense_model_and_under_checkpointing():
 
 
 def test_generation_and_bf16_autocast_run():
-    model = apply_moe(build_model(TINY), MoEConfig(experts=4, top_k=2)).eval()
+    model = apply_(build_model(TINY), MoEConfig(experts=4, top_k=2)).eval()
     out = model.generate(torch.tensor([[1, 2, 3]]), 5)
     assert out.shape == (1, 8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -271,8 +271,8 @@ def test_generation_and_bf16_autocast_run():
 
 def _train(corpus, balance: float, steps: int = 40, seed: int = 0) -> dict:
     """cpu-tiny with MoE (E=4, top-1), batch 8, seq 32; the router at 10x the learning rate."""
-    config = MoEConfig(experts=4, balance=balance)
-    model = apply_moe(build_model(TINY, seed=seed), config, seed=seed)
+    config = MoEConfig(experts=4, balance=balance, seed=seed)
+    model = apply_(build_model(TINY, seed=seed), config)
     router = [p for n, p in model.named_parameters() if ".router." in n]
     rest = [p for n, p in model.named_parameters() if ".router." not in n]
     opt = torch.optim.AdamW([{"params": rest, "lr": 3e-3}, {"params": router, "lr": 3e-2}],

@@ -190,13 +190,15 @@ def test_compile_with_int4_weights_is_refused_on_cpu_before_any_work():
     assert rec["status"] == "refused" and "int4" in rec["message"]
 
 
-def test_compile_model_wraps_and_shares_parameters():
+def test_compile_config_compiles_the_model_in_place():
     model = build_model(TINY, 0)
-    assert comp.compile_model(model, comp.CompileConfig("none")) is model
-    wrapped = comp.compile_model(model, comp.CompileConfig("default"))  # lazy: nothing compiles
-    assert wrapped is not model
-    assert {id(p) for p in wrapped.parameters()} == {id(p) for p in model.parameters()}
-    assert wrapped.cfg is model.cfg
+    keys = list(model.state_dict())
+    assert efflab.techniques.apply_(model, comp.CompileConfig("none")) is model
+    assert model._compiled_call_impl is None  # eager
+    # lazy: nothing compiles until the first call
+    assert efflab.techniques.apply_(model, comp.CompileConfig("default")) is model
+    assert model._compiled_call_impl is not None  # its calls now go through torch.compile
+    assert list(model.state_dict()) == keys  # no "_orig_mod." prefix: the same object
 
 
 def test_fused_bytes_saved():
@@ -233,6 +235,7 @@ def test_inductor_options_ask_for_the_cpp_wrapper_on_cpu_except_around_checkpoin
     assert comp.inductor_options(model, comp.CompileConfig("default")) == {"cpp_wrapper": True}
     assert comp.inductor_options(model, comp.CompileConfig("max-autotune")) is None
     assert comp.inductor_options(model, comp.CompileConfig("none")) is None
+    assert comp.inductor_options(model, comp.CompileConfig("default", cpp_wrapper=False)) is None
     blocks = efflab.techniques.apply_techniques(build_model(get_preset("cpu-tiny")),
                                                 efflab.Knobs(checkpointing="blocks"))
     assert comp.inductor_options(blocks, comp.CompileConfig("default")) is None

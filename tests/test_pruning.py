@@ -7,23 +7,23 @@ import torch
 from efflab.core.config import ConfigError, ModelConfig
 from efflab.core.model import KVCache, build_model
 from efflab.studies.compression import finetune
+from efflab.techniques import apply_
 from efflab.techniques.pruning import (
-    PruneConfig,
     PrunedAttention,
     PrunedLinear,
     PrunedMLP,
-    block_linears,
+    PruningConfig,
     channel_importance,
     dense_bytes,
     kept_channels,
     magnitude_masks,
     mlp_flops_per_token,
-    prune_,
     semi_structured_refusal,
     sparsity_report,
     to_semi_structured_,
     two_four_mask,
 )
+from efflab.techniques.surgery import block_linears
 
 CFG = ModelConfig("t", n_layer=2, n_head=4, n_embd=32, block_size=16)
 
@@ -38,13 +38,13 @@ def _x(seed=1, B=2, T=16):
 
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="sparsity"):
-        PruneConfig("unstructured", sparsity=1.0)
+        PruningConfig("unstructured", sparsity=1.0)
     with pytest.raises(ConfigError, match="method"):
-        PruneConfig("random")
+        PruningConfig("random")
     with pytest.raises(ConfigError, match="heads"):
-        PruneConfig("unstructured", heads=1)
+        PruningConfig("unstructured", heads=1)
     with pytest.raises(ConfigError, match="n_head - 1 = 3"):
-        prune_(_model(), PruneConfig("structured", sparsity=0.0, heads=4))
+        apply_(_model(), PruningConfig("structured", sparsity=0.0, heads=4))
 
 
 def test_global_magnitude_removes_exactly_the_smallest():
@@ -61,7 +61,7 @@ def test_global_magnitude_removes_exactly_the_smallest():
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_unstructured_pruning_hits_the_sparsity(scope):
-    m = prune_(_model(), PruneConfig("unstructured", sparsity=0.7, scope=scope))
+    m = apply_(_model(), PruningConfig("unstructured", sparsity=0.7, scope=scope))
     rep = sparsity_report(m)
     assert rep["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert all(isinstance(mod, PrunedLinear) for _, mod in block_linears(m))
@@ -73,9 +73,9 @@ def test_unstructured_pruning_hits_the_sparsity(scope):
 def test_zero_sparsity_leaves_the_output_unchanged_and_high_sparsity_changes_it():
     x = _x()
     ref, _ = _model()(x)
-    same, _ = prune_(_model(), PruneConfig("unstructured", sparsity=0.0))(x)
+    same, _ = apply_(_model(), PruningConfig("unstructured", sparsity=0.0))(x)
     assert torch.equal(ref, same)
-    far, _ = prune_(_model(), PruneConfig("unstructured", sparsity=0.9))(x)
+    far, _ = apply_(_model(), PruningConfig("unstructured", sparsity=0.9))(x)
     assert not torch.allclose(ref, far, atol=1e-3)
 
 
@@ -85,7 +85,7 @@ def test_two_four_mask_keeps_two_largest_of_every_four():
     g, mg = w.abs().reshape(6, 4, 4), m.reshape(6, 4, 4)
     assert (mg.sum(-1) == 2).all()
     assert (g[mg].reshape(6, 4, 2).min(-1).values >= g[~mg].reshape(6, 4, 2).max(-1).values).all()
-    model = prune_(_model(), PruneConfig("2:4"))
+    model = apply_(_model(), PruningConfig("2:4"))
     assert sparsity_report(model)["sparsity"] == pytest.approx(0.5)
 
 
@@ -93,8 +93,8 @@ def test_structured_mlp_equals_dense_with_those_channels_zeroed():
     """The invariant: a structurally pruned model computes exactly what the dense model
     computes with the removed channels' weights zeroed."""
     x = _x()
-    cfgp = PruneConfig("structured", sparsity=0.5, multiple_of=16)
-    small = prune_(_model(), cfgp)
+    cfgp = PruningConfig("structured", sparsity=0.5, multiple_of=16)
+    small = apply_(_model(), cfgp)
     dense = _model()
     with torch.no_grad():
         for blk in dense.h:
@@ -113,7 +113,7 @@ def test_structured_mlp_equals_dense_with_those_channels_zeroed():
 
 def test_head_pruning_equals_dense_with_those_heads_zeroed_and_works_with_the_kv_cache():
     x = _x(T=12)
-    small = prune_(_model(), PruneConfig("structured", sparsity=0.0, heads=1))
+    small = apply_(_model(), PruningConfig("structured", sparsity=0.0, heads=1))
     assert isinstance(small.h[0].attn, PrunedAttention) and small.h[0].attn.n_head == 3
     # zero the dropped head's output columns in the dense model: its contribution vanishes
     dense = _model()
@@ -146,7 +146,7 @@ def test_kept_channels_and_mlp_flops():
 
 
 def test_finetune_never_revives_pruned_weights_and_lowers_the_loss(corpus):
-    m = prune_(_model(), PruneConfig("unstructured", sparsity=0.6))
+    m = apply_(_model(), PruningConfig("unstructured", sparsity=0.6))
     before = {n: (mod.weight == 0).clone() for n, mod in block_linears(m)}
     rows = finetune(m, corpus, steps=15, batch_size=4, lr=3e-3)
     for n, mod in block_linears(m):
@@ -158,7 +158,7 @@ def test_two_four_speed_is_refused_on_cpu_with_the_reason():
     why = semi_structured_refusal("cpu")
     assert why and "compute capability" in why
     with pytest.raises(RuntimeError, match="sparse tensor cores"):
-        to_semi_structured_(prune_(_model(), PruneConfig("2:4")))
+        to_semi_structured_(apply_(_model(), PruningConfig("2:4")))
 
 
 @pytest.mark.gpu
@@ -166,7 +166,7 @@ def test_two_four_on_gpu_matches_the_masked_dense_model():
     if semi_structured_refusal("cuda"):
         pytest.skip(semi_structured_refusal("cuda"))
     cfg = ModelConfig("g", n_layer=1, n_head=2, n_embd=128, block_size=64)
-    m = prune_(build_model(cfg, 0, "cuda").half().eval(), PruneConfig("2:4"))
+    m = apply_(build_model(cfg, 0, "cuda").half().eval(), PruningConfig("2:4"))
     x = torch.randint(0, 256, (4, 64), device="cuda")
     ref, _ = m(x)
     fast, _ = to_semi_structured_(m)(x)

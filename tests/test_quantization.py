@@ -12,27 +12,26 @@ import pytest
 import torch
 import torch.nn as nn
 
-from efflab.core.config import PRESETS, ConfigError
+from efflab.core.config import GROUP_SIZES, PRESETS, ConfigError
 from efflab.core.model import KVCache, build_model
 from efflab.core.weights import load_model
+from efflab.techniques import apply_
 from efflab.techniques.quantization import (
-    GROUP_SIZES,
     Int4WeightOnlyLinear,
     Int8DynamicLinear,
     Int8WeightOnlyLinear,
-    QuantConfig,
+    QuantizationConfig,
     QuantizedLinear,
     check_fits,
     kernels_available,
     layer_sqnr,
     model_bytes,
     pack_int4,
-    quantizable_linears,
-    quantize_,
     sqnr_db,
     unpack_int4,
     weight_bytes_per_token,
 )
+from efflab.techniques.surgery import block_linears
 
 MODULE_OF = {"int8-weight": Int8WeightOnlyLinear, "int4-weight": Int4WeightOnlyLinear,
              "int8-dynamic": Int8DynamicLinear}
@@ -54,14 +53,14 @@ def _tiny(seed: int = 0):
 # ----------------------------------------------------------------------------- config
 
 def test_config_validates_mode_and_group_size():
-    assert QuantConfig() == QuantConfig("none", 64)
-    assert hash(QuantConfig("int4-weight", 32)) == hash(QuantConfig("int4-weight", 32))
+    assert QuantizationConfig() == QuantizationConfig("none", 64)
+    assert hash(QuantizationConfig("int4-weight", 32)) == hash(QuantizationConfig("int4-weight", 32))
     with pytest.raises(ConfigError) as e:
-        QuantConfig("int3-weight")
+        QuantizationConfig("int3-weight")
     assert e.value.field == "mode" and "int8-weight" in str(e.value)
     for bad in (48, 0, 512, True, 64.0):
         with pytest.raises(ConfigError) as e:
-            QuantConfig("int4-weight", bad)
+            QuantizationConfig("int4-weight", bad)
         assert e.value.field == "group_size"
         assert all(str(g) in str(e.value) for g in GROUP_SIZES)
 
@@ -69,20 +68,20 @@ def test_config_validates_mode_and_group_size():
 def test_group_size_must_divide_every_in_features():
     tiny = PRESETS["cpu-tiny"]  # width 64: attn and c_fc read 64 features
     with pytest.raises(ConfigError) as e:
-        check_fits(tiny, QuantConfig("int4-weight", 128))
+        check_fits(tiny, QuantizationConfig("int4-weight", 128))
     assert e.value.field == "group_size" and e.value.value == 128
     assert "32, 64" in str(e.value)  # the group sizes that would fit
-    check_fits(tiny, QuantConfig("int4-weight", 64))
-    check_fits(tiny, QuantConfig("int8-weight", 256))  # per-channel modes ignore group_size
+    check_fits(tiny, QuantizationConfig("int4-weight", 64))
+    check_fits(tiny, QuantizationConfig("int8-weight", 256))  # per-channel modes ignore group_size
     for g in GROUP_SIZES:
-        check_fits(CPU_WIDE, QuantConfig("int4-weight", g))
+        check_fits(CPU_WIDE, QuantizationConfig("int4-weight", g))
 
     model = _tiny()
-    before = [type(m) for _, m in quantizable_linears(model)]
+    before = [type(m) for _, m in block_linears(model)]
     with pytest.raises(ConfigError) as e:
-        quantize_(model, QuantConfig("int4-weight", 128))
+        apply_(model, QuantizationConfig("int4-weight", 128))
     assert e.value.field == "group_size"
-    assert [type(m) for _, m in quantizable_linears(model)] == before  # refused before changing
+    assert [type(m) for _, m in block_linears(model)] == before  # refused before changing
     assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
 
 
@@ -92,7 +91,7 @@ def test_group_size_must_divide_every_in_features():
 @pytest.mark.parametrize("layer", ["attn.c_attn", "mlp.c_proj"])
 def test_fast_kernel_matches_dequantize_reference(small, mode, layer):
     linear = small.h[1].get_submodule(layer)
-    q = MODULE_OF[mode].from_linear(linear, QuantConfig(mode, 64))
+    q = MODULE_OF[mode].from_linear(linear, QuantizationConfig(mode, 64))
     needs = {"int8-weight": "int8pack", "int4-weight": "int4pack", "int8-dynamic": "int_mm"}[mode]
     if not kernels_available()[needs]:  # the fast path would be the reference itself
         pytest.skip(f"{needs} kernel unavailable here: {mode} runs its reference path only")
@@ -118,11 +117,11 @@ def test_kernels_without_bias_and_plain_int4_fallback():
     x = torch.randn(4, 128)
     lin = nn.Linear(128, 48, bias=False)  # 48 rows: a partial block for the int4 kernel
     for mode in QUANT_MODES:
-        q = MODULE_OF[mode].from_linear(lin, QuantConfig(mode, 32))
+        q = MODULE_OF[mode].from_linear(lin, QuantizationConfig(mode, 32))
         y, ref = q(x), q.reference_forward(x)
         assert (y - ref).abs().max() <= 1e-2 * ref.abs().max()
     odd = nn.Linear(64, 40)  # 40 rows: not a multiple of 16, the int4 kernel cannot pack it
-    q = Int4WeightOnlyLinear.from_linear(odd, QuantConfig("int4-weight", 32))
+    q = Int4WeightOnlyLinear.from_linear(odd, QuantizationConfig("int4-weight", 32))
     assert q.layout == "plain" and q.kernel.startswith("reference")
     x = torch.randn(2, 5, 64)
     assert torch.equal(q(x), q.reference_forward(x))
@@ -170,7 +169,7 @@ def test_sqnr_db_definition():
 ])
 def test_trained_layers_keep_sqnr_floor(small, mode, group_size, floor_db):
     before = {k: v.clone() for k, v in small.state_dict().items()}
-    rows = layer_sqnr(small, QuantConfig(mode, group_size))
+    rows = layer_sqnr(small, QuantizationConfig(mode, group_size))
     assert len(rows) == 4 * small.cfg.n_layer
     assert {r["name"].rsplit(".", 2)[-2] + "." + r["name"].rsplit(".", 1)[-1] for r in rows} == {
         "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
@@ -181,7 +180,7 @@ def test_trained_layers_keep_sqnr_floor(small, mode, group_size, floor_db):
 
 
 def test_smaller_groups_track_weights_better(small):
-    med = {g: sorted(r["sqnr_db"] for r in layer_sqnr(small, QuantConfig("int4-weight", g)))[8]
+    med = {g: sorted(r["sqnr_db"] for r in layer_sqnr(small, QuantizationConfig("int4-weight", g)))[8]
            for g in (32, 64, 128)}
     assert med[32] > med[64] > med[128]
 
@@ -195,9 +194,9 @@ def test_smaller_groups_track_weights_better(small):
 ])
 def test_stored_bytes_shrink(small, mode, code_ratio, layer_ratio):
     fp32_layers = {n: lin.weight.numel() * 4 + lin.bias.numel() * 4
-                   for n, lin in quantizable_linears(small)}
-    fp32_weights = {n: lin.weight.numel() * 4 for n, lin in quantizable_linears(small)}
-    m = quantize_(copy.deepcopy(small), QuantConfig(mode, 64))
+                   for n, lin in block_linears(small)}
+    fp32_weights = {n: lin.weight.numel() * 4 for n, lin in block_linears(small)}
+    m = apply_(copy.deepcopy(small), QuantizationConfig(mode, 64))
     q_layers = {n: m.get_submodule(n) for n in fp32_layers}
     for n, q in q_layers.items():
         assert q.qweight.numel() * q.qweight.element_size() == fp32_weights[n] * code_ratio
@@ -213,7 +212,7 @@ def test_weight_bytes_per_token_counts_what_decoding_reads():
     # everything once (the tied wte/lm_head table in full), but only one row of positions
     assert weight_bytes_per_token(model) == model_bytes(model) - wpe + C * 4
     assert model_bytes(model) == model.num_params() * 4
-    quantize_(model, QuantConfig("int4-weight", 32))
+    apply_(model, QuantizationConfig("int4-weight", 32))
     assert weight_bytes_per_token(model) == model_bytes(model) - wpe + C * 4
     assert model.lm_head.weight is model.wte.weight  # the tied head stays full precision
 
@@ -228,7 +227,7 @@ def test_weight_bytes_per_token_counts_what_decoding_reads():
 ])
 def test_quantized_tiny_gpt_prints_and_stays_close(mode, group_size, max_rel_diff, floor_db):
     fp32 = _tiny()
-    model = quantize_(_tiny(), QuantConfig(mode, group_size))
+    model = apply_(_tiny(), QuantizationConfig(mode, group_size))
     text = str(model)  # print() folds identical blocks ("2 x Block"): count one block's layers
     assert text.count(MODULE_OF[mode].__name__ + "(") == 4
     assert sum(isinstance(m, MODULE_OF[mode]) for m in model.modules()) == 4 * model.cfg.n_layer
@@ -246,7 +245,7 @@ def test_quantized_tiny_gpt_prints_and_stays_close(mode, group_size, max_rel_dif
 
 @pytest.mark.parametrize("mode", QUANT_MODES)
 def test_quantized_model_decodes_with_kv_cache(mode):
-    model = quantize_(_tiny(seed=3), QuantConfig(mode, 32))
+    model = apply_(_tiny(seed=3), QuantizationConfig(mode, 32))
     prompt = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
     out = model.generate(prompt, 12, temperature=0)  # greedy, through the KV cache
     assert out.shape == (2, 20) and torch.equal(out[:, :8], prompt)
@@ -264,23 +263,23 @@ def test_quantized_model_decodes_with_kv_cache(mode):
 
 
 def test_quantizing_twice_is_idempotent_or_refused():
-    model = quantize_(_tiny(), QuantConfig("int8-weight"))
+    model = apply_(_tiny(), QuantizationConfig("int8-weight"))
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert quantize_(model, QuantConfig("int8-weight", 128)) is model  # same scheme: a no-op
-    assert quantize_(model, QuantConfig("none")) is model  # "none" never changes a model
+    assert apply_(model, QuantizationConfig("int8-weight", 128)) is model  # same scheme: a no-op
+    assert apply_(model, QuantizationConfig("none")) is model  # "none" never changes a model
     assert layers == [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    for other in (QuantConfig("int4-weight", 32), QuantConfig("int8-dynamic")):
+    for other in (QuantizationConfig("int4-weight", 32), QuantizationConfig("int8-dynamic")):
         with pytest.raises(ConfigError) as e:
-            quantize_(model, other)
+            apply_(model, other)
         assert e.value.field == "mode" and "int8-weight" in str(e.value)
-    int4 = quantize_(_tiny(), QuantConfig("int4-weight", 32))
-    assert quantize_(int4, QuantConfig("int4-weight", 32)) is int4
+    int4 = apply_(_tiny(), QuantizationConfig("int4-weight", 32))
+    assert apply_(int4, QuantizationConfig("int4-weight", 32)) is int4
     with pytest.raises(ConfigError):
-        quantize_(int4, QuantConfig("int4-weight", 64))  # regrouping rounded weights: refused
+        apply_(int4, QuantizationConfig("int4-weight", 64))  # regrouping rounded weights: refused
     with pytest.raises(TypeError):
-        quantize_(_tiny(), "int8-weight")
+        apply_(_tiny(), "int8-weight")
 
 
 def test_wide_preset_is_memory_bound_on_paper():
@@ -302,8 +301,8 @@ def test_predicted_weight_bytes_equal_the_built_model(mode, preset):
     cfg = PRESETS[preset]
     model = build_model(cfg, seed=0).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    quantize_(model, QuantConfig(mode, 32))
+    apply_(model, QuantizationConfig(mode, 32))
     built = model_bytes(model)
-    assert predicted_weight_bytes(block_linear_shapes(cfg), QuantConfig(mode, 32), n_params) == built
+    assert predicted_weight_bytes(block_linear_shapes(cfg), QuantizationConfig(mode, 32), n_params) == built
     knobs = Knobs(workload="eval", quantization=mode, group_size=32)
     assert predict_for(cfg, knobs)["by_category"]["parameters"] == built

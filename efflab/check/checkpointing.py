@@ -13,10 +13,10 @@ from efflab.check.core import (
     probe_outputs,
     probed,
 )
-from efflab.techniques.checkpointing import CheckpointConfig, activation_breakdown
+from efflab.core.config import CHECKPOINTINGS as MODES
+from efflab.techniques.checkpointing import CheckpointingConfig, activation_breakdown
 
 PROBE_SEED = 3
-MODES = ("none", "blocks", "selective")
 
 
 def kept_probes(seed: int = PROBE_SEED) -> list[dict]:
@@ -34,7 +34,7 @@ def reference_kept_bytes(B: int, T: int, C: int, n_layer: int, mode: str,
                          bytes_per_value: int = 4) -> int:
     """What the blocks keep from forward to backward (the technique's own ``saved`` term)."""
     cfg = SimpleNamespace(n_embd=C, n_layer=n_layer, vocab_size=256)
-    return activation_breakdown(cfg, B, T, CheckpointConfig(mode), bytes_per_value)["saved"]
+    return activation_breakdown(cfg, B, T, CheckpointingConfig(mode), bytes_per_value)["saved"]
 
 
 @exercise("kept_activations", points=2, topic="checkpointing")

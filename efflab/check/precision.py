@@ -7,10 +7,10 @@ import random
 import struct
 
 from efflab.check.core import Verdict, exercise, number, probe_outputs, seed_of
+from efflab.core.config import PRECISIONS
 from efflab.techniques.precision import PrecisionConfig
 
 CATEGORIES = ("parameters", "gradients", "optimizer")
-PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
 
 
 def _reference_bytes(precision: str) -> dict[str, int]:

@@ -9,10 +9,13 @@ what is allowed — never a traceback from deep inside torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+# Every choice list is declared once, here (the lowest layer), as a Literal and its tuple; the
+# technique configs, Knobs, the CLI and the Lab's panel all read these.
 Workload = Literal["train", "eval", "prefill", "decode"]
 WORKLOADS: tuple[str, ...] = get_args(Workload)
 Precision = Literal["fp32", "bf16", "fp16", "bf16-pure"]
@@ -23,9 +26,14 @@ Checkpointing = Literal["none", "blocks", "selective"]
 CHECKPOINTINGS: tuple[str, ...] = get_args(Checkpointing)
 Quantization = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+GroupSize = Literal[32, 64, 128, 256]  # int4 group sizes the CPU kernel accepts
+GROUP_SIZES: tuple[int, ...] = get_args(GroupSize)
 Compile = Literal["none", "default", "max-autotune"]
 COMPILES: tuple[str, ...] = get_args(Compile)
-GROUP_SIZES = (32, 64, 128, 256)
+Pruning = Literal["none", "unstructured", "2:4", "structured"]
+PRUNINGS: tuple[str, ...] = get_args(Pruning)
+PruningScope = Literal["global", "layer"]
+PRUNING_SCOPES: tuple[str, ...] = get_args(PruningScope)
 
 
 class ConfigError(ValueError):
@@ -38,26 +46,73 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}={value!r} is not allowed; {field_name} must be {allowed}")
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+# ----------------------------------------------------------------------------- checks
+# The validation every config uses: each raises ConfigError naming the field, the value and
+# what is allowed, and returns the value when it passes.
+
+def check_int(field: str, value, lo: int | None = None, hi: int | None = None, *,
+              optional: bool = False, note: str | None = None):
+    """``value`` if it is an int (not a bool) in [lo, hi] (either bound may be None), or None
+    when ``optional``; else ConfigError: ``an integer >= lo`` / ``an integer in [lo, hi]``,
+    prefixed ``None or`` when optional and followed by ``(note)``."""
+    if optional and value is None:
+        return value
     ok = isinstance(value, int) and not isinstance(value, bool)
-    if ok and value >= lo and (hi is None or value <= hi):
-        return
-    span = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    raise ConfigError(name, value, span)
+    if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return value
+    if lo is not None and hi is not None:
+        span = f"an integer in [{lo}, {hi}]"
+    elif lo is not None:
+        span = f"an integer >= {lo}"
+    elif hi is not None:
+        span = f"an integer <= {hi}"
+    else:
+        span = "an integer"
+    raise ConfigError(field, value, ("None or " if optional else "") + span
+                      + (f" ({note})" if note else ""))
 
 
-def _check_float(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and (value > lo if lo_open else value >= lo) and value <= hi:
-        return
-    raise ConfigError(name, value, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")
+def check_real(field: str, value, lo: float | None = None, hi: float | None = None, *,
+               lo_open: bool = False, hi_open: bool = False, note: str | None = None):
+    """``value`` if it is a finite real number (an int or float, not a bool) within the bounds
+    (``lo_open`` / ``hi_open`` exclude them; either may be None); else ConfigError:
+    ``a number in [lo, hi]`` (brackets as open or closed), or with one bound
+    ``a finite number > lo`` / ``>= lo`` / ``< hi`` / ``<= hi``, followed by ``(note)``."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if ok:
+        return value
+    if lo is not None and hi is not None:
+        span = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        span = f"a finite number {'>' if lo_open else '>='} {lo}"
+    elif hi is not None:
+        span = f"a finite number {'<' if hi_open else '<='} {hi}"
+    else:
+        span = "a finite number"
+    raise ConfigError(field, value, span + (f" ({note})" if note else ""))
 
 
-def _check_choice(name: str, value, choices: tuple) -> None:
-    # the choice itself, of its own type: 64.0 == 64 and True == 1, but neither is a group size
+def check_choice(field: str, value, allowed):
+    """``value`` if it is one of ``allowed``, of the choice's own type (64.0 == 64 and
+    True == 1, but neither is a group size); else ConfigError listing the choices."""
     if isinstance(value, bool) or not any(value == c and isinstance(value, type(c))
-                                          for c in choices):
-        raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
+                                          for c in allowed):
+        raise ConfigError(field, value, "one of " + ", ".join(repr(c) for c in allowed))
+    return value
+
+
+def check_keys(field: str, mapping, allowed) -> None:
+    """ConfigError naming the first key of ``mapping`` (a dict, or any iterable of names) that
+    is not in ``allowed``, and listing ``allowed`` in its order."""
+    allowed = tuple(allowed)
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(field, key, "one of " + ", ".join(str(a) for a in allowed))
 
 
 # ----------------------------------------------------------------------------- model
@@ -78,15 +133,15 @@ class ModelConfig:
     n_kv_head: int | None = None
 
     def __post_init__(self):
-        _check_int("n_layer", self.n_layer, 1)
-        _check_int("n_head", self.n_head, 1)
-        _check_int("n_embd", self.n_embd, 1)
-        _check_int("block_size", self.block_size, 1)
-        _check_int("vocab_size", self.vocab_size, 2)
+        check_int("n_layer", self.n_layer, 1)
+        check_int("n_head", self.n_head, 1)
+        check_int("n_embd", self.n_embd, 1)
+        check_int("block_size", self.block_size, 1)
+        check_int("vocab_size", self.vocab_size, 2)
         if self.n_embd % self.n_head:
             raise ConfigError("n_embd", self.n_embd, f"a multiple of n_head={self.n_head}")
         if self.n_kv_head is not None:
-            _check_int("n_kv_head", self.n_kv_head, 1, self.n_head)
+            check_int("n_kv_head", self.n_kv_head, 1, self.n_head)
             if self.n_head % self.n_kv_head:
                 divisors = [d for d in range(1, self.n_head + 1) if self.n_head % d == 0]
                 raise ConfigError("n_kv_head", self.n_kv_head,
@@ -145,9 +200,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def get_preset(name: str) -> ModelConfig:
     """The preset called ``name``; an unknown name raises ConfigError listing the presets."""
-    if name not in PRESETS:
-        raise ConfigError("preset", name, "one of " + ", ".join(repr(p) for p in PRESETS))
-    return PRESETS[name]
+    return PRESETS[check_choice("preset", name, tuple(PRESETS))]
 
 
 # ----------------------------------------------------------------------------- knobs
@@ -192,25 +245,25 @@ class Knobs:
     compile: Compile = "none"
 
     def __post_init__(self):
-        _check_int("batch_size", self.batch_size, 1, 65536)
+        check_int("batch_size", self.batch_size, 1, 65536)
         if self.seq_len is not None:
-            _check_int("seq_len", self.seq_len, 1, 1 << 20)
-        _check_choice("workload", self.workload, WORKLOADS)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+            check_int("seq_len", self.seq_len, 1, 1 << 20)
+        check_choice("workload", self.workload, WORKLOADS)
+        check_int("seed", self.seed, 0, 2**63 - 1)
         if self.threads is not None:
-            _check_int("threads", self.threads, 1, 1024)
-        _check_int("gen_tokens", self.gen_tokens, 1, 1 << 16)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("attention", self.attention, ATTENTIONS)
-        _check_choice("checkpointing", self.checkpointing, CHECKPOINTINGS)
-        _check_int("checkpointing_every", self.checkpointing_every, 1, 1024)
-        _check_choice("quantization", self.quantization, QUANTIZATIONS)
-        _check_choice("group_size", self.group_size, GROUP_SIZES)
-        _check_int("moe_experts", self.moe_experts, 0, 256)
-        _check_int("moe_top_k", self.moe_top_k, 1, 256)
-        _check_float("moe_capacity", self.moe_capacity, 0.0, 64.0, lo_open=True)
-        _check_float("moe_balance", self.moe_balance, 0.0, 100.0)
-        _check_choice("compile", self.compile, COMPILES)
+            check_int("threads", self.threads, 1, 1024)
+        check_int("gen_tokens", self.gen_tokens, 1, 1 << 16)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("checkpointing", self.checkpointing, CHECKPOINTINGS)
+        check_int("checkpointing_every", self.checkpointing_every, 1, 1024)
+        check_choice("quantization", self.quantization, QUANTIZATIONS)
+        check_choice("group_size", self.group_size, GROUP_SIZES)
+        check_int("moe_experts", self.moe_experts, 0, 256)
+        check_int("moe_top_k", self.moe_top_k, 1, 256)
+        check_real("moe_capacity", self.moe_capacity, 0.0, 64.0, lo_open=True)
+        check_real("moe_balance", self.moe_balance, 0.0, 100.0)
+        check_choice("compile", self.compile, COMPILES)
         # combinations that cannot work, named before any work
         if self.moe_experts and self.moe_top_k > self.moe_experts:
             raise ConfigError("moe_top_k", self.moe_top_k,
@@ -227,10 +280,7 @@ class Knobs:
 
     def replace(self, **changes) -> Knobs:
         """A copy with ``changes`` applied (validated); unknown names raise ConfigError."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for k in changes:
-            if k not in names:
-                raise ConfigError("knob", k, "one of " + ", ".join(sorted(names)))
+        check_keys("knob", changes, sorted(f.name for f in dataclasses.fields(self)))
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -276,8 +326,7 @@ def parse_knob(name: str, text: str):
     value: the CLI and the Lab panel both use it. Raises ConfigError naming the knob, the text
     and what it must be; the range of the value is then checked by ``Knobs``."""
     hints = typing.get_type_hints(Knobs)
-    if name not in hints:
-        raise ConfigError("knob", name, "one of " + ", ".join(f.name for f in dataclasses.fields(Knobs)))
+    check_choice("knob", name, tuple(f.name for f in dataclasses.fields(Knobs)))
     hint = hints[name]
     text = str(text).strip()
     args = get_args(hint)
@@ -285,9 +334,7 @@ def parse_knob(name: str, text: str):
     if optional and text in _NONE_WORDS:
         return None
     if typing.get_origin(hint) is Literal:
-        if text not in args:
-            raise ConfigError(name, text, "one of " + ", ".join(repr(c) for c in args))
-        return text
+        return check_choice(name, text, args)
     base = next(a for a in args if a is not type(None)) if optional else hint
     try:
         if base is int:
@@ -311,5 +358,9 @@ def parse_vary(item: str) -> tuple[str, list]:
     return name, parsed
 
 
-__all__ = ["ConfigError", "ModelConfig", "PRESETS", "get_preset", "Knobs", "WORKLOADS",
-           "knob_fields", "parse_knob", "parse_vary"]
+__all__ = ["ConfigError", "check_int", "check_real", "check_choice", "check_keys", "ModelConfig",
+           "PRESETS", "get_preset", "Knobs", "knob_fields", "parse_knob", "parse_vary",
+           "Workload", "WORKLOADS", "Precision", "PRECISIONS", "Attention", "ATTENTIONS",
+           "Checkpointing", "CHECKPOINTINGS", "Quantization", "QUANTIZATIONS", "GroupSize",
+           "GROUP_SIZES", "Compile", "COMPILES", "Pruning", "PRUNINGS", "PruningScope",
+           "PRUNING_SCOPES"]

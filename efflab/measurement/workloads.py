@@ -84,8 +84,8 @@ def prepare(workload: str, model: GPT, corpus: Corpus, knobs: Knobs, device="cpu
     """The workload as a repeatable ``step()`` on fixed inputs, run in ``knobs.precision``.
 
     The model must already carry the knobs' techniques (``efflab.techniques.apply_techniques``)
-    and, for ``knobs.compile``, be compiled already (``compile_model``); a training step's
-    optimizer update is compiled here, under the same mode.
+    and, for ``knobs.compile``, be compiled already (``apply_(model, CompileConfig(...))``, in
+    place); a training step's optimizer update is compiled here, under the same mode.
     """
     cfg: ModelConfig = model.cfg
     T = knobs.resolve_seq_len(cfg)

@@ -27,14 +27,16 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
-from efflab.core.config import ConfigError, Knobs
+from efflab.core.config import ConfigError, Knobs, check_choice, check_int
 from efflab.measurement.hardware import load_average
 from efflab.measurement.timing import summarize, time_steps
 from efflab.measurement.training import run_training
 from efflab.measurement.workloads import heldout_quality, prepare
 from efflab.studies.analysis import pareto_front
-from efflab.techniques.pruning import PruneConfig, enforce_masks, prune_
-from efflab.techniques.quantization import QuantConfig, check_fits, model_bytes, quantize_
+from efflab.techniques import apply_
+from efflab.techniques.pruning import PruningConfig, enforce_masks
+from efflab.techniques.quantization import QuantizationConfig, check_fits, model_bytes
+from efflab.techniques.surgery import block_linears
 
 QUALITY_FLOOR = 0.98
 TARGET_RATIO = 5.0
@@ -68,15 +70,13 @@ class Recipe:
 
     label: str
     base: str = "teacher"
-    prune: PruneConfig | None = None
+    prune: PruningConfig | None = None
     finetune_steps: int = 0
-    quant: QuantConfig | None = None
+    quant: QuantizationConfig | None = None
 
     def __post_init__(self):
-        if self.base not in ("teacher", "student"):
-            raise ConfigError("base", self.base, "one of 'teacher', 'student'")
-        if not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
-            raise ConfigError("finetune_steps", self.finetune_steps, "an integer >= 0")
+        check_choice("base", self.base, ("teacher", "student"))
+        check_int("finetune_steps", self.finetune_steps, lo=0)
 
     def parts(self) -> dict:
         return {"base": self.base,
@@ -96,7 +96,7 @@ def build_candidate(recipe: Recipe, bases: dict[str, nn.Module], corpus, *, batc
     layer's inputs when needed)."""
     model = copy.deepcopy(bases[recipe.base]).eval()
     if recipe.prune is not None:
-        prune_(model, recipe.prune)
+        apply_(model, recipe.prune)
         if recipe.finetune_steps:
             finetune(model, corpus, recipe.finetune_steps, batch_size=batch_size, lr=lr,
                      seed=seed)
@@ -104,12 +104,12 @@ def build_candidate(recipe: Recipe, bases: dict[str, nn.Module], corpus, *, batc
         q = recipe.quant
         for g in sorted({q.group_size, 64, 32}, reverse=True):
             try:
-                check_fits(model, QuantConfig(q.mode, g))
-                q = QuantConfig(q.mode, g)
+                check_fits(model, QuantizationConfig(q.mode, g))
+                q = QuantizationConfig(q.mode, g)
                 break
             except ConfigError:
                 continue
-        quantize_(model, q)
+        apply_(model, q)
     return model.eval()
 
 
@@ -199,7 +199,7 @@ def matmul_flops_per_token(model: nn.Module) -> int:
     return 2 * n
 
 
-def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
+def sparsity_sweep(model: nn.Module, corpus, configs: list[PruningConfig], *,
                    windows: int = 256, target_s: float = 0.3, finetune_steps: int = 0,
                    finetune_batch: int = 16, on_point=None) -> pd.DataFrame:
     """Prune a copy of ``model`` with each config and measure it: one row per config with
@@ -208,13 +208,11 @@ def sparsity_sweep(model: nn.Module, corpus, configs: list[PruneConfig], *,
     speed scaled by its matmul FLOPs over the pruned model's (zeros in a dense layout are still
     multiplied, so only structured pruning moves it). With ``finetune_steps`` each pruned model
     is also fine-tuned and measured again (``finetuned`` True)."""
-    from efflab.techniques.pruning import block_linears
-
     dense_w = sum(m.weight.numel() for _, m in block_linears(model))
     dense_flops = matmul_flops_per_token(model)
     rows, dense_speed = [], None
     for cfg in configs:
-        m = prune_(copy.deepcopy(model).eval(), cfg)
+        m = apply_(copy.deepcopy(model).eval(), cfg)
         zeros = sum(int((mod.weight == 0).sum()) for _, mod in block_linears(m))
         kept = sum(mod.weight.numel() for _, mod in block_linears(m))
         sparsity = 1 - (kept - zeros) / dense_w

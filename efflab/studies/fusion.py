@@ -33,8 +33,8 @@ from efflab.measurement.hardware import fingerprint, pick_device
 from efflab.measurement.profiling import kernel_count, profile_step
 from efflab.measurement.timing import summarize, time_steps
 from efflab.measurement.workloads import prepare
-from efflab.techniques import apply_techniques
-from efflab.techniques.compile import CompileConfig, compile_model, compile_refusal
+from efflab.techniques import apply_, apply_techniques
+from efflab.techniques.compile import CompileConfig, compile_refusal
 
 STORED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fusion.json"
 
@@ -62,8 +62,8 @@ def fusion_counts(preset: str = "cpu-small", knobs: Knobs | None = None, *,
         for variant, m in (("eager", "none"), ("compiled", mode)):
             model = apply_techniques(load_model(preset, weights, knobs.seed, dev), knobs)
             # the Python wrapper: the same kernels, and the one that names them in a profile
-            compiled = compile_model(model, CompileConfig(m), cpp_wrapper=False)
-            prep = prepare("train", compiled, corpus, knobs.replace(compile=m), dev)
+            apply_(model, CompileConfig(m, cpp_wrapper=False))  # in place
+            prep = prepare("train", model, corpus, knobs.replace(compile=m), dev)
             t0 = time.perf_counter()
             prep.step()
             cold = time.perf_counter() - t0

@@ -1,18 +1,26 @@
-"""Efficiency techniques: each one module with a frozen, validated config and one verb.
+"""Efficiency techniques: each one module with a frozen, validated ``<Technique>Config``, and one
+verb for all of them, torchao's ``apply_(model, config)``: it finds the technique by the
+config's type, transforms ``model`` in place and returns it.
 
-| module          | config           | verb                 | what it changes                       |
-|-----------------|------------------|----------------------|---------------------------------------|
-| precision       | PrecisionConfig  | apply_precision      | the run's number format (+ bf16-pure weights) |
-| attention       | AttentionConfig  | set_attention        | swaps every ``block.attn.core``       |
-| checkpointing   | CheckpointConfig | apply_checkpointing  | wraps blocks (or MLPs) to recompute   |
-| quantization    | QuantConfig      | quantize_            | replaces block Linears (inference)    |
-| moe             | MoEConfig        | apply_moe            | replaces ``block.mlp`` by experts     |
+| module          | config              | what ``apply_`` changes                              |
+|-----------------|---------------------|------------------------------------------------------|
+| precision       | PrecisionConfig     | the weights' format (bf16-pure); the run's format is autocast |
+| attention       | AttentionConfig     | swaps every ``block.attn.core``                      |
+| checkpointing   | CheckpointingConfig | wraps blocks (or MLPs) to recompute in backward      |
+| quantization    | QuantizationConfig  | replaces block Linears (inference)                   |
+| moe             | MoEConfig           | replaces ``block.mlp`` by experts (seeded by ``seed``) |
+| compile         | CompileConfig       | ``torch.compile`` of the model, in place (``compile_optimizer`` for the optimizer) |
+| pruning         | PruningConfig       | masks block Linears, or removes channels and heads   |
+
+``surgery`` holds what the Linear-replacing techniques share (``block_linears``,
+``swap_module``); ``registry`` holds ``apply_`` and the table of handlers each module registers.
 
 Swapped modules say what they are in ``extra_repr``, so ``print(model)`` shows which techniques
-are on. ``technique_configs(knobs, cfg)`` builds (and so validates) every config from the knobs
-before any work; ``apply_techniques(model, knobs)`` applies them to a freshly built model in a
-fixed order: experts first (they replace whole MLPs), then the attention core, quantization of
-the remaining Linears, checkpointing wrappers, and last the weight format.
+are on. ``technique_configs(knobs, cfg)`` builds (and so validates) the configs of the knobs'
+model transforms before any work; ``apply_techniques(model, knobs)`` applies them to a freshly
+built model in a fixed order: experts first (they replace whole MLPs), then the attention core,
+quantization of the remaining Linears, checkpointing wrappers, and last the weight format.
+``compile`` is a run setting: ``measure`` applies it after the techniques.
 """
 
 from __future__ import annotations
@@ -24,50 +32,54 @@ import torch
 from efflab.core.config import Knobs, ModelConfig
 from efflab.core.weights import load_model
 from efflab.techniques import moe
-from efflab.techniques.attention import AttentionConfig, set_attention
-from efflab.techniques.checkpointing import CheckpointConfig, apply_checkpointing
-from efflab.techniques.moe import MoEConfig, apply_moe
-from efflab.techniques.precision import PrecisionConfig, apply_precision
-from efflab.techniques.quantization import QuantConfig, check_fits, quantize_
+from efflab.techniques.attention import AttentionConfig
+from efflab.techniques.checkpointing import CheckpointingConfig
+from efflab.techniques.compile import CompileConfig
+from efflab.techniques.moe import MoEConfig
+from efflab.techniques.precision import PrecisionConfig
+from efflab.techniques.pruning import PruningConfig
+from efflab.techniques.quantization import QuantizationConfig, check_fits
+from efflab.techniques.registry import apply_
 
 
 @dataclass(frozen=True)
 class TechniqueConfigs:
-    precision: PrecisionConfig
-    attention: AttentionConfig
-    checkpointing: CheckpointConfig
-    quantization: QuantConfig
+    """The knobs' model transforms, as configs; the field order is the order they apply in."""
+
     moe: MoEConfig
+    attention: AttentionConfig
+    quantization: QuantizationConfig
+    checkpointing: CheckpointingConfig
+    precision: PrecisionConfig
+
+    def in_order(self) -> tuple:
+        """The configs in the order :func:`apply_techniques` applies them."""
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
 
 def technique_configs(knobs: Knobs, cfg: ModelConfig | None = None) -> TechniqueConfigs:
     """Every technique's config for these knobs; an impossible choice raises ConfigError here,
     before any work (with ``cfg``, also choices that do not fit the model's shape)."""
 
-    quant = QuantConfig(knobs.quantization, knobs.group_size)
+    quant = QuantizationConfig(knobs.quantization, knobs.group_size)
     if cfg is not None and knobs.quantization != "none":
         check_fits(cfg, quant)
     return TechniqueConfigs(
-        precision=PrecisionConfig(knobs.precision),
-        attention=AttentionConfig(knobs.attention),
-        checkpointing=CheckpointConfig(knobs.checkpointing, knobs.checkpointing_every),
-        quantization=quant,
         moe=MoEConfig(experts=knobs.moe_experts, top_k=knobs.moe_top_k,
-                      capacity=knobs.moe_capacity, balance=knobs.moe_balance),
+                      capacity=knobs.moe_capacity, balance=knobs.moe_balance, seed=knobs.seed),
+        attention=AttentionConfig(knobs.attention),
+        quantization=quant,
+        checkpointing=CheckpointingConfig(knobs.checkpointing, knobs.checkpointing_every),
+        precision=PrecisionConfig(knobs.precision),
     )
 
 
-def apply_techniques(model, knobs: Knobs, seed: int | None = None):
-    """Transform ``model`` in place for ``knobs`` and return it."""
+def apply_techniques(model, knobs: Knobs):
+    """Transform ``model`` in place for ``knobs`` (each config of :func:`technique_configs`,
+    in its fixed order) and return it."""
 
-    cfgs = technique_configs(knobs, model.cfg)
-    if cfgs.moe.experts:
-        apply_moe(model, cfgs.moe, seed=knobs.seed if seed is None else seed)
-    set_attention(model, cfgs.attention)
-    if knobs.quantization != "none":
-        quantize_(model, cfgs.quantization)
-    apply_checkpointing(model, cfgs.checkpointing)
-    apply_precision(model, cfgs.precision)
+    for config in technique_configs(knobs, model.cfg).in_order():
+        apply_(model, config)
     return model
 
 
@@ -89,3 +101,8 @@ def auxiliary_loss(model) -> torch.Tensor | None:
     if not moe.moe_layers(model):  # looks through checkpointing wrappers too
         return None
     return moe.auxiliary_loss(model)
+
+
+__all__ = ["apply_", "PrecisionConfig", "AttentionConfig", "CheckpointingConfig",
+           "QuantizationConfig", "MoEConfig", "CompileConfig", "PruningConfig",
+           "TechniqueConfigs", "technique_configs", "apply_techniques", "build", "auxiliary_loss"]

@@ -1,7 +1,7 @@
 """The attention technique: choose how every ``block.attn.core`` computes causal attention.
 
-    from efflab.techniques.attention import AttentionConfig, set_attention
-    set_attention(model, AttentionConfig(impl="triton"))
+    from efflab.techniques import AttentionConfig, apply_
+    apply_(model, AttentionConfig(impl="triton"))
     print(model)  # ... (core): TritonCore(impl='triton', ...)
 
 Four implementations of the same function, softmax(q kᵀ / √hs) v with a causal mask:
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from efflab.core.config import ATTENTIONS, Attention, ConfigError
+from efflab.core.config import ATTENTIONS, Attention, ConfigError, check_choice, check_int
 from efflab.core.model import SDPACore as _ModelSDPACore
 from efflab.kernels.flash_attention import (
     INTERPRETED,
@@ -35,9 +35,7 @@ from efflab.kernels.flash_attention import (
     flash_attention,
     naive_attention,
 )
-
-AttentionImpl = Attention  # the choices live with the Knobs field, in efflab.core.config
-IMPLS: tuple[str, ...] = ATTENTIONS
+from efflab.techniques.registry import register
 
 
 @dataclass(frozen=True)
@@ -49,11 +47,10 @@ class AttentionConfig:
     installed, raises :class:`efflab.core.config.ConfigError` naming the field.
     """
 
-    impl: AttentionImpl = "sdpa"
+    impl: Attention = "sdpa"
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ConfigError("impl", self.impl, "one of " + ", ".join(repr(i) for i in IMPLS))
+        check_choice("impl", self.impl, ATTENTIONS)
         if self.impl == "triton" and not TRITON_AVAILABLE:
             raise ConfigError("impl", self.impl,
                               "'naive', 'blocked' or 'sdpa' here: triton is not installed")
@@ -134,16 +131,13 @@ CORES: dict[str, type[nn.Module]] = {"naive": NaiveCore, "blocked": BlockedCore,
                                       "triton": TritonCore}
 
 
-def set_attention(model: nn.Module, config: AttentionConfig | None = None) -> nn.Module:
+@register(AttentionConfig)
+def _set_attention(model: nn.Module, config: AttentionConfig) -> nn.Module:
     """Replace every attention core (each ``block.attn.core``) of ``model`` in place.
 
-    Returns the same model, so calls chain. Parameters are untouched (cores hold none), so
-    logits and gradients change only by floating-point rounding. Raises TypeError for a config
-    that is not an :class:`AttentionConfig` and ValueError when the model has no ``core``.
+    Parameters are untouched (cores hold none), so logits and gradients change only by
+    floating-point rounding. Raises ValueError when the model has no ``core``.
     """
-    config = AttentionConfig() if config is None else config
-    if not isinstance(config, AttentionConfig):
-        raise TypeError(f"config must be an AttentionConfig, got {type(config).__name__}")
     parents = [m for m in model.modules() if "core" in dict(m.named_children())]
     if not parents:
         raise ValueError("model has no attention core to replace (no submodule named 'core', "
@@ -163,12 +157,10 @@ def _check_memory_args(impl: str, B: int, nh: int, T: int, S: int, hs: int,
                        bytes_per_el: int) -> None:
     """ConfigError naming the field for an unknown impl, a size that is not an integer >= 1,
     or S < T."""
-    if impl not in IMPLS:
-        raise ConfigError("impl", impl, "one of " + ", ".join(repr(i) for i in IMPLS))
+    check_choice("impl", impl, ATTENTIONS)
     for name, value in (("B", B), ("nh", nh), ("T", T), ("S", S), ("hs", hs),
                         ("bytes_per_el", bytes_per_el)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(name, value, "an integer >= 1")
+        check_int(name, value, lo=1)
     if S < T:
         raise ConfigError("S", S, f"an integer >= T={T} (queries are the last T of S positions)")
 
@@ -266,8 +258,8 @@ def interpreted_refusal(cfg, batch_size: int, seq_len: int, train: bool,
             f"or a GPU.")
 
 
-__all__ = ["AttentionConfig", "AttentionImpl", "IMPLS", "CORES", "NaiveCore", "BlockedCore",
-           "SDPACore", "TritonCore", "set_attention", "BLOCK_ROWS", "causal_query_blocks",
+__all__ = ["AttentionConfig", "CORES", "NaiveCore", "BlockedCore",
+           "SDPACore", "TritonCore", "BLOCK_ROWS", "causal_query_blocks",
            "blocked_attention", "attention_memory_bytes", "attention_kept_and_transient_bytes",
            "model_attention_bytes",
            "interpreted_step_seconds", "interpreted_refusal"]

@@ -17,10 +17,10 @@ mode              kept per wrapped layer (values)              recomputed in bac
 
 One verb, torchao style::
 
-    apply_checkpointing(model, CheckpointConfig("blocks"))           # every block
-    apply_checkpointing(model, CheckpointConfig("blocks", every=2))  # blocks 0, 2, 4, ...
-    apply_checkpointing(model, CheckpointConfig("selective"))        # only the MLPs' insides
-    apply_checkpointing(model, CheckpointConfig())                   # back to plain blocks
+    apply_(model, CheckpointingConfig("blocks"))           # every block
+    apply_(model, CheckpointingConfig("blocks", every=2))  # blocks 0, 2, 4, ...
+    apply_(model, CheckpointingConfig("selective"))        # only the MLPs' insides
+    apply_(model, CheckpointingConfig())                   # back to plain blocks
 
 Wrappers are transparent: they share the wrapped module's parameter and child registries, so
 ``model.state_dict()`` keys, ``named_parameters()`` and attribute paths such as
@@ -38,16 +38,13 @@ to backward 8.5x, for about +27% step time (fastest of 40 steps; the formula's F
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from efflab.core.config import ConfigError, ModelConfig
-
-CheckpointMode = Literal["none", "blocks", "selective"]
-MODES: tuple[str, ...] = get_args(CheckpointMode)
+from efflab.core.config import CHECKPOINTINGS, Checkpointing, ModelConfig, check_choice, check_int
+from efflab.techniques.registry import register
 
 # values (not bytes) each block saves for backward, in units of B·T·C — see the table above
 SAVED_PER_BLOCK = 17  # ln_1 in, c_attn in, q k v (3), attention out, attn.c_proj in, ln_2 in,
@@ -62,7 +59,7 @@ BACKWARD_WORKSPACE = 8  # gradients of the 4C-wide hidden, before and after GELU
 
 
 @dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointingConfig:
     """What to recompute in backward instead of keeping.
 
     ``mode``: ``"none"`` (keep everything), ``"blocks"`` (keep only each wrapped block's input,
@@ -71,14 +68,12 @@ class CheckpointConfig:
     applies to both ``"blocks"`` and ``"selective"``.
     """
 
-    mode: CheckpointMode = "none"
+    mode: Checkpointing = "none"
     every: int = 1
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError("mode", self.mode, "one of " + ", ".join(repr(m) for m in MODES))
-        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
-            raise ConfigError("every", self.every, "an integer >= 1")
+        check_choice("mode", self.mode, CHECKPOINTINGS)
+        check_int("every", self.every, lo=1)
 
     def wrapped_layers(self, n_layer: int) -> list[int]:
         """Indices of the layers this config wraps in a model of ``n_layer`` blocks."""
@@ -176,15 +171,14 @@ def _unwrap(model: nn.Module) -> None:
             block.mlp = block.mlp.inner
 
 
-def apply_checkpointing(model: nn.Module, config: CheckpointConfig) -> nn.Module:
+@register(CheckpointingConfig)
+def _apply_checkpointing(model: nn.Module, config: CheckpointingConfig) -> nn.Module:
     """Make ``model`` (a GPT) checkpoint as ``config`` says, in place; returns the model.
 
     Any earlier checkpointing is undone first, so applying twice never double-wraps, applying
-    another mode switches modes, and ``CheckpointConfig("none")`` restores the plain blocks.
+    another mode switches modes, and ``CheckpointingConfig("none")`` restores the plain blocks.
     Weights, ``state_dict()`` keys and outputs are unchanged; only what backward keeps changes.
     """
-    if not isinstance(config, CheckpointConfig):
-        raise ConfigError("config", config, "a CheckpointConfig instance")
     _unwrap(model)
     for i in config.wrapped_layers(len(model.h)):
         if config.mode == "blocks":
@@ -196,7 +190,7 @@ def apply_checkpointing(model: nn.Module, config: CheckpointConfig) -> nn.Module
 
 # ----------------------------------------------------------------------------- theory
 
-def _kept_per_layer(n_layer: int, config: CheckpointConfig) -> list[int]:
+def _kept_per_layer(n_layer: int, config: CheckpointingConfig) -> list[int]:
     """Values (in units of B·T·C) each layer keeps from forward until its backward."""
     kept = {"none": SAVED_PER_BLOCK, "blocks": SAVED_PER_CHECKPOINTED_BLOCK,
             "selective": SAVED_PER_SELECTIVE_BLOCK}[config.mode]
@@ -205,7 +199,7 @@ def _kept_per_layer(n_layer: int, config: CheckpointConfig) -> list[int]:
 
 
 def activation_breakdown(cfg: ModelConfig, batch_size: int, seq_len: int,
-                         config: CheckpointConfig, bytes_per_el: int = 4) -> dict:
+                         config: CheckpointingConfig, bytes_per_el: int = 4) -> dict:
     """Bytes of activations one training step needs under ``config``, part by part.
 
     With n = B·T·C and layer i keeping ``kept_i``·n values (17 plain, 1 for a checkpointed
@@ -250,7 +244,7 @@ def activation_breakdown(cfg: ModelConfig, batch_size: int, seq_len: int,
 
 
 def predict_activation_bytes(cfg: ModelConfig, batch_size: int, seq_len: int,
-                             config: CheckpointConfig, bytes_per_el: int = 4) -> int:
+                             config: CheckpointingConfig, bytes_per_el: int = 4) -> int:
     """Peak activation bytes of a training step under ``config`` (see :func:`activation_breakdown`).
 
     none: 17·B·T·C·L + 2·B·T·C + 2·B·T·V, exactly ``predict_memory``'s activation term.
@@ -279,7 +273,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
             "mlp_up": 8 * C * C, "mlp_down": 8 * C * C}
 
 
-def recompute_flops_fraction(cfg: ModelConfig, config: CheckpointConfig,
+def recompute_flops_fraction(cfg: ModelConfig, config: CheckpointingConfig,
                              seq_len: int | None = None) -> float:
     """Extra forward compute in backward, as a fraction of a plain train step's FLOPs.
 
@@ -307,6 +301,6 @@ def recompute_flops_fraction(cfg: ModelConfig, config: CheckpointConfig,
     return k * per_layer[config.mode] / step
 
 
-__all__ = ["CheckpointConfig", "CheckpointMode", "CheckpointedBlock", "CheckpointedMLP",
-           "activation_breakdown", "apply_checkpointing",
+__all__ = ["CheckpointingConfig", "CheckpointedBlock", "CheckpointedMLP",
+           "activation_breakdown",
            "forward_flops_per_token", "predict_activation_bytes", "recompute_flops_fraction"]

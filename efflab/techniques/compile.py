@@ -8,6 +8,10 @@ values reads and writes n values k times eagerly, once fused (:func:`elementwise
 
 - ``mode``: ``"none"`` (eager), ``"default"`` or ``"max-autotune"`` (also benchmarks matmul /
   kernel variants while compiling: longer cold start, sometimes faster steps).
+- ``apply_(model, CompileConfig(mode))`` compiles the model in place (``nn.Module.compile``:
+  the same object, parameters and ``state_dict`` keys, its calls compiled); a training step's
+  optimizer update is compiled apart, by :func:`compile_optimizer`, since an optimizer is not
+  a model.
 - The first call compiles (tens of seconds on a 2-core CPU; cached on disk afterwards): ``measure``
   records that cold compile time apart from the step time, and never times it as a step.
 - Refused with the reason where no compiler backend is present: on a CPU Inductor needs a C++
@@ -20,27 +24,30 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-from efflab.core.config import ConfigError
+from efflab.core.config import COMPILES, Compile, ConfigError, check_choice
 from efflab.techniques.checkpointing import CheckpointedBlock
-
-CompileMode = Literal["none", "default", "max-autotune"]
-COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+from efflab.techniques.registry import register
 
 
 @dataclass(frozen=True)
 class CompileConfig:
-    """Which ``torch.compile`` mode a run uses (``"none"``: eager)."""
+    """Which ``torch.compile`` mode a run uses (``"none"``: eager).
 
-    mode: CompileMode = "none"
+    ``cpp_wrapper``: on a CPU, let ``"default"`` use Inductor's C++ wrapper where it works
+    (:func:`inductor_options`); False keeps the Python wrapper, whose kernel profiling names
+    each fused kernel in a profile.
+    """
+
+    mode: Compile = "none"
+    cpp_wrapper: bool = True
 
     def __post_init__(self):
-        if self.mode not in COMPILE_MODES:
-            raise ConfigError("compile", self.mode,
-                              "one of " + ", ".join(repr(m) for m in COMPILE_MODES))
+        check_choice("compile", self.mode, COMPILES)
+        if not isinstance(self.cpp_wrapper, bool):
+            raise ConfigError("cpp_wrapper", self.cpp_wrapper, "True or False")
 
     @property
     def enabled(self) -> bool:
@@ -96,9 +103,8 @@ def compile_refusal(config: CompileConfig, device: str = "cpu",
     return None
 
 
-def inductor_options(model: torch.nn.Module, config: CompileConfig,
-                     cpp_wrapper: bool = True) -> dict | None:
-    """The Inductor options ``compile_model`` passes for ``config`` (None: the mode alone).
+def inductor_options(model: torch.nn.Module, config: CompileConfig) -> dict | None:
+    """The Inductor options compiling passes for ``config`` (None: the mode alone).
 
     On a CPU, ``"default"`` also asks for Inductor's C++ wrapper (``cpp_wrapper``): the
     generated code that allocates buffers and calls each fused kernel and library matmul runs
@@ -106,9 +112,10 @@ def inductor_options(model: torch.nn.Module, config: CompileConfig,
     model's step — for roughly twice the cold compile time (benchmarks/results/fusion.json).
     Not around block checkpointing: there Inductor's C++ wrapper fails on the RNG-state
     operator the recompute carries (torch 2.13, an AssertionError at the first step), so
-    the plain Python wrapper is used, as it is with ``cpp_wrapper=False`` (Inductor's kernel
-    profiling, which names each fused kernel in the profiler, lives in the Python wrapper)."""
-    if config.mode != "default" or not cpp_wrapper:
+    the plain Python wrapper is used, as it is with ``config.cpp_wrapper=False`` (Inductor's
+    kernel profiling, which names each fused kernel in the profiler, lives in the Python
+    wrapper)."""
+    if config.mode != "default" or not config.cpp_wrapper:
         return None
     p = next(model.parameters(), None)
     if p is not None and p.device.type != "cpu":
@@ -118,19 +125,19 @@ def inductor_options(model: torch.nn.Module, config: CompileConfig,
     return {"cpp_wrapper": True}
 
 
-def compile_model(model: torch.nn.Module, config: CompileConfig,
-                  cpp_wrapper: bool = True) -> torch.nn.Module:
-    """The model wrapped by ``torch.compile`` in ``config.mode`` (unchanged for ``"none"``),
-    with :func:`inductor_options`.
-
-    The wrapper shares the model's parameters (an optimizer built on it updates the model);
-    compilation happens lazily, at the first call."""
+@register(CompileConfig)
+def _compile(model: torch.nn.Module, config: CompileConfig) -> torch.nn.Module:
+    """Compile ``model`` in place in ``config.mode`` (nothing for ``"none"``), with
+    :func:`inductor_options`: ``model.compile(...)`` compiles its calls, keeping the object,
+    its parameters and its ``state_dict`` keys. Compilation happens lazily, at the first call."""
     if not config.enabled:
         return model
-    options = inductor_options(model, config, cpp_wrapper)
+    options = inductor_options(model, config)
     if options:
-        return torch.compile(model, options=options)
-    return torch.compile(model, mode=config.torch_mode)
+        model.compile(options=options)
+    else:
+        model.compile(mode=config.torch_mode)
+    return model
 
 
 def compile_optimizer(opt: torch.optim.Optimizer, config: CompileConfig) -> torch.optim.Optimizer:
@@ -165,6 +172,5 @@ def fused_bytes_saved(numel: int, n_ops: int, bytes_per_el: int = 4) -> int:
             - elementwise_chain_bytes(numel, n_ops, bytes_per_el, fused=True))
 
 
-__all__ = ["CompileConfig", "CompileMode", "COMPILE_MODES", "compile_refusal", "compile_model",
-           "compile_optimizer", "inductor_options", "elementwise_chain_bytes",
-           "fused_bytes_saved"]
+__all__ = ["CompileConfig", "compile_refusal", "compile_optimizer", "inductor_options",
+           "elementwise_chain_bytes", "fused_bytes_saved"]

@@ -6,8 +6,8 @@ the experts for each token. Each token goes to its ``top_k`` best-scoring expert
 returns their outputs weighted by the router's gates. Parameters grow E-fold-ish; the work per
 token does not — that is the trade this lesson measures::
 
-    apply_moe(model, MoEConfig(experts=4))                  # every block, top-1 (Switch style)
-    apply_moe(model, MoEConfig(experts=8, top_k=2, every=2))  # blocks 0, 2, 4, ... top-2
+    apply_(model, MoEConfig(experts=4))                  # every block, top-1 (Switch style)
+    apply_(model, MoEConfig(experts=8, top_k=2, every=2))  # blocks 0, 2, 4, ... top-2
     loss = lm_loss + auxiliary_loss(model)                  # in the training loop
     count_params(model)   # {"total": ..., "active": ...}
     expert_load(model)    # tokens each expert was asked to take, per MoE layer
@@ -63,16 +63,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflab.core.config import ConfigError
+from efflab.core.config import ConfigError, check_int, check_real
 from efflab.core.model import MLP, gelu_tanh
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from efflab.techniques.registry import register
 
 
 @dataclass(frozen=True)
@@ -86,6 +79,8 @@ class MoEConfig:
     ``every``: layer ``i`` becomes MoE when ``i % every == 0`` (1 = every layer).
     ``expert_hidden``: each expert's hidden width; None = 4·n_embd // top_k (equal active
     parameters to the dense MLP).
+    ``seed``: the new experts' and routers' weights are drawn from it (the global RNG is not
+    touched); ``technique_configs`` sets it to the knobs' seed.
     """
 
     experts: int = 0
@@ -94,25 +89,20 @@ class MoEConfig:
     balance: float = 0.01
     every: int = 1
     expert_hidden: int | None = None
+    seed: int = 0
 
     def __post_init__(self):
-        if not _is_int(self.experts) or self.experts < 0:
-            raise ConfigError("experts", self.experts, "an integer >= 0 (0 = dense, off)")
-        if not _is_int(self.top_k) or self.top_k < 1:
-            raise ConfigError("top_k", self.top_k, "an integer >= 1")
+        check_int("experts", self.experts, lo=0, note="0 = dense, off")
+        check_int("top_k", self.top_k, lo=1)
         if self.experts and self.top_k > self.experts:
             raise ConfigError("top_k", self.top_k,
                               f"an integer in [1, experts] = [1, {self.experts}] "
                               f"(top_k={self.top_k} > experts={self.experts})")
-        if not _is_real(self.capacity) or self.capacity <= 0:
-            raise ConfigError("capacity", self.capacity, "a finite number > 0")
-        if not _is_real(self.balance) or self.balance < 0:
-            raise ConfigError("balance", self.balance, "a finite number >= 0")
-        if not _is_int(self.every) or self.every < 1:
-            raise ConfigError("every", self.every, "an integer >= 1")
-        if self.expert_hidden is not None and (
-                not _is_int(self.expert_hidden) or self.expert_hidden < 1):
-            raise ConfigError("expert_hidden", self.expert_hidden, "None or an integer >= 1")
+        check_real("capacity", self.capacity, lo=0, lo_open=True)
+        check_real("balance", self.balance, lo=0)
+        check_int("every", self.every, lo=1)
+        check_int("expert_hidden", self.expert_hidden, lo=1, optional=True)
+        check_int("seed", self.seed, lo=0, hi=2**63 - 1)
 
     @property
     def enabled(self) -> bool:
@@ -176,8 +166,8 @@ class MoEMLP(nn.Module):
     (``index_add_``). Only the E experts are looped over. See the module docstring for the
     routing, capacity and the statistics each forward leaves on the module.
 
-    Weights start as PyTorch's Linear defaults; :func:`apply_moe` re-initialises them the GPT
-    way. To compare with a dense MLP, copy its ``c_fc``/``c_proj`` into ``experts[0]`` of a
+    Weights start as PyTorch's Linear defaults; applying a :class:`MoEConfig` re-initialises
+    them the GPT way. To compare with a dense MLP, copy its ``c_fc``/``c_proj`` into ``experts[0]`` of a
     one-expert layer with ``expert_hidden = 4C``.
     """
 
@@ -290,18 +280,17 @@ def moe_layers(model: nn.Module) -> list[MoEMLP]:
     return found
 
 
-def apply_moe(model: nn.Module, config: MoEConfig, seed: int = 0) -> nn.Module:
+@register(MoEConfig)
+def _apply_moe(model: nn.Module, config: MoEConfig) -> nn.Module:
     """Replace ``block.mlp`` of the blocks ``config.moe_layers`` picks with fresh MoEMLPs.
 
-    In place; returns the model. The new weights are drawn from ``seed`` (the global RNG is not
-    touched), initialised the GPT-2 way, on the replaced MLP's device and dtype. The dense MLP's
-    weights are discarded. ``MoEConfig()`` (experts=0) changes nothing. Applying MoE to a block
-    that already has one raises ValueError: rebuild the model to change the MoE settings.
+    In place; returns the model. The new weights are drawn from ``config.seed`` (the global RNG
+    is not touched), initialised the GPT-2 way, on the replaced MLP's device and dtype. The dense
+    MLP's weights are discarded. ``MoEConfig()`` (experts=0) changes nothing. Applying MoE to a
+    block that already has one raises ValueError: rebuild the model to change the MoE settings.
     """
-    if not isinstance(config, MoEConfig):
-        raise ConfigError("config", config, "a MoEConfig instance")
     n_layer = len(model.h)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(config.seed)
     for i in config.moe_layers(n_layer):
         block = model.h[i]
         old = block.mlp
@@ -357,5 +346,5 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"total": total, "active": total - idle}
 
 
-__all__ = ["MoEConfig", "MoEMLP", "ExpertMLP", "apply_moe", "auxiliary_loss", "expert_load",
+__all__ = ["MoEConfig", "MoEMLP", "ExpertMLP", "auxiliary_loss", "expert_load",
            "dropped_tokens", "count_params", "moe_layers"]

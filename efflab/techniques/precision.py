@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from efflab.core.config import PRECISIONS, ConfigError, Precision
+from efflab.core.config import PRECISIONS, Precision, check_choice
+from efflab.techniques.registry import register
 
 COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-pure": "bfloat16"}
 MAX_PREDICTED_STEP_S = 1.0  # a step predicted slower than this is refused: a lab point
@@ -30,12 +31,14 @@ MAX_PREDICTED_STEP_S = 1.0  # a step predicted slower than this is refused: a la
 
 @dataclass(frozen=True)
 class PrecisionConfig:
+    """The number format a run computes and stores in (see the module table). Applied to a
+    model it casts the weights for ``bf16-pure``; the rest act through :func:`autocast` and
+    :func:`grad_scaler` in the training loop."""
+
     precision: Precision = "fp32"
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ConfigError("precision", self.precision,
-                              "one of " + ", ".join(repr(p) for p in PRECISIONS))
+        check_choice("precision", self.precision, PRECISIONS)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -55,7 +58,8 @@ class PrecisionConfig:
         return 4 if self.precision == "fp32" else 2
 
 
-def apply_precision(model: torch.nn.Module, config: PrecisionConfig) -> torch.nn.Module:
+@register(PrecisionConfig)
+def _apply_precision(model: torch.nn.Module, config: PrecisionConfig) -> torch.nn.Module:
     """Cast the weights for ``bf16-pure``; the other choices leave the model in fp32."""
     model.to(config.param_dtype)
     return model

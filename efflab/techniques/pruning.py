@@ -2,10 +2,10 @@
 
 One verb, as every technique here::
 
-    prune_(model, PruneConfig("unstructured", sparsity=0.5))                 # global magnitude
-    prune_(model, PruneConfig("unstructured", sparsity=0.5, scope="layer"))  # each layer alike
-    prune_(model, PruneConfig("2:4"))                                        # semi-structured
-    prune_(model, PruneConfig("structured", sparsity=0.5, heads=1))          # a smaller model
+    apply_(model, PruningConfig("unstructured", sparsity=0.5))                 # global magnitude
+    apply_(model, PruningConfig("unstructured", sparsity=0.5, scope="layer"))  # each layer alike
+    apply_(model, PruningConfig("2:4"))                                        # semi-structured
+    apply_(model, PruningConfig("structured", sparsity=0.5, heads=1))          # a smaller model
 
 ==================  ==========================================  ==============================
 method              what goes                                   what it buys
@@ -38,22 +38,28 @@ after every step. Structured pruning needs no mask: the rows and columns are gon
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
 
-from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.config import (
+    PRUNING_SCOPES,
+    PRUNINGS,
+    ConfigError,
+    ModelConfig,
+    Pruning,
+    PruningScope,
+    check_choice,
+    check_int,
+    check_real,
+)
 from efflab.core.model import gelu_tanh
-
-PruneMethod = Literal["none", "unstructured", "2:4", "structured"]
-METHODS: tuple[str, ...] = get_args(PruneMethod)
-Scope = Literal["global", "layer"]
-SCOPES: tuple[str, ...] = get_args(Scope)
+from efflab.techniques.registry import register
+from efflab.techniques.surgery import block_linears, swap_module
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruningConfig:
     """How to prune the block Linears.
 
     ``method``: see the module table. ``sparsity``: for ``unstructured`` the fraction of block
@@ -64,27 +70,21 @@ class PruneConfig:
     ``heads``: attention heads removed per layer (``structured`` only; at least one stays).
     """
 
-    method: PruneMethod = "unstructured"
+    method: Pruning = "unstructured"
     sparsity: float = 0.5
-    scope: Scope = "global"
+    scope: PruningScope = "global"
     heads: int = 0
     multiple_of: int = 64
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError("method", self.method, "one of " + ", ".join(map(repr, METHODS)))
-        if self.scope not in SCOPES:
-            raise ConfigError("scope", self.scope, "one of " + ", ".join(map(repr, SCOPES)))
-        s = self.sparsity
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s < 1:
-            raise ConfigError("sparsity", s, "a number in [0, 1)")
-        if not isinstance(self.heads, int) or isinstance(self.heads, bool) or self.heads < 0:
-            raise ConfigError("heads", self.heads, "an integer >= 0")
+        check_choice("method", self.method, PRUNINGS)
+        check_choice("scope", self.scope, PRUNING_SCOPES)
+        check_real("sparsity", self.sparsity, 0, 1, hi_open=True)
+        check_int("heads", self.heads, lo=0)
         if self.heads and self.method != "structured":
             raise ConfigError("heads", self.heads,
                               f"0 with method={self.method!r} (only 'structured' removes heads)")
-        if not isinstance(self.multiple_of, int) or self.multiple_of < 1:
-            raise ConfigError("multiple_of", self.multiple_of, "an integer >= 1")
+        check_int("multiple_of", self.multiple_of, lo=1)
 
     def check_fits(self, cfg: ModelConfig) -> None:
         """Raise ConfigError if this pruning cannot apply to a model of shape ``cfg``."""
@@ -154,19 +154,6 @@ class PrunedLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pruned={self.how}, sparsity={self.sparsity():.0%}"
-
-
-def block_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """(name, module) of every Linear inside the transformer blocks ``model.h``."""
-    blocks = getattr(model, "h", None)
-    if blocks is None:
-        raise TypeError(f"expected an efflab GPT with blocks at .h, got {type(model).__name__}")
-    return [(f"h.{n}", m) for n, m in blocks.named_modules() if isinstance(m, nn.Linear)]
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
 
 
 def magnitude_masks(weights: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
@@ -290,7 +277,7 @@ def head_importance(attn: nn.Module, head_dim: int) -> torch.Tensor:
     return qkv.reshape(nh, -1).norm(dim=1) * proj.norm(dim=1)
 
 
-def _structured(model: nn.Module, config: PruneConfig) -> None:
+def _structured(model: nn.Module, config: PruningConfig) -> None:
     cfg = model.cfg
     config.check_fits(cfg)
     H = 4 * cfg.n_embd
@@ -311,10 +298,9 @@ def _structured(model: nn.Module, config: PruneConfig) -> None:
 
 # ----------------------------------------------------------------------------- the verb
 
-def prune_(model: nn.Module, config: PruneConfig) -> nn.Module:
+@register(PruningConfig)
+def _prune(model: nn.Module, config: PruningConfig) -> nn.Module:
     """Prune ``model`` in place as ``config`` says and return it (see the module table)."""
-    if not isinstance(config, PruneConfig):
-        raise ConfigError("config", config, "a PruneConfig")
     if config.method == "none" or (config.method == "unstructured" and config.sparsity == 0):
         return model
     if config.method == "structured":
@@ -330,7 +316,7 @@ def prune_(model: nn.Module, config: PruneConfig) -> nn.Module:
     for (name, m), mask in zip(layers, masks):
         if isinstance(m, PrunedLinear):  # pruning again: the old zeros stay zero
             mask = mask & m.mask.bool()
-        _swap(model, name, PrunedLinear(m, mask, how))
+        swap_module(model, name, PrunedLinear(m, mask, how))
     return model
 
 
@@ -406,12 +392,12 @@ def to_semi_structured_(model: nn.Module, dtype=torch.float16) -> nn.Module:
                     plain.bias.copy_(m.bias)
             plain.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(plain.weight),
                                         requires_grad=False)
-            _swap(model, name, plain)
+            swap_module(model, name, plain)
     return model
 
 
-__all__ = ["PruneConfig", "METHODS", "prune_", "PrunedLinear", "PrunedMLP", "PrunedAttention",
+__all__ = ["PruningConfig", "PrunedLinear", "PrunedMLP", "PrunedAttention",
            "magnitude_masks", "two_four_mask", "kept_channels", "mlp_flops_per_token",
            "attention_flops_per_token", "channel_importance", "head_importance",
            "enforce_masks", "sparsity_report", "dense_bytes", "semi_structured_refusal",
-           "to_semi_structured_", "block_linears"]
+           "to_semi_structured_"]

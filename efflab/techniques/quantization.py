@@ -6,9 +6,9 @@ memory bandwidth, ``tokens/s <= bandwidth / bytes read per token``
 (:func:`weight_bytes_per_token`). Storing weights in fewer bits reads fewer bytes. One verb,
 torchao style::
 
-    quantize_(model, QuantConfig("int8-weight"))                 # per-channel int8
-    quantize_(model, QuantConfig("int4-weight", group_size=64))  # group-wise 4-bit, packed
-    quantize_(model, QuantConfig("int8-dynamic"))                # int8 weights and activations
+    apply_(model, QuantizationConfig("int8-weight"))                 # per-channel int8
+    apply_(model, QuantizationConfig("int4-weight", group_size=64))  # group-wise 4-bit, packed
+    apply_(model, QuantizationConfig("int8-dynamic"))                # int8 weights and activations
 
 =================  ============================  =====================  ======================
 mode               weights                       activations            stored bytes / weight
@@ -67,25 +67,31 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflab.core.config import ConfigError, ModelConfig
+from efflab.core.config import (
+    GROUP_SIZES,
+    QUANTIZATIONS,
+    ConfigError,
+    GroupSize,
+    ModelConfig,
+    Quantization,
+    check_choice,
+)
 from efflab.core.weights import load_model
+from efflab.techniques.registry import apply_, register
+from efflab.techniques.surgery import block_linears, swap_module
 
-QuantMode = Literal["none", "int8-weight", "int4-weight", "int8-dynamic"]
-MODES: tuple[str, ...] = get_args(QuantMode)
-GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)  # what the int4 CPU kernel accepts
 KERNEL_DTYPE = torch.bfloat16  # activation dtype the weight-only kernels are fast with here
 INT4_MID = 8  # int4 codes are 0..15; code 8 sits on the group's zero point
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantizationConfig:
     """How to quantize the block Linears.
 
     ``mode``: ``"none"`` (leave the model alone), ``"int8-weight"``, ``"int4-weight"`` or
@@ -95,16 +101,12 @@ class QuantConfig:
     modes use one scale per output channel and ignore ``group_size``.
     """
 
-    mode: QuantMode = "none"
-    group_size: int = 64
+    mode: Quantization = "none"
+    group_size: GroupSize = 64
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError("mode", self.mode, "one of " + ", ".join(repr(m) for m in MODES))
-        if (not isinstance(self.group_size, int) or isinstance(self.group_size, bool)
-                or self.group_size not in GROUP_SIZES):
-            raise ConfigError("group_size", self.group_size,
-                              "one of " + ", ".join(str(g) for g in GROUP_SIZES))
+        check_choice("mode", self.mode, QUANTIZATIONS)
+        check_choice("group_size", self.group_size, GROUP_SIZES)
 
     @property
     def bits(self) -> int:
@@ -114,25 +116,14 @@ class QuantConfig:
 
 # ----------------------------------------------------------------------------- what is quantized
 
-def quantizable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """(name, module) of every ``nn.Linear`` inside the transformer blocks ``model.h``.
-
-    ``lm_head`` is outside the blocks and so is never listed: it is tied to ``wte``.
-    """
-    blocks = getattr(model, "h", None)
-    if blocks is None:
-        raise TypeError(f"expected an efflab GPT with blocks at .h, got {type(model).__name__}")
-    return [(f"h.{name}", m) for name, m in blocks.named_modules() if isinstance(m, nn.Linear)]
-
-
 def _in_features(model_or_cfg: nn.Module | ModelConfig) -> list[tuple[str, int]]:
     if isinstance(model_or_cfg, ModelConfig):
         C = model_or_cfg.n_embd  # c_attn, attn.c_proj and c_fc read C; mlp.c_proj reads 4C
         return [("attn.c_attn", C), ("attn.c_proj", C), ("mlp.c_fc", C), ("mlp.c_proj", 4 * C)]
-    return [(name, m.in_features) for name, m in quantizable_linears(model_or_cfg)]
+    return [(name, m.in_features) for name, m in block_linears(model_or_cfg)]
 
 
-def check_fits(model_or_cfg: nn.Module | ModelConfig, config: QuantConfig) -> None:
+def check_fits(model_or_cfg: nn.Module | ModelConfig, config: QuantizationConfig) -> None:
     """Raise ConfigError naming ``group_size`` if it does not divide every quantized Linear's
     in-features (only ``int4-weight`` groups its weights; the other modes always fit)."""
     if config.mode != "int4-weight":
@@ -355,7 +346,7 @@ class QuantizedLinear(nn.Module):
     def _scale_dtype(cls, N: int) -> torch.dtype:
         return torch.float32
 
-    def matches(self, config: QuantConfig) -> bool:
+    def matches(self, config: QuantizationConfig) -> bool:
         """Was this layer made by ``config``?"""
         return self.mode == config.mode and (self.group_size is None
                                              or self.group_size == config.group_size)
@@ -392,7 +383,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         self.kernel = "aten._weight_int8pack_mm(bf16)" if self.fast else "reference"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None):
+    def from_linear(cls, linear: nn.Linear, config: QuantizationConfig | None = None):
         return cls(linear)
 
     def dequantize_weight(self) -> torch.Tensor:
@@ -447,7 +438,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
                        else "reference (unpack, dequantize, matmul)")
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig):
+    def from_linear(cls, linear: nn.Linear, config: QuantizationConfig):
         return cls(linear, config.group_size)
 
     def codes(self) -> torch.Tensor:
@@ -492,7 +483,7 @@ class Int8DynamicLinear(QuantizedLinear):
         self.kernel = "torch._int_mm" if self.use_int_mm else "exact integer matmul"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None):
+    def from_linear(cls, linear: nn.Linear, config: QuantizationConfig | None = None):
         return cls(linear)
 
     def dequantize_weight(self) -> torch.Tensor:
@@ -522,7 +513,7 @@ MODULES: dict[str, type[QuantizedLinear]] = {
 
 
 def block_linear_shapes(cfg: ModelConfig, n_layers: int | None = None) -> list[tuple[int, int, bool]]:
-    """(out_features, in_features, has_bias) of every Linear ``quantize_`` replaces in
+    """(out_features, in_features, has_bias) of every Linear quantization replaces in
     ``n_layers`` dense blocks (default: all): qkv (3C, C), attention out (C, C), MLP up (4C, C),
     MLP down (C, 4C). A mixture-of-experts block lists its own (``MoEConfig.linear_shapes``)."""
     C = cfg.n_embd
@@ -530,7 +521,7 @@ def block_linear_shapes(cfg: ModelConfig, n_layers: int | None = None) -> list[t
     return [(3 * C, C, True), (C, C, True), (4 * C, C, True), (C, 4 * C, True)] * n
 
 
-def predicted_weight_bytes(shapes: list[tuple[int, int, bool]], config: QuantConfig,
+def predicted_weight_bytes(shapes: list[tuple[int, int, bool]], config: QuantizationConfig,
                            n_params: int, param_bytes: int = 4) -> int:
     """Bytes of a model of ``n_params`` parameters once ``config`` has replaced its block Linears
     of ``shapes``: those in the scheme's layout (:meth:`QuantizedLinear.stored_bytes`), every other
@@ -549,8 +540,9 @@ def _quantized_layers(model: nn.Module) -> list[QuantizedLinear]:
     return [m for m in model.modules() if isinstance(m, QuantizedLinear)]
 
 
+@register(QuantizationConfig)
 @torch.no_grad()
-def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
+def _quantize(model: nn.Module, config: QuantizationConfig) -> nn.Module:
     """Replace every Linear in the blocks of ``model`` with its quantized form, in place.
 
     ``lm_head`` (tied to the token table ``wte``), the embeddings and the LayerNorms stay in
@@ -561,8 +553,6 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
     changes. Move the model to its device *before* quantizing: each layer picks its kernel
     (and, for int4, its packed layout) for the device its weights are on. Returns ``model``.
     """
-    if not isinstance(config, QuantConfig):
-        raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
     if config.mode == "none":
         return model
     done = _quantized_layers(model)
@@ -576,10 +566,8 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
                           f"({', '.join(have)}); for another, quantize a fresh fp32 model")
     check_fits(model, config)
     cls = MODULES[config.mode]
-    for name, linear in quantizable_linears(model):
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, cls.from_linear(linear, config))
+    for name, linear in block_linears(model):
+        swap_module(model, name, cls.from_linear(linear, config))
     return model
 
 
@@ -630,7 +618,7 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def layer_sqnr(model_fp32: nn.Module, config: QuantConfig) -> list[dict]:
+def layer_sqnr(model_fp32: nn.Module, config: QuantizationConfig) -> list[dict]:
     """Per quantizable Linear of an fp32 model: how well ``config`` keeps its weight.
 
     Returns ``[{"name", "out_features", "in_features", "sqnr_db"}, ...]``; the model itself is
@@ -638,7 +626,7 @@ def layer_sqnr(model_fp32: nn.Module, config: QuantConfig) -> list[dict]:
     """
     check_fits(model_fp32, config)
     rows = []
-    for name, linear in quantizable_linears(model_fp32):
+    for name, linear in block_linears(model_fp32):
         if config.mode == "none":
             db = math.inf
         else:
@@ -650,7 +638,7 @@ def layer_sqnr(model_fp32: nn.Module, config: QuantConfig) -> list[dict]:
 
 
 __all__ = [
-    "QuantConfig", "MODES", "GROUP_SIZES", "check_fits", "quantize_", "quantizable_linears",
+    "QuantizationConfig", "check_fits",
     "QuantizedLinear", "Int8WeightOnlyLinear", "Int4WeightOnlyLinear", "Int8DynamicLinear",
     "quantize_int8_per_channel", "quantize_int4_groupwise", "dequantize_int4",
     "quantize_per_token_int8", "pack_int4", "unpack_int4", "kernels_available",
@@ -666,9 +654,8 @@ def quantization_table(preset: str, schemes=("none", "int8-weight", "int4-weight
     (with this machine's calibrated read bandwidth), and the weakest layer's SQNR."""
     rows = []
     for mode in schemes:
-        config = QuantConfig(mode, group_size)
-        model = load_model(preset)
-        quantize_(model, config)
+        config = QuantizationConfig(mode, group_size)
+        model = apply_(load_model(preset), config)
         per_token = weight_bytes_per_token(model)
         row = {"scheme": mode, "group size": group_size if mode == "int4-weight" else None,
                "model MB": model_bytes(model) / 1e6, "MB read per token": per_token / 1e6}

@@ -20,7 +20,16 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from efflab.core.config import ConfigError, Knobs, get_preset, knob_fields, parse_knob
+from efflab.core.config import (
+    ConfigError,
+    Knobs,
+    check_choice,
+    check_int,
+    check_real,
+    get_preset,
+    knob_fields,
+    parse_knob,
+)
 from efflab.measurement.hardware import RefusedError, pick_device
 from efflab.studies.precision_formats import availability_table
 
@@ -88,9 +97,7 @@ def control_value(field: dict, value):
 
 def check_vary(vary: str) -> None:
     """Raise ConfigError unless ``vary`` names a knob."""
-    names = list(fields_by_name())
-    if vary not in names:
-        raise ConfigError("vary", vary, "one of " + ", ".join(names))
+    check_choice("vary", vary, tuple(fields_by_name()))
 
 
 def read_knob(name: str, raw):
@@ -168,14 +175,10 @@ def apply_run_args(settings: PanelSettings, vary: str | None = None,
             raise ConfigError("values", values, "a non-empty list such as [1, 2, 4]")
         changes["values"] = ", ".join(format_value(v) for v in values)
     if budget_bytes != UNCHANGED:
-        if budget_bytes is not None and (not isinstance(budget_bytes, int)
-                                         or isinstance(budget_bytes, bool) or budget_bytes <= 0):
-            raise ConfigError("budget_bytes", budget_bytes, "a positive integer or None")
+        check_int("budget_bytes", budget_bytes, lo=1, optional=True)
         changes["budget"] = format_budget(budget_bytes)
     if target_s is not None:
-        if (not isinstance(target_s, (int, float)) or isinstance(target_s, bool)
-                or not 0.01 <= target_s <= 600):
-            raise ConfigError("target_s", target_s, "a number of seconds in [0.01, 600]")
+        check_real("target_s", target_s, 0.01, 600, note="seconds")
         changes["target_s"] = float(target_s)
     if resume is not None:
         changes["resume"] = bool(resume)

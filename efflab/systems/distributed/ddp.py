@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from efflab.core.config import ConfigError, get_preset
+from efflab.core.config import ConfigError, check_int, check_keys, check_real, get_preset
 from efflab.systems.distributed.comm import AlphaBeta, extrapolate
 
 
@@ -56,17 +56,11 @@ class DataParallelConfig:
     def __post_init__(self):
         cfg = get_preset(self.preset)
         for name, lo in (("global_batch", 1), ("steps", 1), ("timing_pairs", 0), ("warmup", 0)):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-                raise ConfigError(name, v, f"an integer >= {lo}")
-        if self.seq_len is not None and not (isinstance(self.seq_len, int)
-                                             and 1 <= self.seq_len <= cfg.block_size):
-            raise ConfigError("seq_len", self.seq_len,
-                              f"None or an integer in [1, {cfg.block_size}] for preset {self.preset!r}")
-        if not (isinstance(self.bucket_cap_mb, (int, float)) and 0 < self.bucket_cap_mb <= 1024):
-            raise ConfigError("bucket_cap_mb", self.bucket_cap_mb, "a number of MiB in (0, 1024]")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            raise ConfigError("lr", self.lr, "a number in (0, 1)")
+            check_int(name, getattr(self, name), lo=lo)
+        check_int("seq_len", self.seq_len, 1, cfg.block_size, optional=True,
+                  note=f"for preset {self.preset!r}")
+        check_real("bucket_cap_mb", self.bucket_cap_mb, 0, 1024, lo_open=True, note="MiB")
+        check_real("lr", self.lr, 0, 1, lo_open=True, hi_open=True)
 
     def local_batch(self, world_size: int) -> int:
         """Sequences per rank; the global batch must split evenly (else ConfigError)."""
@@ -82,10 +76,7 @@ class DataParallelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DataParallelConfig:
         """From a job's JSON; an unknown setting raises ConfigError naming the known ones."""
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ConfigError("config", k, "one of " + ", ".join(sorted(names)))
+        check_keys("config", d, sorted(f.name for f in fields(cls)))
         return cls(**d)
 
 

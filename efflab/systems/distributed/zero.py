@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, get_args
 
-from efflab.core.config import ConfigError, get_preset
+from efflab.core.config import ConfigError, check_choice, check_int, check_keys, get_preset
 
 Sharding = Literal["none", "zero1", "fsdp"]
 SHARDINGS: tuple[str, ...] = get_args(Sharding)
@@ -82,14 +82,10 @@ class ShardingConfig:
     def __post_init__(self):
         cfg = get_preset(self.preset)
         for s in self.shardings:
-            if s not in SHARDINGS:
-                raise ConfigError("shardings", s, "each one of " + ", ".join(map(repr, SHARDINGS)))
-        if not (isinstance(self.batch, int) and self.batch >= 1):
-            raise ConfigError("batch", self.batch, "an integer >= 1")
-        if self.seq_len is not None and not (isinstance(self.seq_len, int)
-                                             and 1 <= self.seq_len <= cfg.block_size):
-            raise ConfigError("seq_len", self.seq_len,
-                              f"None or an integer in [1, {cfg.block_size}] for preset {self.preset!r}")
+            check_choice("shardings", s, SHARDINGS)
+        check_int("batch", self.batch, lo=1)
+        check_int("seq_len", self.seq_len, 1, cfg.block_size, optional=True,
+                  note=f"for preset {self.preset!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,10 +95,7 @@ class ShardingConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ShardingConfig:
         """From a job's JSON (``shardings`` as a list); unknown settings raise ConfigError."""
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ConfigError("config", k, "one of " + ", ".join(sorted(names)))
+        check_keys("config", d, sorted(f.name for f in fields(cls)))
         return cls(**{k: tuple(v) if k == "shardings" else v for k, v in d.items()})
 
 
