@@ -6,6 +6,7 @@ import pytest
 
 from efflab.check import alpha_beta, judge, step_time_8, zero1_bytes
 from efflab.systems.distributed import AlphaBeta, extrapolate, memory_per_rank
+from efflab.systems.distributed.comm import fit_alpha_beta, message_sizes
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +45,34 @@ def test_alpha_beta_names_the_slip(answer, hint):
     assert not fb.passed and fb.status == "wrong"
     assert hint in fb.hint, fb.hint
     assert f"{ALPHA:.3g}" not in fb.expected and f"{BW:.3g}" not in fb.expected  # no give-away
+
+
+# lesson 14's own grid: 12 sizes, 4 B ... 16 MiB, most of them latency-bound at these α, β
+LESSON_N = np.array(message_sizes(), dtype=float)
+LESSON_T = (550e-6 + LESSON_N / 0.4e9) * np.random.default_rng(7).lognormal(0, 0.1, LESSON_N.size)
+
+
+def _lesson_ab(a, b):
+    return alpha_beta((a, b), nbytes=LESSON_N, seconds=LESSON_T)
+
+
+def test_alpha_beta_on_the_lessons_grid_accepts_the_fit_and_the_truth():
+    fit = fit_alpha_beta(LESSON_N, LESSON_T)
+    assert LESSON_N.size == 12
+    assert _lesson_ab(fit.alpha_s, fit.bandwidth).passed
+    assert _lesson_ab(550e-6, 0.4e9).passed
+
+
+@pytest.mark.parametrize("bandwidth, hint", [
+    (0.4e9 * 8, "bytes per second"),      # β in bits per second
+    (0.4e9 * 1e6, "β does not"),          # β a million times too high
+    (1e15, "β does not"),                 # α alone: β so large that n/β vanishes
+    (0.4e9 / 3, "β does not"),            # a wrong β, not a unit slip
+])
+def test_alpha_beta_on_the_lessons_grid_rejects_a_beta_the_small_sizes_cannot_see(bandwidth, hint):
+    fb = _lesson_ab(550e-6, bandwidth)
+    assert not fb.passed, fb
+    assert hint in fb.hint, fb.hint
 
 
 def test_alpha_beta_unanswered_and_malformed_never_raise():
