@@ -80,6 +80,29 @@ def test_softmax_row_reduction_right_and_slips():
     assert check.softmax_row_reduction(crashes).status in ("wrong", "error")
 
 
+def test_softmax_row_reduction_accepts_the_update_in_float32_torch_as_a_kernel_writes_it():
+    import torch
+
+    def in_float32(m, s, block):
+        x = torch.tensor(block, dtype=torch.float32)
+        m_old = torch.tensor(m, dtype=torch.float32)
+        m_new = torch.maximum(m_old, x.max())
+        s_new = torch.tensor(s, dtype=torch.float32) * torch.exp(m_old - m_new) \
+            + torch.exp(x - m_new).sum()
+        return m_new.item(), s_new.item()
+
+    fb = check.softmax_row_reduction(in_float32)
+    assert fb.passed, fb
+
+    def no_rescale_float32(m, s, block):  # the same slip, in float32: still caught
+        x = torch.tensor(block, dtype=torch.float32)
+        m_new = torch.maximum(torch.tensor(m, dtype=torch.float32), x.max())
+        return m_new.item(), s + torch.exp(x - m_new).sum().item()
+
+    fb = check.softmax_row_reduction(no_rescale_float32)
+    assert not fb and "exp(m_old - m_new)" in fb.hint
+
+
 def test_judges_rerun_from_evidence_alone():
     fb = judge("gelu_bias_bytes", {"answer": 8.0, "numel": 1, "bytes_per_el": 4})
     assert fb.passed
