@@ -2,9 +2,10 @@
 
 The fixture class (tests/fixtures/class/make_class.py) is nine submissions of a two-exercise
 notebook — all correct, partly wrong (+ an ``input()``), a dying kernel, an infinite loop, a
-memory hog, one that deletes files outside its folder, a PDF, a truncated notebook, and a
-cheat that patches efflab.check and deletes a check cell — graded end to end against
-tests/fixtures/class/expected_gradebook.csv.
+memory hog, one that tries to delete files outside its folder, a PDF, a truncated notebook,
+and a cheat that patches efflab.check and deletes a check cell — graded end to end (under
+bubblewrap) against tests/fixtures/class/expected_gradebook.csv. The hostile class is in
+tests/test_grading_hostile.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from efflab.core.store import Store
 from efflab.course import cells as C
 from efflab.course.assignment import NOT_ANSWERED, student_version
 from efflab.course.class_results import class_table, pool
-from efflab.course.gradebook import grade, score_cell
+from efflab.course.gradebook import _html, grade, score_cell
 from efflab.course.report import NOTEBOOK_DIR, run_notebook
 from efflab.course.sandbox import CellRun, Limits
 from efflab.course.submission import open_submission, submit
@@ -331,12 +332,13 @@ def test_the_fixture_class_grades_as_expected(graded_class):
     print(f"fixture class of {len(make_class.CLASS)} graded in {seconds:.0f} s")
     expected = list(csv.DictReader(open(FIXTURES / "expected_gradebook.csv")))
     got = pd.read_csv(root / "out" / "gradebook.csv")
-    assert list(got.columns) == ["student", "notebook", "grade_id", "exercises", "points",
+    assert list(got.columns) == ["student", "file", "notebook", "grade_id", "exercises", "points",
                                  "max_points", "status", "feedback"]
     assert len(got) == len(expected)
     for want, row in zip(expected, got.itertuples()):
         where = f"{want['student']}/{want['grade_id']}: {row.feedback}"
         assert (row.student, row.grade_id) == (want["student"], want["grade_id"]), where
+        assert row.file.startswith(want["student"] + "."), where
         assert (row.points, row.max_points) == (float(want["points"]), float(want["max_points"])), where
         assert row.status == want["status"], where
         assert want["feedback_contains"] in row.feedback, where
@@ -354,16 +356,22 @@ def test_the_fixture_class_grades_as_expected(graded_class):
     assert (executed / "alice--alice.ipynb").is_file() and not (executed / "gina--gina.ipynb").exists()
 
 
-def test_grading_again_gives_the_same_rows(graded_class, tmp_path):
+def test_grading_again_gives_the_same_bytes(graded_class, tmp_path):
     root, subs, df, _ = graded_class
     again = tmp_path / "again"
     again.mkdir()
-    for name in ("alice.zip", "carol.ipynb", "gina.pdf"):  # a pass, a dead kernel, a PDF
+    chosen = ("alice", "bob", "carol", "gina")  # a pass, a wrong answer, a dead kernel, a PDF
+    for name in ("alice.zip", "bob.ipynb", "carol.ipynb", "gina.pdf"):
         (again / name).write_bytes((subs / name).read_bytes())
     df2 = grade(again, tmp_path / "gradebook.csv", source=ASSIGNMENT, limits=CLASS_LIMITS,
                 workers=2)
-    first = df[df["student"].isin(["alice", "carol", "gina"])].reset_index(drop=True)
+    first = df[df["student"].isin(chosen)].reset_index(drop=True)
     pd.testing.assert_frame_equal(first, df2)
+    # the same rows, written again, are the same bytes: no timings, paths or addresses
+    lines = (root / "out" / "gradebook.csv").read_bytes().splitlines(keepends=True)
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln.decode().split(",")[0] in chosen]
+    assert (tmp_path / "gradebook.csv").read_bytes() == b"".join(kept)
+    assert (tmp_path / "gradebook.html").read_text() == _html(first, CLASS_LIMITS)
 
 
 # ---------------------------------------------------------------------- class results
@@ -463,7 +471,7 @@ def test_train_curves_are_kept_per_run_and_pooled_from_a_submission(tmp_path):
     assert ratio["value"] == pytest.approx(last["MoE 2×top-1"] / last["dense"])
 
 
-def test_grade_command_without_running_a_kernel(tmp_path, capsys):
+def test_grade_command_without_running_a_kernel(tmp_path, capsys, monkeypatch):
     subs = tmp_path / "subs"
     (subs / "zed").mkdir(parents=True)
     (subs / "zed" / "answers.docx").write_bytes(b"PK\x03\x04 not really a zip")
@@ -477,6 +485,36 @@ def test_grade_command_without_running_a_kernel(tmp_path, capsys):
     assert "4 rows, 2 students" in capsys.readouterr().out
     assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--workers", "0"]) == 2
     assert main(["grade", str(subs), "--source", str(tmp_path / "none.ipynb")]) == 2
+    capsys.readouterr()
+    from efflab.course import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)  # a machine without bwrap
+    assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install bubblewrap" in err and "--trusted-class" in err
+    assert main(["grade", str(subs), "--source", str(ASSIGNMENT), "--out", str(out),
+                 "--trusted-class"]) == 0
+    assert json.loads(out.with_suffix(".log.json").read_text())["isolation"] == "process"
+
+
+def test_the_grader_reads_a_flooding_child_only_up_to_its_cap():
+    import subprocess
+
+    from efflab.course.sandbox import _pump
+
+    flood = subprocess.Popen(  # 1 MiB lines on both streams, for ever
+        [sys.executable, "-c", "import sys\nwhile True:\n    sys.stdout.write('x' * 2**20 + '\\n')"
+         "\n    sys.stderr.write('e' * 2**20)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.monotonic()
+        report, err, note = _pump(flood, b"{}", Limits(), time.monotonic() + 60, None,
+                                  cap=8 * 2**20)
+    finally:
+        flood.kill()
+        flood.wait()
+    assert "more than 8 MiB to the grader's channel" in note and time.monotonic() - t0 < 30
+    assert report.bytes <= 8 * 2**20 + 2**16 and len(err) <= 2**16 and report.cells == []
 
 
 def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
@@ -496,7 +534,9 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
         cell = nbformat.v4.new_code_cell(source)
         cell["id"] = f"c{i}"
         nb.cells.append(cell)
-    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=25, probe_s=5))
+    # the trusted-class path (a plain process): the driver, a subreaper, kills what is left
+    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=25, probe_s=5),
+                           isolation="process")
     status = {c.cell_id: (c.status, c.reason) for c in result.cells}
     assert status["c0"][0] == "ok"
     assert status["c1"] == ("timeout", "notebook time limit (25 s) reached")
@@ -506,3 +546,26 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     time.sleep(0.5)
     alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     assert not alive, "a process the submission started outlived the grading run"
+
+
+# 01_batching: 32 s in the sandbox on a quiet 2-core host (85 s loaded); 00_tour is longer
+@pytest.mark.parametrize("lesson", [pytest.param("00_tour", marks=pytest.mark.long),
+                                    pytest.param("01_batching", marks=pytest.mark.slow)])
+def test_a_lessons_instructor_version_grades_to_full_points_under_the_default_limits(
+        lesson, tmp_path):
+    """Honest work, static charts included (vl-convert's V8), passes the default limits."""
+    subs = tmp_path / "subs"
+    work = tmp_path / "work"
+    work.mkdir()
+    nb_path = work / f"{lesson}.ipynb"
+    nb_path.write_bytes((NOTEBOOK_DIR / f"{lesson}.ipynb").read_bytes())
+    submit(nb_path, out=subs / "teacher.zip", student="teacher", results=tmp_path / "results",
+           answers=tmp_path / "none.jsonl", calibrate_if_missing=False)
+    out = tmp_path / "gradebook.csv"
+    assert main(["grade", str(subs), "--source", str(NOTEBOOK_DIR / f"{lesson}.ipynb"),
+                 "--out", str(out)]) == 0
+    book = pd.read_csv(out)
+    assert len(book) >= 2 and (book["points"] == book["max_points"]).all(), list(book["feedback"])
+    executed = json.loads((tmp_path / "gradebook_executed" / "teacher--teacher.ipynb").read_text())
+    assert any("image/svg+xml" in o.get("data", {}) for c in executed["cells"]
+               for o in c.get("outputs", [])), "no static chart was drawn"

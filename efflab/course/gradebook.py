@@ -1,6 +1,7 @@
 """Bulk grading: ``efflab grade SUBMISSIONS/ --out gradebook.csv [--workers N]``.
 
-For every submission (see :func:`efflab.course.submission.discover`):
+For every submission (see :func:`efflab.course.submission.discover`; two entries of the
+folder with one NFC-normalised student id are both refused, naming the files):
 
 1. open it without trusting it (:func:`open_submission`): not a notebook, malformed, too
    large -> zero for every check of the assignment, with the reason;
@@ -9,8 +10,8 @@ For every submission (see :func:`efflab.course.submission.discover`):
 3. restore every check, locked and ``parameters`` cell from the instructor's version, by cell
    id (hidden checks come back; a deleted or edited check cell does not help), and inject
    ``SMOKE = True``;
-4. run it in a sandbox (:mod:`efflab.course.sandbox`): its own process and folder, time and
-   memory limits, a canary tree beside it;
+4. run it in a sandbox (:mod:`efflab.course.sandbox`): bubblewrap (refused where it is
+   missing, unless ``trusted_class``), its own folder, time, memory and output limits;
 5. recompute every verdict here, in the grader's process, with ``efflab.check.judge`` from
    the evidence each restored check cell logged. A check cell that logged nothing (say
    ``efflab.check`` was patched to "pass") earns nothing; evidence logged by other cells, or
@@ -18,17 +19,20 @@ For every submission (see :func:`efflab.course.submission.discover`):
 
 A check cell is worth its nbgrader ``points``; it earns ``points × the lowest fraction`` its
 checks give (each visible and hidden call must pass, as in nbgrader), zero if it raised, timed
-out or did not run. A submission that changed files outside its folder gets zero throughout.
+out or did not run. In a trusted class (no sandbox), a submission that changed files outside
+its folder gets zero throughout.
 
-Writes ``gradebook.csv`` (one row per student, notebook and check cell: points, max_points,
-status, feedback), ``gradebook.html`` (a summary table, then every row), ``gradebook.log.json``
-(seconds, restored cells, violations per submission: the only part that varies between runs)
-and ``gradebook_executed/`` (each executed notebook, for reading what a student saw).
-Grading the same folder twice gives the same CSV and HTML.
+Writes ``gradebook.csv`` (one row per student, file and check cell: points, max_points,
+status, feedback; cells a spreadsheet would run as a formula escaped), ``gradebook.html`` (a
+summary table, then every row), ``gradebook.log.json`` (seconds, restored cells, violations,
+full verdicts per submission: the only part that varies between runs) and
+``gradebook_executed/`` (each executed notebook, for reading what a student saw). Grading the
+same folder with the same flags twice gives byte-identical CSV and HTML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -44,17 +48,26 @@ from efflab.check import judge
 from efflab.core.config import ConfigError
 from efflab.course import cells as C
 from efflab.course.report import NOTEBOOK_DIR
-from efflab.course.sandbox import CellRun, Limits, SandboxResult, run_sandboxed
-from efflab.course.submission import Submission, discover, open_submission
+from efflab.course.sandbox import (
+    INSTALL_BWRAP,
+    CellRun,
+    Limits,
+    SandboxResult,
+    bwrap_problem,
+    run_sandboxed,
+)
+from efflab.course.submission import Submission, ambiguous, discover, open_submission
 from efflab.measurement import hardware
 
-COLUMNS = ["student", "notebook", "grade_id", "exercises", "points", "max_points", "status",
-           "feedback"]
+COLUMNS = ["student", "file", "notebook", "grade_id", "exercises", "points", "max_points",
+           "status", "feedback"]
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # OWASP: what a spreadsheet may run as a formula
 
 
 @dataclass(frozen=True)
 class Row:
     student: str
+    file: str  # the submission, relative to the submissions folder
     notebook: str
     grade_id: str
     exercises: str
@@ -98,9 +111,15 @@ def _match(sub: Submission, sources: dict) -> str | None:
     return a if a in sources else None
 
 
-def _zero_rows(student, notebook, gcs, status, reason) -> list[Row]:
-    return [Row(student, notebook, g.grade_id, " ".join(g.exercises), 0.0, g.points, status,
-                reason) for g in gcs]
+def _zero_rows(student, file, notebook, gcs, status, reason) -> list[Row]:
+    return [Row(student, file, notebook, g.grade_id, " ".join(g.exercises), 0.0, g.points,
+                status, reason) for g in gcs]
+
+
+def _stable(fb) -> str:
+    """A verdict as the gradebook writes it: without the expected and received values, which
+    may quote numbers measured in this run (the log keeps the full text)."""
+    return _clean(str(dataclasses.replace(fb, expected="", got="")))
 
 
 def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note: str) -> tuple:
@@ -132,113 +151,155 @@ def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note:
         return g.points, "correct", "correct"
     worst = judged[fractions.index(fraction)]
     status = "partial" if fraction > 0 else worst.status
-    return round(g.points * fraction, 6), status, _clean(str(worst))
+    return round(g.points * fraction, 6), status, _stable(worst)
 
 
 def grade_submission(sub: Submission, sources: dict, limits: Limits,
-                     calibration_dir: Path | None = None) -> tuple[list[Row], dict]:
-    """The rows of one submission and its log entry."""
-    log = {"student": sub.student, "file": sub.path.name, "problem": sub.problem}
+                     calibration_dir: Path | None = None, file: str | None = None,
+                     refused: str | None = None, isolation: str = "bwrap") -> tuple[list[Row], dict]:
+    """The rows of one submission and its log entry.
+
+    ``file``: the submission as the gradebook names it (default: its file name);
+    ``refused``: a reason not to run it at all (two submissions with one id), every check
+    then scores zero with it; ``isolation``: see :func:`run_sandboxed`.
+    """
+    file = file or sub.path.name
+    log = {"student": sub.student, "file": file, "problem": sub.problem}
     key = _match(sub, sources)
     nb_name = key or sub.assignment or sub.path.name
     if key is None:
-        reason = sub.problem or (f"no instructor notebook for assignment {sub.assignment!r} "
-                                 f"(known: {', '.join(sorted(sources))})")
-        return [Row(sub.student, nb_name, "-", "", 0.0, 0.0, "not_graded", reason)], log
+        reason = refused or sub.problem or (
+            f"no instructor notebook for assignment {sub.assignment!r} "
+            f"(known: {', '.join(sorted(sources))})")
+        return [Row(sub.student, file, nb_name, "", "", 0.0, 0.0,
+                    "refused" if refused else "not_graded", reason)], log
     instructor = sources[key]
     gcs = C.grade_cells(instructor)
+    if refused:
+        log["problem"] = refused
+        return _zero_rows(sub.student, file, key, gcs, "refused", refused), log
     if sub.problem:
         status = "not_a_notebook" if sub.problem.startswith("not a notebook") else "malformed"
-        return _zero_rows(sub.student, key, gcs, status, sub.problem), log
+        return _zero_rows(sub.student, file, key, gcs, status, sub.problem), log
     restored, changes = C.restore_cells(sub.notebook, instructor)
     runnable = C.set_parameters(restored, SMOKE=True)
     positions = {g.grade_id: C.find_cell(runnable.cells, instructor.cells[g.index]) for g in gcs}
     ids = [str(instructor.cells[g.index].get("id", "")) for g in gcs]
     result: SandboxResult = run_sandboxed(dict(runnable), ids, limits, calibration_dir,
-                                          name=sub.name or "submission.ipynb")
+                                          name=sub.name or "submission.ipynb",
+                                          isolation=isolation)
     log.update({"restored": changes, "violations": result.violations, "note": result.note,
                 "seconds": round(result.seconds, 1),
                 "cells": [asdict(c) | {"evidence": len(c.evidence)} for c in result.cells]})
     log["executed"] = result.notebook
     if result.violations:
         reason = "zero: the submission " + "; ".join(result.violations)
-        return _zero_rows(sub.student, key, gcs, "violation", reason), log
+        return _zero_rows(sub.student, file, key, gcs, "violation", reason), log
     by_index = {c.index: c for c in result.cells}
-    rows, prev = [], -1
+    rows, prev, verdicts = [], -1, {}
     for g in gcs:
         at = positions[g.grade_id]
         before = [c for c in result.cells if prev < c.index < (at if at is not None else -1)]
-        points, status, feedback = score_cell(g, by_index.get(at), before, result.note)
-        rows.append(Row(sub.student, key, g.grade_id, " ".join(g.exercises), points, g.points,
-                        status, feedback))
+        run = by_index.get(at)
+        points, status, feedback = score_cell(g, run, before, result.note)
+        if run is not None and run.evidence and g.exercises:  # the full verdicts, for the log
+            verdicts[g.grade_id] = [_clean(str(judge(e.get("exercise"), e.get("evidence"))))
+                                    for e in run.evidence if e.get("exercise") in g.exercises]
+        rows.append(Row(sub.student, file, key, g.grade_id, " ".join(g.exercises), points,
+                        g.points, status, feedback))
         prev = at if at is not None else prev
+    log["verdicts"] = verdicts
     return rows, log
 
 
+def csv_safe(value):
+    """A CSV cell a spreadsheet will not run: text starting with ``= + - @``, a tab or a
+    carriage return gets a leading single quote (OWASP's CSV-injection rule)."""
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
 def _html(df: pd.DataFrame, limits: Limits) -> str:
-    totals = (df.groupby(["student", "notebook"], sort=True)[["points", "max_points"]].sum()
-              .reset_index())
+    totals = (df.groupby(["student", "file", "notebook"], sort=True)[["points", "max_points"]]
+              .sum().reset_index())
     summary = "".join(
-        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.notebook)}</td>"
+        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.file)}</td>"
+        f"<td>{html.escape(r.notebook)}</td>"
         f"<td style='text-align:right'>{r.points:g} / {r.max_points:g}</td></tr>"
         for r in totals.itertuples())
     colour = {"correct": "#1a7f37", "partial": "#9a6700"}
     rows = "".join(
-        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.notebook)}</td>"
+        f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(r.file)}</td>"
+        f"<td>{html.escape(r.notebook)}</td>"
         f"<td>{html.escape(r.grade_id)}</td><td>{html.escape(r.exercises)}</td>"
         f"<td style='text-align:right'>{r.points:g} / {r.max_points:g}</td>"
         f"<td style='color:{colour.get(r.status, '#cf222e')}'>{html.escape(r.status)}</td>"
         f"<td>{html.escape(r.feedback)}</td></tr>" for r in df.itertuples())
     lim = (f"time limits: {limits.cell_s:g} s per cell, {limits.notebook_s:g} s per notebook; "
-           f"memory limit {limits.memory_bytes / 2**30:g} GiB per process")
+           f"memory limit {limits.memory_bytes / 2**30:g} GiB (per process and in all)")
     return ("<!doctype html><meta charset=utf-8><title>efflab gradebook</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 8px;vertical-align:top}"
             "table{border-collapse:collapse}tr:nth-child(even){background:#f6f8fa}</style>"
             f"<h1>efflab gradebook</h1><p>{html.escape(lim)}</p>"
-            "<h2>Totals</h2><table><tr><th>student</th><th>notebook</th><th>points</th></tr>"
-            f"{summary}</table><h2>Every check</h2><table><tr><th>student</th><th>notebook</th>"
-            "<th>check</th><th>exercises</th><th>points</th><th>status</th><th>feedback</th></tr>"
-            f"{rows}</table>")
+            "<h2>Totals</h2><table><tr><th>student</th><th>file</th><th>notebook</th>"
+            f"<th>points</th></tr>{summary}</table><h2>Every check</h2><table><tr>"
+            "<th>student</th><th>file</th><th>notebook</th><th>check</th><th>exercises</th>"
+            "<th>points</th><th>status</th><th>feedback</th></tr>"
+            f"{rows}</table>\n")
 
 
 def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.csv",
           source: str | os.PathLike | None = None, limits: Limits | None = None,
           workers: int = 1, calibration_dir: str | os.PathLike | None = None,
-          progress: bool = False) -> pd.DataFrame:
+          progress: bool = False, trusted_class: bool = False) -> pd.DataFrame:
     """Grade every submission in ``submissions``; write the gradebook files; return the rows.
 
     ``source``: the instructor notebook(s) (default: efflab's lessons). ``limits``: the
     sandbox's time and memory limits. ``workers``: submissions graded at once (each in its
-    own process; math threads per kernel default to cores ÷ workers).
+    own sandbox; math threads per kernel default to cores ÷ workers). Every submission runs
+    under bubblewrap; without it grading is refused, unless ``trusted_class`` says the class
+    is trusted (then each runs as a plain child process, outside writes only detected).
     """
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError("--workers", workers, "an integer >= 1")
+    isolation = "process" if trusted_class else "bwrap"
+    if not trusted_class and (why := bwrap_problem()):
+        raise ConfigError("sandbox", why, f"bubblewrap ({INSTALL_BWRAP}), or --trusted-class "
+                                          "for a class you trust (no sandbox)")
     sources = load_sources(source if source is not None else NOTEBOOK_DIR)
     limits = limits or Limits()
     if limits.threads is None:
         limits = Limits(**{**asdict(limits), "threads": max(1, (os.cpu_count() or 1) // workers)})
     if calibration_dir is None:
         calibration_dir = getattr(hardware, "CACHE_DIR", None)
-    entries = discover(submissions)
+    folder = Path(submissions)
+    entries = discover(folder)
+    refusals = ambiguous(entries, folder)
 
     def one(entry):
         student, path = entry
+        rel = path.relative_to(folder).as_posix()
         sub = open_submission(path, student=student)
         rows, log = grade_submission(sub, sources, limits,
-                                     Path(calibration_dir) if calibration_dir else None)
+                                     Path(calibration_dir) if calibration_dir else None,
+                                     file=rel, refused=refusals.get(path), isolation=isolation)
         if progress:
             got = sum(r.points for r in rows)
-            print(f"{student} ({path.name}): {got:g}/{sum(r.max_points for r in rows):g}",
-                  flush=True)
+            print(f"{student} ({rel}): {got:g}/{sum(r.max_points for r in rows):g}", flush=True)
         return rows, log
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(one, entries))
     rows = [r for rs, _ in done for r in rs]
     df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+    # one order whatever the folder listing or the workers did: by student, then file; each
+    # submission's checks stay in the notebook's order
+    df = df.sort_values(["student", "file"], kind="stable").reset_index(drop=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        df.map(csv_safe).to_csv(f, index=False, lineterminator="\n")
     out.with_suffix(".html").write_text(_html(df, limits), encoding="utf-8")
     executed = out.parent / f"{out.stem}_executed"
     executed.mkdir(exist_ok=True)
@@ -250,6 +311,6 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
             target.write_text(json.dumps(nb), encoding="utf-8")
         logs.append(log)
     out.with_suffix(".log.json").write_text(
-        json.dumps({"limits": asdict(limits), "submissions": logs}, indent=1, default=str),
-        encoding="utf-8")
+        json.dumps({"limits": asdict(limits), "isolation": isolation, "submissions": logs},
+                   indent=1, default=str), encoding="utf-8")
     return df

@@ -1,46 +1,67 @@
 """Run one submitted notebook where it can do little harm, and report what each cell did.
 
-``run_sandboxed(nb, limits)`` (the grader's side) makes a fresh folder::
+``run_sandboxed(nb, grade_cell_ids, limits)`` (the grader's side) makes a fresh folder::
 
     efflab-grade-XXXX/
-        work/      the submission's working directory: HOME, TMPDIR, EFFLAB_RESULTS and
-                   EFFLAB_ANSWERS all point inside it; the notebook is the only file given
-        canary/    files the grader wrote and hashed; nothing may change them
+        work/      the submission's only writable folder: its working directory, HOME,
+                   TMPDIR, /tmp, EFFLAB_RESULTS and EFFLAB_ANSWERS all point inside it
+        canary/    files the grader wrote and hashed (checked in a trusted class)
 
-and starts ``python -m efflab.course.sandbox`` in ``work/`` (its own process, its own
-session). That child lowers its own limits with ``resource.setrlimit`` (address space, file
-size, no core dumps) so the Jupyter kernel it starts inherits them, then executes the cells
-one at a time with nbclient:
+and runs ``python efflab/course/sandbox.py`` (the *driver*) inside it. By default the driver
+runs under bubblewrap (``bwrap``, Debian's ``bubblewrap``, Flatpak's sandbox):
+
+- ``--unshare-all``: its own PID, network (loopback only), IPC, UTS, cgroup and user
+  namespaces; inside, the run is user 65534 with no capabilities and cannot make more user
+  namespaces;
+- ``--die-with-parent``, ``--new-session``: the driver is PID 2 under bwrap's own PID 1, so
+  when the driver ends (or the grader kills the sandbox) every process of the run dies with
+  it, a ``start_new_session=True`` child with an empty environment included;
+- the file system is built from nothing: /usr, /etc, /sys, the interpreter, the venv, the
+  efflab package and its ``data/`` (weights, prepared corpus) read-only; a new /proc
+  (only the sandbox's processes) and a minimal /dev; the work folder read-write at
+  ``/sandbox``, and /tmp inside it. The instructor's notebooks, the tests, the other
+  submissions, the gradebook and the grader's own files are not there to read. Paths
+  inside are fixed (``/sandbox``), so they read the same in every run.
+
+``isolation="process"`` (``efflab grade --trusted-class``) runs the driver as a plain child
+process instead: the same limits, outside writes only *detected* with the canary, no
+namespaces. It is for a class the instructor trusts, or a machine without bubblewrap.
+
+The driver marks itself non-dumpable (so the kernel cannot open ``/proc/<driver>/fd/1``,
+the grader's channel), lowers its limits with ``resource.setrlimit`` (data segment, file
+size, no core dumps) so the Jupyter kernel it starts inherits them, and
+executes the cells one at a time with nbclient:
 
 - a per-cell time limit, and a per-notebook deadline the per-cell limit never outlasts;
   a cell that hits it is interrupted, and if the kernel does not answer afterwards every
   later cell is "not run";
 - a kernel that dies (a crash, a kill on memory) fails the cell it ran and every later one;
 - ``input()`` raises at once (no stdin), widgets only display (nothing waits for them);
+- a cell's outputs are kept up to ``output_bytes``, then cut with a note;
 - before each check (grade) cell the kernel's answer log is pointed at a fresh file, so the
   evidence a check cell logged is known to come from that cell.
 
-The child reports each cell as a JSON line on its stdout (the kernel's own stdout and stderr
-go to /dev/null, so the notebook cannot print into that channel); the grader keeps the partial
-report if it must kill the child at the deadline. Afterwards the grader compares the canary
-tree and the folder listing with what it wrote, and kills every process still carrying this
-run's token in its environment.
+The memory limit is ``RLIMIT_DATA`` (private writable memory), not the address space: V8
+(vl-convert, which draws the lessons' static charts) reserves tens of GiB of address space
+it never touches, which ``RLIMIT_AS`` counts and kills. The grader also watches the total
+resident memory and the process count of the whole run and kills all of it past the limits.
 
-What this does NOT give (no containers here): the code runs as the grader's own user, so it
-can read any file that user can (the installed efflab, the instructor notebooks if they sit
-on the same machine) and write outside its folder where the canary does not look; the
-address-space limit is per process; the network is not cut off. Run the grader as an
-unprivileged user with nothing else to lose, or inside a container, for an untrusted class.
+The driver reports each cell as a JSON line on its stdout (the kernel's own stdout and
+stderr go to /dev/null). The grader reads that channel incrementally and caps it
+(``MAX_REPORT_BYTES``; stderr keeps only its tail), so a flood is cut and recorded as the
+reason, never read into memory whole; cells reported before a kill keep their result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import json
 import os
 import resource
 import secrets
+import selectors
 import shutil
 import subprocess
 import sys
@@ -54,6 +75,11 @@ TRACE = "@@efflab-cell "
 NOTEBOOK = "@@efflab-notebook "
 TOKEN_ENV = "EFFLAB_SANDBOX"
 ANSWER_DIR = ".efflab-grading"
+INSIDE = "/sandbox"              # where the work folder is mounted under bubblewrap
+ISOLATIONS = ("bwrap", "process")
+MAX_REPORT_BYTES = 256 * 2**20   # the driver's whole report (cells and the executed notebook)
+STDERR_TAIL = 64 * 2**10
+INSTALL_BWRAP = "apt-get install bubblewrap"
 
 
 @dataclass(frozen=True)
@@ -61,15 +87,19 @@ class Limits:
     """How long and how much one submission may take.
 
     ``cell_s``: seconds per cell; ``notebook_s``: seconds for the whole notebook, kernel start
-    included; ``memory_bytes``: address space of every process of the run (kernel included);
-    ``file_bytes``: the largest file it may write; ``probe_s``: how long an interrupted kernel
-    gets to answer before it counts as hung; ``threads``: math-library threads per kernel.
+    included; ``memory_bytes``: private memory (``RLIMIT_DATA``) of each process of the run,
+    and the resident memory of all of them together; ``file_bytes``: the largest file it may
+    write; ``output_bytes``: the outputs one cell may keep; ``processes``: processes of the run
+    at once; ``probe_s``: how long an interrupted kernel gets to answer before it counts as
+    hung; ``threads``: math-library threads per kernel.
     """
 
     cell_s: float = 120.0
     notebook_s: float = 600.0
     memory_bytes: int = 6 * 2**30
     file_bytes: int = 1 * 2**30
+    output_bytes: int = 8 * 2**20
+    processes: int = 256
     probe_s: float = 10.0
     threads: int | None = None
 
@@ -84,10 +114,12 @@ class Limits:
                 raise ConfigError(name, v, "a positive number of seconds")
         if self.cell_s > self.notebook_s:
             raise ConfigError("cell_s", self.cell_s, f"at most notebook_s={self.notebook_s}")
-        for name in ("memory_bytes", "file_bytes"):
+        for name in ("memory_bytes", "file_bytes", "output_bytes"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 2**20):
                 raise ConfigError(name, v, "an integer number of bytes >= 1 MiB")
+        if not (isinstance(self.processes, int) and self.processes >= 8):
+            raise ConfigError("processes", self.processes, "an integer >= 8")
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ConfigError("threads", self.threads, "None or an integer >= 1")
 
@@ -113,12 +145,22 @@ class SandboxResult:
 
 
 # ------------------------------------------------------------------------------------------
-# The child: runs inside work/, with its own limits
+# The driver: runs inside work/, with its own limits
 # ------------------------------------------------------------------------------------------
 
 def _emit(prefix: str, obj) -> None:
     sys.stdout.write(prefix + json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        pass
+
+
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 
 
 def _set_limits(limits: dict) -> None:
@@ -127,9 +169,11 @@ def _set_limits(limits: dict) -> None:
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (value, value))
 
-    lower(resource.RLIMIT_AS, int(limits["memory_bytes"]))
+    lower(resource.RLIMIT_DATA, int(limits["memory_bytes"]))
     lower(resource.RLIMIT_FSIZE, int(limits["file_bytes"]))
     lower(resource.RLIMIT_CORE, 0)
+    # no RLIMIT_NPROC: it counts every process of the user (and never binds root); the
+    # grader counts the run's own processes instead (_Watch)
 
 
 def _error_text(outputs, limits: dict) -> str:
@@ -182,11 +226,39 @@ async def _quiet_execute(client, code: str, timeout: float) -> bool:
             return msg.get("content", {}).get("status") == "ok"
 
 
+def _capped_client(output_bytes: int):
+    """An nbclient ``NotebookClient`` that keeps at most ``output_bytes`` of outputs per cell."""
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_output
+
+    class CappedClient(NotebookClient):
+        kept: dict = {}
+
+        def output(self, outs, msg, display_id, cell_index):
+            used = self.kept.get(cell_index, 0)
+            if used < 0:  # already cut
+                return None
+            content = msg.get("content", {})
+            size = len(json.dumps(content, default=str))
+            if used + size > output_bytes:
+                self.kept[cell_index] = -1
+                left = output_bytes - used
+                if msg.get("msg_type") == "stream" and left > 0:  # keep the head of the text
+                    head = {**msg, "content": {**content, "text": str(content.get("text", ""))[:left]}}
+                    super().output(outs, head, display_id, cell_index)
+                outs.append(new_output("stream", name="stderr", text=(
+                    f"[output cut: over the grader's {output_bytes / 2**20:g} MiB per cell]\n")))
+                return None
+            self.kept[cell_index] = used + size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return CappedClient
+
+
 async def _run_cells(job: dict) -> None:
     # imported here, in the child, after __main__ has taken this folder off sys.path
     import nbformat
     from jupyter_core.utils import ensure_async
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     limits = job["limits"]
@@ -208,12 +280,11 @@ async def _run_cells(job: dict) -> None:
         state["limit"] = "cell"
         return state["cell_s"]
 
-    client = NotebookClient(nb, kernel_name="python3", timeout=int(limits["cell_s"]),
-                            timeout_func=timeout_for, allow_errors=True,
-                            interrupt_on_timeout=False, record_timing=False,
-                            startup_timeout=int(max(10, min(120, limits["notebook_s"]))),
-                            shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str(work)}})
+    client = _capped_client(int(limits["output_bytes"]))(
+        nb, kernel_name="python3", timeout=int(limits["cell_s"]), timeout_func=timeout_for,
+        allow_errors=True, interrupt_on_timeout=False, record_timing=False,
+        startup_timeout=int(max(10, min(120, limits["notebook_s"]))),
+        shutdown_kernel="immediate", resources={"metadata": {"path": str(work)}})
     code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     stopped = ""  # once set, every later cell is not run, with this reason
 
@@ -268,10 +339,28 @@ async def _run_cells(job: dict) -> None:
     _emit(NOTEBOOK, nbformat.from_dict(nb))
 
 
+def _kill_descendants() -> None:
+    """Kill every process below the driver (orphans included: the driver is a subreaper)."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    for p in psutil.Process().children(recursive=True):
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
+
+
 def child_main() -> int:
+    _prctl(PR_SET_DUMPABLE, 0)         # the kernel may not open /proc/<driver>/fd/*
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the run come back to the driver
     job = json.loads(sys.stdin.read())
     _set_limits(job["limits"])
-    asyncio.run(_run_cells(job))
+    try:
+        asyncio.run(_run_cells(job))
+    finally:
+        _kill_descendants()
     return 0
 
 
@@ -333,19 +422,90 @@ def reap(token: str) -> int:
     return killed
 
 
-def sandbox_env(work: Path, token: str, limits: Limits) -> dict[str, str]:
-    """The environment of the child and its kernel: everything the run writes stays in work/."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("EFFLAB_", "JUPYTER_", "JPY_", "PYTEST", "IPYTHONDIR"))}
-    home = work / "home"
+_BWRAP_OK: dict[str, str] = {}
+
+
+def bwrap_problem() -> str | None:
+    """None if bubblewrap can build a sandbox here, else why not (with what to do)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return f"bubblewrap is not installed ({INSTALL_BWRAP})"
+    if exe not in _BWRAP_OK:
+        try:
+            out = subprocess.run([exe, *_NAMESPACES, "--ro-bind", "/", "/", "true"],
+                                 capture_output=True, text=True, timeout=30)
+            _BWRAP_OK[exe] = "" if out.returncode == 0 else (
+                f"bubblewrap cannot make a sandbox here: {out.stderr.strip()[:200]} "
+                "(are user namespaces enabled? sysctl kernel.unprivileged_userns_clone=1)")
+        except (OSError, subprocess.SubprocessError) as e:
+            _BWRAP_OK[exe] = f"bubblewrap failed to start: {e}"
+    return _BWRAP_OK[exe] or None
+
+
+_NAMESPACES = ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534",
+               "--gid", "65534", "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+               "--hostname", "sandbox"]
+
+
+def _readonly_paths() -> list[str]:
+    """What the kernel needs to run, read-only: the interpreter, the venv, efflab and its data."""
+    import efflab
+
+    package = Path(efflab.__file__).resolve().parent
+    wanted = {Path(sys.base_prefix).resolve(), Path(sys.prefix), Path(sys.prefix).resolve(),
+              Path(sys.executable).resolve().parent, package}
+    data = package.parent / "data"  # the checkpoints (data/weights), the prepared corpus
+    if data.is_dir():
+        wanted.add(data)
+    for p in sys.path:  # site-packages living outside the prefixes (never the tests' folders)
+        if p and "site-packages" in p and Path(p).is_dir():
+            wanted.add(Path(p).resolve())
+    out = sorted(str(p) for p in wanted if p.exists() and str(p) not in ("/", "/usr"))
+    # a folder inside another one is already there
+    return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
+
+
+def bwrap_args(work: Path) -> list[str]:
+    """bubblewrap's arguments for a sandbox whose only writable folder is ``work``."""
+    args = list(_NAMESPACES)
+    for top in ("/usr", "/etc"):
+        args += ["--ro-bind", top, top]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    args += ["--ro-bind-try", "/sys", "/sys"]
+    for p in _readonly_paths():
+        args += ["--ro-bind", p, p]
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--bind", str(work), INSIDE, "--bind", str(work / "tmp"), "/tmp",
+             "--chdir", INSIDE]
+    return args
+
+
+def sandbox_env(work: Path, token: str, limits: Limits, inside: str | None = None) -> dict[str, str]:
+    """The environment of the driver and its kernel: everything the run writes stays in work/.
+
+    ``inside``: where work/ appears to the run (``/sandbox`` under bubblewrap); the
+    environment is then built from nothing instead of copied from the grader's.
+    """
+    here = inside or str(work)
+    if inside:
+        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin",
+                                        "/usr/bin", "/bin"]),
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    else:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("EFFLAB_", "JUPYTER_", "JPY_", "PYTEST", "IPYTHONDIR"))}
     (work / "tmp").mkdir(parents=True, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
+    (work / "home").mkdir(parents=True, exist_ok=True)
+    tmp, home = f"{here}/tmp", f"{here}/home"
     env.update({
-        "HOME": str(home), "TMPDIR": str(work / "tmp"), "TEMP": str(work / "tmp"),
-        "TMP": str(work / "tmp"),
-        "EFFLAB_RESULTS": str(work / "results"),
-        "EFFLAB_ANSWERS": str(work / "efflab_answers.jsonl"),
-        "EFFLAB_CACHE": str(home / ".cache" / "efflab"),
+        "HOME": home, "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp,
+        "EFFLAB_RESULTS": f"{here}/results",
+        "EFFLAB_ANSWERS": f"{here}/efflab_answers.jsonl",
+        "EFFLAB_CACHE": f"{home}/.cache/efflab",
         "EFFLAB_STATIC_CHARTS": "1",
         "MPLBACKEND": "Agg",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
@@ -357,69 +517,203 @@ def sandbox_env(work: Path, token: str, limits: Limits) -> dict[str, str]:
     return env
 
 
+class _Watch:
+    """The run's processes, as the grader sees them: total resident memory, count, kill."""
+
+    def __init__(self, proc: subprocess.Popen, limits: Limits):
+        import psutil
+
+        self.psutil, self.limits = psutil, limits
+        self.root = psutil.Process(proc.pid)
+
+    def processes(self) -> list:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except self.psutil.Error:
+            return []
+
+    def over(self) -> str:
+        """Why the run must be killed now ('' if it may go on)."""
+        procs = self.processes()
+        if len(procs) > self.limits.processes:
+            return f"the run started more than {self.limits.processes} processes at once"
+        rss = 0
+        for p in procs:
+            try:
+                rss += p.memory_info().rss
+            except self.psutil.Error:
+                continue
+        if rss > self.limits.memory_bytes:
+            return (f"the run's processes held more than {self.limits.memory_bytes / 2**30:g} GiB "
+                    "of memory together")
+        return ""
+
+    def kill(self) -> None:
+        for p in reversed(self.processes()):  # children first: nothing is left to re-fork
+            try:
+                p.kill()
+            except self.psutil.Error:
+                continue
+
+
+@dataclass
+class _Report:
+    cells: list = field(default_factory=list)
+    notebook: dict | None = None
+    bytes: int = 0
+    cut: str = ""  # why reading stopped early
+
+
+def _pump(proc: subprocess.Popen, job: bytes, limits: Limits, deadline: float,
+          watch: _Watch | None, cap: int = MAX_REPORT_BYTES) -> tuple[_Report, bytes, str]:
+    """Feed ``job`` to the driver and read its report as it comes, never more than ``cap``
+    bytes; stderr keeps its last ``STDERR_TAIL`` bytes. Returns (report, stderr tail, note)."""
+    report, note = _Report(), ""
+    try:
+        proc.stdin.write(job)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    pending, err = b"", b""
+    next_watch = 0.0
+
+    def take(line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if text.startswith(TRACE):
+            try:
+                report.cells.append(CellRun(**json.loads(text[len(TRACE):])))
+            except (ValueError, TypeError):
+                pass
+        elif text.startswith(NOTEBOOK):
+            try:
+                nb = json.loads(text[len(NOTEBOOK):])
+                report.notebook = nb if isinstance(nb, dict) else None
+            except ValueError:
+                pass
+
+    open_streams = 2
+    while open_streams:
+        now = time.monotonic()
+        if now >= deadline:
+            note = f"notebook time limit ({limits.notebook_s:g} s) reached; the run was killed"
+            break
+        if watch is not None and now >= next_watch:
+            next_watch = now + 0.5
+            why = watch.over()
+            if why:
+                note = why + "; the run was killed"
+                break
+        for key, _ in sel.select(timeout=min(0.5, max(0.01, deadline - now))):
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            if key.data == "err":
+                err = (err + chunk)[-STDERR_TAIL:]
+                continue
+            report.bytes += len(chunk)
+            if report.bytes > cap:
+                note = (f"the run wrote more than {cap / 2**20:g} MiB to the grader's channel; "
+                        "cut there and killed")
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                take(line)
+        if note:
+            break
+    sel.close()
+    if pending and not note:
+        take(pending)
+    report.cut = note
+    return report, err, note
+
+
 def run_sandboxed(nb: dict, grade_cell_ids: list[str], limits: Limits,
-                  calibration_dir: Path | None = None, name: str = "submission.ipynb") -> SandboxResult:
+                  calibration_dir: Path | None = None, name: str = "submission.ipynb",
+                  isolation: str = "bwrap") -> SandboxResult:
     """Execute ``nb`` (a notebook dict) in a fresh sandbox folder; see the module docstring.
 
     ``calibration_dir``: calibration files copied into the sandbox's cache, so a notebook that
-    calibrates does not measure the machine again (numbers are never graded).
+    calibrates does not measure the machine again (numbers are never graded). ``isolation``:
+    "bwrap" (bubblewrap, the default) or "process" (a trusted class: a plain child process).
+    The notebook itself reaches the driver through a pipe: neither it nor its hidden checks
+    are written into the submission's folder. ``name`` is kept for the grading log only.
     """
+    from efflab.core.config import ConfigError
+
+    if isolation not in ISOLATIONS:
+        raise ConfigError("isolation", isolation, ", ".join(ISOLATIONS))
+    if isolation == "bwrap" and (why := bwrap_problem()):
+        raise ConfigError("sandbox", why, "bubblewrap installed, or --trusted-class")
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="efflab-grade-"))
     token = secrets.token_hex(12)
-    cells: list[CellRun] = []
-    executed = None
     note = ""
+    report = _Report()
+    violations: list[str] = []
     try:
         work, canary = root / "work", root / "canary"
         work.mkdir()
-        for rel, text in CANARY_FILES.items():
-            (canary / rel).parent.mkdir(parents=True, exist_ok=True)
-            (canary / rel).write_text(text)
-        canary_before = _tree(canary)
-        env = sandbox_env(work, token, limits)
+        if isolation == "process":  # under bubblewrap nothing outside work/ is even visible
+            for rel, text in CANARY_FILES.items():
+                (canary / rel).parent.mkdir(parents=True, exist_ok=True)
+                (canary / rel).write_text(text)
+            canary_before = _tree(canary)
+        inside = INSIDE if isolation == "bwrap" else None
+        env = sandbox_env(work, token, limits, inside=inside)
         if calibration_dir is not None and Path(calibration_dir).is_dir():
-            cache = Path(env["EFFLAB_CACHE"])
+            cache = work / "home" / ".cache" / "efflab"
             cache.mkdir(parents=True, exist_ok=True)
-            for f in Path(calibration_dir).glob("calibration-*.json"):
+            for f in sorted(Path(calibration_dir).glob("calibration-*.json")):
                 shutil.copyfile(f, cache / f.name)
-        (work / Path(name).name).write_text(json.dumps(nb))
-        job = {"notebook": nb, "grade_cells": grade_cell_ids,
-               "limits": {k: v for k, v in asdict(limits).items()}}
+        job = json.dumps({"notebook": nb, "grade_cells": grade_cell_ids,
+                          "limits": asdict(limits)}).encode()
         # run this file as a script: ``-m efflab.course.sandbox`` would import efflab (and torch)
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=work, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        driver = [sys.executable, str(Path(__file__).resolve())]
+        pass_fds: tuple = ()
+        if isolation == "bwrap":
+            # the arguments go through a pipe (--args), so /proc/1/cmdline inside stays short
+            r, w = os.pipe()
+            os.write(w, b"".join(a.encode() + b"\0" for a in bwrap_args(work)))
+            os.close(w)
+            command, pass_fds = [shutil.which("bwrap"), "--args", str(r), *driver], (r,)
+        else:
+            command = driver
+        proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, pass_fds=pass_fds)
+        for fd in pass_fds:
+            os.close(fd)
+        watch = _Watch(proc, limits)
         try:
-            out, err = proc.communicate(json.dumps(job).encode(), timeout=limits.notebook_s + 60)
-        except subprocess.TimeoutExpired:
-            reap(token)
-            proc.kill()
-            out, err = proc.communicate()
-            note = f"notebook time limit ({limits.notebook_s:g} s) reached; the run was killed"
-        for line in out.decode("utf-8", "replace").splitlines():
-            if line.startswith(TRACE):
-                try:
-                    cells.append(CellRun(**json.loads(line[len(TRACE):])))
-                except (ValueError, TypeError):
-                    continue
-            elif line.startswith(NOTEBOOK):
-                try:
-                    executed = json.loads(line[len(NOTEBOOK):])
-                except ValueError:
-                    pass
+            report, err, note = _pump(proc, job, limits, time.monotonic() + limits.notebook_s + 60,
+                                      watch)
+        finally:
+            if proc.poll() is None:
+                watch.kill()
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
         if proc.returncode not in (0, None) and not note:
             tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             note = f"the grading process ended with status {proc.returncode}: {tail[0][:200]}"
         reap(token)
-        violations = _violations(root, canary_before)
+        if isolation == "process":
+            violations = _violations(root, canary_before)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    cells = report.cells
     setup = [c for c in cells if c.status == "setup_error"]
     if setup and not note:
         note = "the kernel could not run the notebook: " + setup[0].reason
     cells = [c for c in cells if c.status != "setup_error"]
-    return SandboxResult(cells=cells, notebook=executed, violations=violations, note=note,
+    return SandboxResult(cells=cells, notebook=report.notebook, violations=violations, note=note,
                          seconds=time.monotonic() - t0)
 
 

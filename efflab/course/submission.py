@@ -29,6 +29,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,27 @@ SCHEMA = "efflab.submission/1"
 MAX_ZIP_BYTES = 256 * 2**20      # uncompressed, all members together
 MAX_NOTEBOOK_BYTES = 64 * 2**20
 MAX_MEMBERS = 2000
+MAX_MEMBER_BYTES = MAX_NOTEBOOK_BYTES  # one member, inflated
+_CHUNK = 2**20
+
+
+def _inflate(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes | None:
+    """One member, inflated a chunk at a time and never past ``cap`` bytes (None if it would
+    be). The headers' sizes are not trusted: zipfile stops at the stated size and checks the
+    CRC (a lie raises ``BadZipFile``), and reading in chunks bounds what one call inflates."""
+    if info.file_size > cap:
+        return None
+    parts, total = [], 0
+    with z.open(info) as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > cap:
+                return None
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def _sha256(data: bytes) -> str:
@@ -216,13 +238,27 @@ def _open_zip(sub: Submission, data: bytes) -> Submission:
         return sub
     names = {i.filename: i for i in infos if not i.is_dir()}
 
+    budget = [MAX_ZIP_BYTES]  # what every member read here may inflate to, together
+
     def read(name: str) -> bytes | None:
-        try:
-            return z.read(names[name]) if name in names else None
-        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):
+        if name not in names:
             return None
+        try:
+            data = _inflate(z, names[name], min(budget[0], MAX_MEMBER_BYTES))
+        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError) as e:
+            sub.problem = sub.problem or f"malformed submission: {name} is damaged ({e})"
+            return None
+        if data is None:
+            sub.problem = sub.problem or (
+                f"malformed submission: {name} inflates past its stated size or the "
+                f"{min(budget[0], MAX_MEMBER_BYTES) // 2**20} MiB cap; stopped there")
+            return None
+        budget[0] -= len(data)
+        return data
 
     raw = read("manifest.json")
+    if sub.problem:
+        return sub
     if raw is not None:
         try:
             m = json.loads(raw)
@@ -239,10 +275,13 @@ def _open_zip(sub: Submission, data: bytes) -> Submission:
         return sub
     sub.name = name
     nb_bytes = read(name)
+    if sub.problem:  # damaged, or inflated past the cap
+        return sub
     try:
         sub.notebook = read_notebook(nb_bytes or b"")
     except ValueError as e:
         sub.problem = f"malformed notebook {name}: {e}"
+        return sub
     for member in sorted(names):
         if member.startswith("store/") and member.endswith(".jsonl") and member.count("/") == 1:
             sub.tables[member[len("store/"):-len(".jsonl")]] = _jsonl(read(member) or b"")
@@ -251,13 +290,15 @@ def _open_zip(sub: Submission, data: bytes) -> Submission:
         sub.machine = machine if isinstance(machine, dict) else {}
     except ValueError:
         sub.machine = {}
+    if sub.problem:  # a store member or machine.json damaged or inflated past the cap
+        sub.notebook = None
     return sub
 
 
 def open_submission(path: str | os.PathLike, student: str | None = None) -> Submission:
     """Read one handed-in file (zip from ``efflab submit``, or a bare ``.ipynb``); never raises."""
     path = Path(path)
-    sub = Submission(student=student or path.name.split(".")[0], path=path)
+    sub = Submission(student=student or student_id(path.name), path=path)
     try:
         size = path.stat().st_size
         if size > MAX_ZIP_BYTES:
@@ -287,11 +328,18 @@ def open_submission(path: str | os.PathLike, student: str | None = None) -> Subm
     return sub
 
 
+def student_id(name: str) -> str:
+    """The student id a file or folder name gives: up to the first dot, NFC-normalised (so
+    "zoë" typed on a Mac, NFD, and on Linux, NFC, is one id)."""
+    return unicodedata.normalize("NFC", name.split(".")[0])
+
+
 def discover(folder: str | os.PathLike) -> list[tuple[str, Path]]:
     """(student, file) for every submission in ``folder``, sorted.
 
-    A file directly in ``folder`` is one student's (the student is its name up to the first
-    dot); a sub-folder is one student's (its name), every file in it a submission.
+    A file directly in ``folder`` is one student's (the id is its name up to the first dot);
+    a sub-folder is one student's (its name), every file in it a submission. Ids are
+    NFC-normalised (:func:`student_id`); :func:`ambiguous` finds two entries with one id.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -304,7 +352,33 @@ def discover(folder: str | os.PathLike) -> list[tuple[str, Path]]:
             for f in sorted(entry.rglob("*")):
                 hidden = any(part.startswith(".") for part in f.relative_to(entry).parts)
                 if f.is_file() and not hidden:
-                    found.append((entry.name, f))
+                    found.append((student_id(entry.name), f))
         elif entry.is_file():
-            found.append((entry.name.split(".")[0], entry))
+            found.append((student_id(entry.name), entry))
     return found
+
+
+def _shown(rel: str) -> str:
+    """A file name as the refusal shows it: decomposed Unicode is spelled out (``\\u0308``)
+    so two names that look the same can be told apart."""
+    return rel if unicodedata.is_normalized("NFC", rel) else ascii(rel)[1:-1] + " (NFD)"
+
+
+def ambiguous(entries: list[tuple[str, Path]], folder: str | os.PathLike) -> dict[Path, str]:
+    """{file: reason} for every submission whose id comes from more than one entry of
+    ``folder`` (``dana.ipynb`` and ``dana/dana.ipynb``, ``dana.zip`` and ``dana.ipynb``, or
+    "zoë" spelled NFC and NFD): each is refused, naming all of them."""
+    folder = Path(folder)
+    sources: dict[str, dict[str, list[str]]] = {}
+    for student, path in entries:
+        rel = path.relative_to(folder)
+        sources.setdefault(student, {}).setdefault(rel.parts[0], []).append(rel.as_posix())
+    out = {}
+    for student, by_entry in sources.items():
+        if len(by_entry) > 1:
+            files = sorted(f for fs in by_entry.values() for f in fs)
+            reason = (f"refused: {len(files)} submissions with the student id {student!r} "
+                      f"({', '.join(_shown(f) for f in files)}); keep one and grade again")
+            for f in files:
+                out[folder / f] = reason
+    return out
