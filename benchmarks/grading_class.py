@@ -62,6 +62,7 @@ def main() -> int:
                          "grader_cpu_s": round(own, 1),
                          "loadavg_before": load_before, "loadavg_after": load_average(),
                          "points": float(df["points"].sum()),
+                         "isolation": log["isolation"],  # bwrap: each submission sandboxed
                          "per_submission_s": {s["student"]: s.get("seconds")
                                               for s in log["submissions"]}})
     walls = [r["wall_s"] for r in runs]

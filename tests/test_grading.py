@@ -548,6 +548,34 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     assert not alive, "a process the submission started outlived the grading run"
 
 
+def test_the_grader_kills_a_run_past_its_memory_or_process_limit():
+    import subprocess
+
+    from efflab.course.sandbox import _Watch
+
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nx = bytearray(200 * 2**20)\n"
+                            "x[::4096] = b'1' * len(x[::4096])\nprint(1, flush=True)\ntime.sleep(60)"],
+                           stdout=subprocess.PIPE)
+    forks = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                              "ps = [subprocess.Popen(['sleep', '60']) for _ in range(12)]\n"
+                              "print(1, flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        hog.stdout.readline(), forks.stdout.readline()
+        small = Limits(memory_bytes=128 * 2**20, processes=8)
+        assert "more than 0.125 GiB of memory together" in _Watch(hog, small).over()
+        watch = _Watch(forks, small)
+        assert "more than 8 processes" in watch.over()
+        sleepers = watch.processes()[1:]
+        watch.kill()
+        assert forks.wait(timeout=10) != 0
+        assert all(not p.is_running() or p.status() == "zombie" for p in sleepers)
+        assert _Watch(hog, Limits()).over() == ""
+    finally:
+        for p in (hog, forks):
+            p.kill()
+            p.wait()
+
+
 # 01_batching: 32 s in the sandbox on a quiet 2-core host (85 s loaded); 00_tour is longer
 @pytest.mark.parametrize("lesson", [pytest.param("00_tour", marks=pytest.mark.long),
                                     pytest.param("01_batching", marks=pytest.mark.slow)])

@@ -7,7 +7,8 @@ right or wrong as stated:
 - ``snoop`` (right answers) starts a survivor (a new session, an empty environment), reads
   the instructor notebook, a peer's file, the gradebook and the grader's command line, and
   writes into a peer's file, the gradebook and /tmp: nothing outside its own folder is there
-  to read or write, and the survivor dies with the sandbox;
+  to read or write, the survivor dies with the sandbox, and no file in its folder holds
+  the hidden checks after they ran;
 - ``ghost`` (right first answer) kills the grader's driver: the second check is "not run";
 - ``forger`` (wrong answers) floods its output and writes forged "correct" report lines into
   the grader's pipe through ``/proc/<parent>/fd/1``: the write is refused, the flood cut;
@@ -86,6 +87,15 @@ p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env={
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
 print("HOSTILE " + __import__("json").dumps({{"survivor": p.pid}}))'''
+HIDDEN_ON_DISK = '''import json, pathlib
+found = []
+for p in pathlib.Path("/sandbox").rglob("*"):  # after both checks ran
+    try:
+        if p.is_file() and (b"HIDDEN TESTS" in p.read_bytes() or b"df=other" in p.read_bytes()):
+            found.append(str(p))
+    except OSError:
+        pass
+print("HOSTILE " + json.dumps({"hidden_on_disk": found}))'''
 KILL_DRIVER = '''import os, signal
 os.kill(os.getppid(), signal.SIGKILL)  # the kernel's parent: the grader's driver'''
 FORGE = '''import json, os
@@ -135,7 +145,8 @@ def hostile(tmp_path_factory):
                "gradebook": str(out), "grader_tests": __file__}
     writes = {"write_peer": str(subs / "alice.ipynb"), "write_gradebook": str(out),
               "write_tmp": "/tmp/hostile.txt"}
-    nbformat.write(nb(right, extra_before={"ex1": SURVIVOR, "ex1-check": _probe(targets, writes)}),
+    nbformat.write(nb(right, extra_before={"ex1": SURVIVOR, "ex1-check": _probe(targets, writes),
+                                          "end": HIDDEN_ON_DISK}),
                    str(subs / "snoop.ipynb"))
     nbformat.write(nb({**right, "ex2-answer": KILL_DRIVER}), str(subs / "ghost.ipynb"))
     wrong = {"ex1-answer": make_class.TOKENS_ZERO, "ex2-answer": make_class.UPDATE_NOOP}
@@ -191,6 +202,7 @@ def test_nothing_outside_its_folder_is_there_to_read_or_write(hostile):
                  "write_gradebook"):
         assert seen[what] == "blocked", (what, seen)
     assert seen["write_tmp"] == "wrote"  # its own /tmp, inside its own folder
+    assert seen["hidden_on_disk"] == []  # the hidden checks never reach its folder
     assert "pytest" not in seen["cmdline"] and str(hostile["subs"]) not in seen["cmdline"]
     assert "sandbox.py" in seen["cmdline"]
     assert seen["survivor"] in seen["pids"] and len(seen["pids"]) <= 6  # bwrap, driver, kernel ...

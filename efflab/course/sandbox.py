@@ -499,10 +499,14 @@ def sandbox_env(work: Path, token: str, limits: Limits, inside: str | None = Non
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("EFFLAB_", "JUPYTER_", "JPY_", "PYTEST", "IPYTHONDIR"))}
     (work / "tmp").mkdir(parents=True, exist_ok=True)
-    (work / "home").mkdir(parents=True, exist_ok=True)
+    profile = work / "home" / ".ipython" / "profile_default"
+    profile.mkdir(parents=True, exist_ok=True)
+    # the kernel keeps its input history in memory only, so no history file in the
+    # submission's folder ever holds the check cells it ran (hidden tests included)
+    (profile / "ipython_kernel_config.py").write_text('c.HistoryManager.hist_file = ":memory:"\n')
     tmp, home = f"{here}/tmp", f"{here}/home"
     env.update({
-        "HOME": home, "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp,
+        "HOME": home, "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp, "IPYTHONDIR": f"{home}/.ipython",
         "EFFLAB_RESULTS": f"{here}/results",
         "EFFLAB_ANSWERS": f"{here}/efflab_answers.jsonl",
         "EFFLAB_CACHE": f"{home}/.cache/efflab",
