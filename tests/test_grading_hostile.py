@@ -142,7 +142,7 @@ def hostile(tmp_path_factory):
     out.write_text("student,points\nprevious,1\n")
     nbformat.write(nb(right), str(subs / "alice.ipynb"))
     targets = {"instructor": str(ASSIGNMENT), "peer": str(subs / "alice.ipynb"),
-               "gradebook": str(out), "grader_tests": __file__}
+               "gradebook": str(out), "grader_tests": __file__, "etc_shadow": "/etc/shadow"}
     writes = {"write_peer": str(subs / "alice.ipynb"), "write_gradebook": str(out),
               "write_tmp": "/tmp/hostile.txt"}
     nbformat.write(nb(right, extra_before={"ex1": SURVIVOR, "ex1-check": _probe(targets, writes),
@@ -198,7 +198,7 @@ def test_the_honest_row_and_every_file_are_untouched(hostile):
 
 def test_nothing_outside_its_folder_is_there_to_read_or_write(hostile):
     seen = _hostile_lines(hostile, "snoop")
-    for what in ("instructor", "peer", "gradebook", "grader_tests", "write_peer",
+    for what in ("instructor", "peer", "gradebook", "grader_tests", "etc_shadow", "write_peer",
                  "write_gradebook"):
         assert seen[what] == "blocked", (what, seen)
     assert seen["write_tmp"] == "wrote"  # its own /tmp, inside its own folder

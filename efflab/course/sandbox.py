@@ -16,8 +16,9 @@ runs under bubblewrap (``bwrap``, Debian's ``bubblewrap``, Flatpak's sandbox):
 - ``--die-with-parent``, ``--new-session``: the driver is PID 2 under bwrap's own PID 1, so
   when the driver ends (or the grader kills the sandbox) every process of the run dies with
   it, a ``start_new_session=True`` child with an empty environment included;
-- the file system is built from nothing: /usr, /etc, /sys, the interpreter, the venv, the
-  efflab package and its ``data/`` (weights, prepared corpus) read-only; a new /proc
+- the file system is built from nothing: /usr, a few files of /etc (never /etc/shadow or
+  /etc/ssl/private, which a root grader's mapped user would own), /sys, the interpreter,
+  the venv, the efflab package and its ``data/`` (weights, prepared corpus) read-only; a new /proc
   (only the sandbox's processes) and a minimal /dev; the work folder read-write at
   ``/sandbox``, and /tmp inside it. The instructor's notebooks, the tests, the other
   submissions, the gradebook and the grader's own files are not there to read. Paths
@@ -465,11 +466,17 @@ def _readonly_paths() -> list[str]:
     return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
 
 
+_ETC = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "localtime", "timezone",
+        "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl/certs",
+        "ca-certificates", "fonts", "mime.types", "os-release", "debian_version", "machine-id",
+        "locale.alias", "gai.conf", "protocols", "services", "magic", "magic.mime")
+
+
 def bwrap_args(work: Path) -> list[str]:
     """bubblewrap's arguments for a sandbox whose only writable folder is ``work``."""
-    args = list(_NAMESPACES)
-    for top in ("/usr", "/etc"):
-        args += ["--ro-bind", top, top]
+    args = list(_NAMESPACES) + ["--ro-bind", "/usr", "/usr"]
+    for name in _ETC:  # only what a Python kernel reads: a root grader owns /etc/shadow
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
