@@ -67,7 +67,8 @@ class TrainingRun:
     A row: ``step`` (steps done, 1-based), ``tokens`` (seen so far), ``train_loss`` (the step's
     loss before its update), ``seconds`` (training compute so far: forward, backward and
     update, without drawing batches or evaluating), and on evaluated steps whatever
-    ``evaluate`` returned. ``seconds`` here is the loop's whole wall time, evaluations included.
+    ``evaluate`` returned. The run's own ``seconds`` is the loop's whole wall time, batches and
+    evaluations included.
     """
 
     rows: list[dict] = field(default_factory=list)
