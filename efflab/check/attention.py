@@ -38,7 +38,7 @@ def _floats(x) -> list[float]:
     return [float(v) for v in torch.as_tensor(x, dtype=torch.float64).reshape(-1).tolist()]
 
 
-@exercise("online_softmax", points=2, topic="attention")
+@exercise("online_softmax", points=2, topic="attention", function=True)
 def online_softmax(update, seed: int = PROBE_SEED):
     """``update(m, l, acc, scores, v) -> (m, l, acc)``: one online-softmax step per key block.
 
@@ -147,7 +147,7 @@ def score_probes(seed: int = SCORE_SEED) -> list[dict]:
             for _ in range(8)]
 
 
-@exercise("score_bytes", points=1, topic="attention")
+@exercise("score_bytes", points=1, topic="attention", function=True)
 def score_bytes(fn, seed: int = SCORE_SEED):
     """``fn(B, h, T, bytes_per_value) -> bytes`` of one (B, h, T, T) attention score matrix."""
     return {"seed": int(seed), "outputs": probe_outputs(fn, score_probes(seed))}

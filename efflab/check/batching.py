@@ -21,7 +21,7 @@ def _row(df, batch_size: int):
             "tokens_per_step": number(r["throughput.tokens_per_step"])}
 
 
-@exercise("throughput", points=1, topic="batching")
+@exercise("throughput", points=1, topic="batching", measured=("latency_ms",))
 def throughput(answer, df, batch_size: int):
     """Tokens per second of the ``batch_size`` point of a sweep, from its median latency."""
     return {"answer": number(answer), "batch_size": int(batch_size), **_row(df, batch_size)}
@@ -54,7 +54,7 @@ def _judge_throughput(ev: dict) -> Verdict:
                    hint="tokens per step ÷ the step's latency in seconds; tokens per step = B·T")
 
 
-@exercise("saturation", points=1, topic="batching")
+@exercise("saturation", points=1, topic="batching", measured=("points",))
 def saturation(answer, df, fraction: float = 0.9):
     """The smallest measured batch whose throughput reaches ``fraction`` of the best one."""
     ok = df[df["status"] == "ok"].sort_values("knobs.batch_size")

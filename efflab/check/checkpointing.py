@@ -37,7 +37,7 @@ def reference_kept_bytes(B: int, T: int, C: int, n_layer: int, mode: str,
     return activation_breakdown(cfg, B, T, CheckpointingConfig(mode), bytes_per_value)["saved"]
 
 
-@exercise("kept_activations", points=2, topic="checkpointing")
+@exercise("kept_activations", points=2, topic="checkpointing", function=True)
 def kept_activations(fn, seed: int = PROBE_SEED):
     """``fn(B, T, C, n_layer, mode, bytes_per_value) -> bytes`` the blocks keep for backward."""
     return {"seed": int(seed), "outputs": probe_outputs(fn, kept_probes(seed))}
@@ -82,7 +82,8 @@ def _latency(df, mode: str) -> float:
     return number(rows.iloc[0]["latency_ms.median"])
 
 
-@exercise("recompute_overhead", points=1, topic="checkpointing")
+@exercise("recompute_overhead", points=1, topic="checkpointing",
+          measured=("latency_ms", "latency_ms_none"))
 def recompute_overhead(answer, df, mode: str = "blocks"):
     """Extra step time of ``mode`` over no checkpointing, as a fraction, from your own sweep."""
     return {"answer": number(answer), "mode": str(mode), "latency_ms": _latency(df, mode),

@@ -72,7 +72,7 @@ def soft_probes(seed: int = PROBE_SEED) -> list[dict]:
     return out
 
 
-@exercise("soft_target_loss", points=2, topic="compression")
+@exercise("soft_target_loss", points=2, topic="compression", function=True)
 def soft_target_loss(fn, seed: int = PROBE_SEED):
     """``fn(student_logits, teacher_logits, temperature) -> loss``: τ² · KL(p_t ‖ p_s) with
     p = softmax(logits / τ) over the last axis, averaged over every position."""

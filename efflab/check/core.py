@@ -13,7 +13,7 @@ An exercise is two functions and a name:
 
 Registering one::
 
-    @exercise("throughput", points=1)
+    @exercise("throughput", points=1, measured=('latency_ms',))
     def throughput(answer, *, latency_ms, tokens_per_step):       # collect
         return {"answer": number(answer), "latency_ms": float(latency_ms), ...}
 
@@ -284,6 +284,9 @@ class Exercise:
     doc: str = ""
     topic: str = ""
     extra: dict = field(default_factory=dict)
+    answer_keys: tuple[str, ...] = ("answer",)
+    measured_keys: tuple[str, ...] = ()
+    function: bool = False
 
     def __post_init__(self):
         self.__doc__ = self.doc
@@ -372,15 +375,31 @@ class Exercise:
 REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(name: str, points: float = 1, *, topic: str = "") -> Callable[[Callable], Exercise]:
-    """Decorator registering a collect function as the exercise ``name`` (see module doc)."""
+def exercise(name: str, points: float = 1, *, topic: str = "", answer: tuple[str, ...] = ("answer",),
+             measured: tuple[str, ...] = (), function: bool = False) -> Callable[[Callable], Exercise]:
+    """Decorator registering a collect function as the exercise ``name`` (see module doc).
+
+    What the grader may trust in the evidence (see :mod:`efflab.course.trusted`):
+
+    - ``answer``: the evidence keys that hold the learner's answer;
+    - ``measured``: keys whose values (every number below them) are measured on the machine —
+      timings, bandwidths, peaks, fits of measured losses. The grader's own run of the
+      instructor's notebook must agree with them within a factor;
+    - every other key is a given the grader's run must reproduce exactly (sizes, counts,
+      configs, seeds);
+    - ``function=True``: the answer is a learner-written function, collected as
+      ``collect(fn, seed=...) -> {"seed", "outputs"}``; the grader calls it again, on probe
+      seeds of its own, in a fresh sandboxed process.
+    """
 
     def register(collect_fn: Callable[..., dict]) -> Exercise:
         if name in REGISTRY:
             raise ValueError(f"exercise name {name!r} is already registered "
                              f"(names must be unique; taken: {sorted(REGISTRY)})")
         ex = Exercise(name=name, max_points=float(points), collect_fn=collect_fn,
-                      doc=collect_fn.__doc__ or "", topic=topic or collect_fn.__module__)
+                      doc=collect_fn.__doc__ or "", topic=topic or collect_fn.__module__,
+                      answer_keys=("outputs",) if function else tuple(answer),
+                      measured_keys=tuple(measured), function=bool(function))
         REGISTRY[name] = ex
         return ex
 

@@ -28,7 +28,8 @@ def _regimes(ref: AlphaBeta, n: np.ndarray) -> list[np.ndarray]:
     return [~bandwidth_bound, bandwidth_bound]
 
 
-@exercise("alpha_beta", points=2, topic="distributed")
+@exercise("alpha_beta", points=2, topic="distributed",
+          answer=("alpha_s", "bandwidth"), measured=("seconds",))
 def alpha_beta(answer, *, nbytes, seconds):
     """``(alpha_s, bandwidth_bytes_per_s)`` fitted to your own all-reduce times.
 
@@ -84,7 +85,8 @@ def _judge_alpha_beta(ev: dict) -> Verdict:
     return Verdict(False, expected=expected, got=got, hint=hint)
 
 
-@exercise("step_time_8", points=2, topic="distributed")
+@exercise("step_time_8", points=2, topic="distributed",
+          measured=("compute_per_sample_s", "alpha_s", "bandwidth"))
 def step_time_8(answer, *, compute_per_sample_s, global_batch, bucket_bytes, alpha_s, bandwidth,
                 fit_world_size=2):
     """Seconds per data-parallel step at 8 ranks, same global batch, from your α–β fit (made at

@@ -38,7 +38,7 @@ def reference_front(costs: list[float], qualities: list[float]) -> list[int]:
         and (costs[j] < costs[i] or qualities[j] < qualities[i]) for j in range(n))]
 
 
-@exercise("pareto", points=2, topic="pareto")
+@exercise("pareto", points=2, topic="pareto", function=True)
 def pareto(fn, seed: int = PROBE_SEED):
     """``fn(costs, qualities) -> indices`` of the points on the frontier (lower is better on
     both: no other point is at least as good on both and strictly better on one)."""
@@ -101,7 +101,7 @@ def _field(record, *path):
     return value
 
 
-@exercise("request_latency", points=1, topic="pareto")
+@exercise("request_latency", points=1, topic="pareto", measured=("latency_ms", "tokens_per_s"))
 def request_latency(answer, record):
     """Milliseconds one user waits per generated token in a batched decode measurement
     (``record``: a record dict or a row of a sweep's table)."""

@@ -74,7 +74,7 @@ def reference_row(row: list[float]) -> tuple[float, float]:
     return m, sum(math.exp(x - m) for x in row)
 
 
-@exercise("softmax_row_reduction", points=2, topic="fusion")
+@exercise("softmax_row_reduction", points=2, topic="fusion", function=True)
 def softmax_row_reduction(update, seed: int = PROBE_SEED):
     """``update(m, l, block) -> (m, l)``: fold one block (a list of floats) into the running
     maximum ``m`` and running sum ``l = Σ exp(x - m)``, starting from m = -inf, l = 0."""

@@ -28,7 +28,7 @@ def matmul_probes(seed: int = PROBE_SEED) -> list[dict]:
     return out
 
 
-@exercise("matmul_roofline", points=2, topic="inside_step")
+@exercise("matmul_roofline", points=2, topic="inside_step", function=True)
 def matmul_roofline(fn, seed: int = PROBE_SEED):
     """``fn(m, k, n, bytes_per_el) -> (flops, bytes)`` of an (m×k)·(k×n) product: FLOPs, and
     the bytes it must move (A and B read once, C written once)."""
@@ -68,7 +68,7 @@ def _judge_matmul(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
 
 
-@exercise("which_roof", points=1, topic="inside_step")
+@exercise("which_roof", points=1, topic="inside_step", measured=("peak_flops", "bandwidth"))
 def which_roof(answer: dict, *, intensities: dict, peak_flops: float, bandwidth: float):
     """``answer``: {operator: "memory" or "compute"} for each operator in ``intensities``
     ({operator: FLOPs per byte}), on a machine of ``peak_flops`` and ``bandwidth``."""

@@ -40,7 +40,7 @@ def reference_route(probs: torch.Tensor, capacity_factor: float) -> list[int]:
     return out
 
 
-@exercise("route", points=2, topic="moe")
+@exercise("route", points=2, topic="moe", function=True)
 def route(fn, seed: int = PROBE_SEED):
     """``fn(probs, capacity_factor) -> expert per token (-1 = dropped)``: top-1 routing where
     each expert takes at most ceil(capacity_factor · N / E) tokens, earlier tokens first."""
@@ -112,7 +112,7 @@ def reference_balance_loss(probs: torch.Tensor) -> float:
     return float(e * (f * P).sum())
 
 
-@exercise("balance_loss", points=1, topic="moe")
+@exercise("balance_loss", points=1, topic="moe", function=True)
 def balance_loss(fn, seed: int = PROBE_SEED):
     """``fn(probs) -> float``: the load-balancing loss E · Σ f_i · P_i of a top-1 router."""
     outs = probe_outputs(lambda probs, capacity_factor: float(fn(probs.clone())), route_probes(seed))

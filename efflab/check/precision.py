@@ -110,7 +110,7 @@ def bf16_probes(seed: int = PROBE_SEED) -> list[float]:
     return [_f32(x) for x in xs]
 
 
-@exercise("bf16_round", points=2, topic="precision")
+@exercise("bf16_round", points=2, topic="precision", function=True)
 def bf16_round(fn, seed: int = PROBE_SEED):
     """``fn(x: float) -> float``: ``x`` rounded to the nearest bfloat16 value (ties to even)."""
     outs = probe_outputs(lambda x: float(fn(x)), [{"x": x} for x in bf16_probes(seed)])

@@ -55,7 +55,7 @@ def _levels(values: list[float]) -> tuple[int, float]:
     return round((vs[-1] - vs[0]) / step) + 1, off
 
 
-@exercise("group_quantize", points=2, topic="quantization")
+@exercise("group_quantize", points=2, topic="quantization", function=True)
 def group_quantize(fn, seed: int = PROBE_SEED):
     """``fn(w, bits, group_size) -> w_hat``: quantize each group of ``group_size`` consecutive
     inputs of a row to ``bits``-bit codes with its own scale, and dequantize back (same shape)."""
@@ -114,7 +114,8 @@ def _judge_group_quantize(ev: dict) -> Verdict:
                    got=f"all {len(probes)} cases on grids of ≤ 2^bits levels at full quality")
 
 
-@exercise("decode_bound", points=1, topic="quantization")
+@exercise("decode_bound", points=1, topic="quantization",
+          measured=("read_bandwidth", "copy_bandwidth"))
 def decode_bound(answer, bytes_per_token: int, calibration: dict):
     """The bandwidth bound on decode tokens/s at batch 1: read bandwidth ÷ bytes read per token."""
     bw = calibration.get("read_bandwidth_bytes_per_s", calibration["bandwidth_bytes_per_s"])

@@ -12,7 +12,7 @@ def _law(law: dict) -> tuple[float, float]:
     return number(law["prefactor"]), number(law["exponent"])
 
 
-@exercise("compute_optimal", points=2, topic="scaling")
+@exercise("compute_optimal", points=2, topic="scaling", answer=("n", "d"), measured=("n_law",))
 def compute_optimal(answer, fit: dict, budget: float):
     """``answer = (N_opt, D_opt)`` for ``budget`` FLOPs from the learner's fit (its N_opt power
     law); D_opt = budget / (6 · N_opt)."""
@@ -59,7 +59,7 @@ def _judge_compute_optimal(ev: dict) -> Verdict:
                    hint="N_opt = prefactor · C^a with your fit's n_law")
 
 
-@exercise("optimal_loss", points=1, topic="scaling")
+@exercise("optimal_loss", points=1, topic="scaling", measured=("loss_law", "last"))
 def optimal_loss(answer, fit: dict, budget: float):
     """The held-out loss (nats per byte) the fit's loss law L_opt = k · C^γ predicts at
     ``budget`` FLOPs."""

@@ -44,7 +44,7 @@ def _judge_kv_cache_bytes(ev: dict) -> Verdict:
         hint="2 (K and V) · layers · kv heads · head size · bytes per number · positions · batch")
 
 
-@exercise("break_even_acceptance", points=2, topic="speculative")
+@exercise("break_even_acceptance", points=2, topic="speculative", measured=("cost_ratio",))
 def break_even_acceptance(answer, *, k, cost_ratio, verify_cost=1.0):
     """The per-token acceptance rate α at which speculative decoding with ``k`` draft tokens,
     a draft step costing ``cost_ratio`` target steps and a verify pass costing ``verify_cost``

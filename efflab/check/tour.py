@@ -9,7 +9,7 @@ from efflab.check.core import exercise, judge_number, number
 LN2 = math.log(2)
 
 
-@exercise("mfu", points=1, topic="tour")
+@exercise("mfu", points=1, topic="tour", measured=("latency_ms", "peak_per_s", "fp32_peak_per_s"))
 def mfu(answer, record: dict, calibration: dict):
     """MFU of a measured step: its counted FLOPs per second ÷ the peak of its own number format."""
     fl = record["flops"]
