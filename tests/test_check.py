@@ -294,7 +294,7 @@ def test_kept_activations_formula():
     assert "only its input" in _hint_of(check.kept_activations(
         lambda B, T, C, n_layer, mode, bytes_per_value: _kept(
             B, T, C, n_layer, "none" if mode == "blocks" else mode, bytes_per_value)))
-    assert "17·B·T·C" in _hint_of(check.kept_activations(  # forgot the q, k, v count
+    assert "q, k and v" in _hint_of(check.kept_activations(  # forgot the q, k, v count
         lambda B, T, C, n_layer, mode, bytes_per_value:
         (15 if mode == "none" else {"blocks": 1, "selective": 9}[mode]) * B * T * C * n_layer
         * bytes_per_value))
@@ -315,6 +315,31 @@ def test_recompute_overhead_from_the_learners_own_sweep():
     assert "minus 1" in _hint_of(check.recompute_overhead(1.25, df=_ck_sweep()))
     assert "without" in _hint_of(check.recompute_overhead(0.2, df=_ck_sweep()))
     assert not check.recompute_overhead(0.33, df=_ck_sweep())  # the formula's third, not measured
+
+
+def _two_modes(none_ms, blocks_ms):
+    return pd.DataFrame([{"knobs.checkpointing": m, "status": "ok", "latency_ms.median": ms}
+                         for m, ms in [("none", none_ms), ("blocks", blocks_ms)]])
+
+
+@pytest.mark.parametrize("blocks_ms", [100.4, 101.0, 103.0, 107.0, 125.0, 180.0])
+def test_recompute_overhead_rejects_dividing_by_the_slower_step_at_any_overhead(blocks_ms):
+    """extra ÷ (time with checkpointing) lies only overhead² from the truth: a fixed absolute
+    tolerance passed it below ~7% overhead; it must fail at every size, with its hint."""
+    df = _two_modes(100.0, blocks_ms)
+    truth = blocks_ms / 100.0 - 1
+    assert check.recompute_overhead(truth, df=df)
+    assert check.recompute_overhead(round(truth, 4), df=df)  # a rounded honest answer
+    slip = (blocks_ms - 100.0) / blocks_ms
+    assert "without" in _hint_of(check.recompute_overhead(slip, df=df))
+    assert "percentage" in _hint_of(check.recompute_overhead(truth * 100, df=df))  # unit slip
+    assert "minus 1" in _hint_of(check.recompute_overhead(truth + 1, df=df))  # the ratio itself
+
+
+def test_recompute_overhead_feedback_gives_a_band_not_the_value():
+    fb = check.recompute_overhead(0.2, df=_ck_sweep())
+    assert "0.25" not in fb.got.replace("0.25 = 25%", "") and "1.25" not in fb.got
+    assert "too low" in fb.got
 
 
 # -- 04 attention: score bytes -------------------------------------------------------------

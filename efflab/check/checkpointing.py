@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 from efflab.check.core import (
     Verdict,
+    close,
     exercise,
     judge_number,
+    miss_band,
     number,
     probe_outputs,
     probed,
@@ -61,16 +63,19 @@ def _judge_kept(ev: dict) -> Verdict:
         if got * p["bytes_per_value"] == want:
             hint = "that counts values; multiply by the bytes per value"
         elif p["mode"] == "none":
-            hint = "each plain block keeps 17·B·T·C values (count the tensors in the table)"
+            hint = ("a plain block keeps every tensor its backward will read: count them in the "
+                    "lesson's table, minding which are as wide as the MLP's hidden layer and "
+                    "that attention keeps q, k and v apart")
         elif p["mode"] == "blocks" and abs(per_layer - 17) < 1e-9:
             hint = "a checkpointed block keeps only its input; the rest is rebuilt in backward"
         elif p["mode"] == "blocks":
-            hint = "a checkpointed block keeps one B·T·C tensor: its input"
+            hint = ("a checkpointed block keeps one tensor, its input (the size of the "
+                    "residual stream); the rest is rebuilt in backward")
         else:
             hint = ("selective recomputes only the MLP's two 4C-wide hidden tensors "
                     "(GELU's input and output)")
         return Verdict(False, expected=expected,
-                       got=f"{shape}: {got:,.0f} bytes ({got / want:.3g}x the kept bytes)",
+                       got=f"{shape}: {got:,.0f} bytes ({miss_band(got, want)})",
                        hint=hint)
     return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
 
@@ -96,12 +101,24 @@ def _judge_overhead(ev: dict) -> Verdict:
     if with_ck <= 0 or plain <= 0:
         raise ValueError("latencies must be positive")
     truth = with_ck / plain - 1
+    got = number(ev["answer"])
+    expected = (f"{ev['mode']}'s extra step time as a fraction of the plain step's (0.25 = 25% "
+                "slower), from your sweep's medians")
+    slips = [(truth * 100, "as a fraction (0.25), not a percentage (25)"),
+             (truth + 1, "that is the ratio of the two times; the extra is the ratio minus 1"),
+             (plain / with_ck - 1, "upside down: the extra time is relative to the plain step"),
+             (1 - plain / with_ck, "the extra time is relative to the step *without* "
+              "checkpointing, not the slower one")]
+    # The slip "extra ÷ the time with checkpointing" lies only (overhead)² away from the truth,
+    # inside any fixed tolerance when the overhead is small: an answer nearer a slip than the
+    # truth is that slip, whatever the overhead's size. At a small overhead the percentage and
+    # the ratio lie close together too: the nearest slip names the mistake.
+    near = [(abs(got - value), slip_hint) for value, slip_hint in slips
+            if value != truth and abs(got - value) < abs(got - truth) and close(got, value, rel=0.02)]
+    if near:
+        return Verdict(False, expected=expected, got=f"{got:,.6g} ({miss_band(got, truth)})",
+                       hint=min(near)[1])
     return judge_number(
-        number(ev["answer"]), truth, rel=0.02, abs_=0.005,
-        expected=f"{ev['mode']}'s extra step time as a fraction of the plain step's (0.25 = 25% "
-                 "slower), from your sweep's medians",
-        slips=[(truth * 100, "as a fraction (0.25), not a percentage (25)"),
-               (truth + 1, "that is the ratio of the two times; the extra is the ratio minus 1"),
-               (plain / with_ck - 1, "upside down: divide by the time without checkpointing"),
-               (1 - plain / with_ck, "divide the extra time by the time *without* checkpointing")],
-        hint="(median with checkpointing ÷ median without) − 1")
+        got, truth, rel=0.02, expected=expected, slips=slips,
+        hint="the overhead is how much longer a step with checkpointing takes, relative to "
+             "the plain step, both read from your own sweep")
