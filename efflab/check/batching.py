@@ -81,7 +81,7 @@ def _judge_saturation(ev: dict) -> Verdict:
         return Verdict(True, expected=expected, got=f"batch {int(got)}")
     if got not in batches:
         return Verdict(False, expected=expected, got=f"{got:g}, not a measured batch",
-                       hint=f"answer with one of the batches you measured: {batches}")
+                       hint="answer with one of the batch sizes your sweep measured")
     if got == best_b:
         hint = (f"batch {int(got)} has the highest throughput; the question is where the curve "
                 f"first comes within {frac:.0%} of it")

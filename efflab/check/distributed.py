@@ -145,7 +145,8 @@ def _judge_zero1(ev: dict) -> Verdict:
                (total("zero1", optimizer_bytes=4), "AdamW keeps two fp32 moments per parameter"),
                (truth / 2**20, "give bytes, not MiB"),
                (truth / 4, "that counts values; give bytes (4 per fp32 value)")],
-        hint="4P (weights) + 4P (gradients) + AdamW's two fp32 moments per parameter, split N ways")
+        hint="sort the training state into what every rank keeps whole under ZeRO-1 and what "
+             "it shares out among the ranks, then count each at fp32")
 
 
 __all__ = ["alpha_beta", "step_time_8", "zero1_bytes"]

@@ -29,11 +29,11 @@ def _judge_kv_cache_bytes(ev: dict) -> Verdict:
     cfg = _cfg(ev)
     B, T, e = ev["batch_size"], ev["context"], ev["bytes_per_el"]
     truth = cfg.kv_cache_bytes(B, T, e)
-    L, nh, nkv, hs = cfg.n_layer, cfg.n_head, cfg.kv_heads, cfg.head_dim
+    L, nh, nkv = cfg.n_layer, cfg.n_head, cfg.kv_heads
     return judge_number(
         number(ev["answer"]), truth, rel=0.005, unit="bytes",
-        expected=f"bytes of K and V for {L} layers, {nkv} key/value heads of {hs}, {T} positions, "
-                 f"batch {B}, {e} bytes each",
+        expected=f"the bytes this model's KV cache holds for {T} positions of each of {B} "
+                 f"sequences, at {e} bytes per number",
         slips=[(truth / 2, "a cache holds keys AND values"),
                (truth * nh / nkv, "only the key/value heads are cached, not every query head"),
                (truth / L, "every layer keeps its own keys and values"),
@@ -41,7 +41,9 @@ def _judge_kv_cache_bytes(ev: dict) -> Verdict:
                (truth * 8, "that is bits; give bytes"),
                (truth / e, "that counts numbers; multiply by the bytes per number"),
                (truth / 2**20, "give bytes, not MiB")],
-        hint="2 (K and V) · layers · kv heads · head size · bytes per number · positions · batch")
+        hint="the cache keeps, for every position of every sequence, what each layer's "
+             "attention reads again at the next token; count how many heads that is under "
+             "grouped-query attention, and how wide each one is")
 
 
 @exercise("break_even_acceptance", points=2, topic="speculative", measured=("cost_ratio",))
