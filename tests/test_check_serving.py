@@ -75,3 +75,61 @@ def test_policy_meets_ttft():
     assert not fb.passed and fb.hint
     assert policy_meets_ttft("both", rows=ROWS, rate=1.0, ttft_p99_target_s=0.1).passed
     assert policy_meets_ttft("fastest", **given).status == "error"
+
+
+# -- 10 · code: the KV cache's bytes as a function ------------------------------------------
+
+def _kv(n_layer, n_head, n_kv_head, n_embd, context, batch_size, bytes_per_el):
+    kv = n_head if n_kv_head is None else n_kv_head
+    return 2 * n_layer * kv * (n_embd // n_head) * context * batch_size * bytes_per_el
+
+
+def _kv_slip(**change):
+    """The formula with one factor replaced: ``change[name](args) -> value``."""
+    def fn(**a):
+        f = {"kv": a["n_head"] if a["n_kv_head"] is None else a["n_kv_head"], "two": 2,
+             "bytes": a["bytes_per_el"], "layers": a["n_layer"]}
+        f.update({k: v(a) for k, v in change.items()})
+        return (f["two"] * f["layers"] * f["kv"] * (a["n_embd"] // a["n_head"]) * a["context"]
+                * a["batch_size"] * f["bytes"])
+    return fn
+
+
+def test_kv_bytes_accepts_the_formula_and_names_each_slip():
+    from efflab import check
+
+    assert check.kv_bytes(_kv)
+    for fn, hint in [
+            (_kv_slip(two=lambda v: 1), "AND values"),
+            (_kv_slip(kv=lambda v: v["n_head"]), "key/value heads are cached"),
+            (_kv_slip(layers=lambda v: 1), "every layer"),
+            (_kv_slip(bytes=lambda v: 1), "bytes per number"),
+            (lambda **p: _kv(**p) * 8, "bits")]:
+        fb = check.kv_bytes(fn)
+        assert not fb.passed and fb.status == "wrong" and hint in fb.hint, (hint, str(fb))
+        assert "x the" not in fb.got and "too" in fb.got  # a band, never the ratio
+
+
+def test_kv_bytes_without_none_for_multi_head_attention_is_told_what_none_means():
+    from efflab import check
+
+    fb = check.kv_bytes(lambda n_layer, n_head, n_kv_head, n_embd, context, batch_size,
+                        bytes_per_el: 2 * n_layer * n_kv_head * (n_embd // n_head) * context
+                        * batch_size * bytes_per_el)
+    assert not fb.passed and "None" in fb.hint and "TypeError" in fb.got
+
+
+def test_kv_bytes_hidden_seed_and_placeholder(tmp_path, monkeypatch):
+    from efflab import check
+
+    ev = check.REGISTRY["kv_bytes"].collect(_kv, seed=101)
+    assert ev["seed"] == 101 and check.judge("kv_bytes", ev)
+    assert not check.judge("kv_bytes", {**ev, "seed": 10})  # outputs of other probes fail
+
+    def placeholder(**_):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.kv_bytes(placeholder)
+    (entry,) = check.read_answers(tmp_path / "answers.jsonl")
+    assert check.judge("kv_bytes", entry["evidence"]).status == "unanswered"

@@ -79,3 +79,8 @@ __all__ = ["REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answ
            "kv_cache_bytes", "break_even_acceptance", "paged_waste", "policy_meets_ttft",
            "mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss",
            "alpha_beta", "step_time_8", "zero1_bytes"]
+
+# lesson 10, code: the KV cache's bytes as a function (probed on seeded shapes)
+from efflab.check.speculation import kv_bytes  # noqa: E402
+
+__all__ += ["kv_bytes"]

@@ -3,7 +3,17 @@ and context, and the break-even acceptance rate of a draft of a given cost."""
 
 from __future__ import annotations
 
-from efflab.check.core import Verdict, exercise, judge_number, number
+import random
+
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    judge_number,
+    miss_band,
+    number,
+    probe_outputs,
+    probed,
+)
 from efflab.core.config import ModelConfig
 from efflab.systems.speculative import break_even_alpha, expected_speedup
 
@@ -90,4 +100,81 @@ def _judge_break_even(ev: dict) -> Verdict:
              "average; find the α where the two are equal (bisection works)")
 
 
-__all__ = ["kv_cache_bytes", "break_even_acceptance"]
+KV_PROBE_SEED = 10
+
+
+def kv_probes(seed: int = KV_PROBE_SEED) -> list[dict]:
+    """Seeded model shapes and workloads: multi-head, grouped-query and multi-query attention
+    (``n_kv_head`` None = one key/value head per query head), 1-, 2- and 4-byte numbers."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(10):
+        n_head = rng.choice((4, 8, 12, 16, 32))
+        head_dim = rng.choice((32, 64, 128))
+        kv = [None, n_head, 1, *(d for d in (2, 4, 8) if n_head % d == 0 and d < n_head)]
+        out.append({"n_layer": rng.choice((3, 6, 12, 24, 32)), "n_head": n_head,
+                    "n_kv_head": kv[i % 3] if i < 3 else rng.choice(kv),
+                    "n_embd": n_head * head_dim, "context": rng.choice((100, 512, 1000, 2048, 4096)),
+                    "batch_size": rng.choice((1, 3, 8, 16, 64)),
+                    "bytes_per_el": (4, 2, 1)[i % 3]})
+    return out
+
+
+def reference_kv_bytes(n_layer: int, n_head: int, n_kv_head: int | None, n_embd: int,
+                       context: int, batch_size: int, bytes_per_el: int) -> int:
+    """The library's own count (``ModelConfig.kv_cache_bytes``)."""
+    cfg = ModelConfig("probe", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      block_size=max(1, context), n_kv_head=n_kv_head)
+    return cfg.kv_cache_bytes(batch_size, context, bytes_per_el)
+
+
+@exercise("kv_bytes", points=2, topic="kv_cache", function=True)
+def kv_bytes(fn, seed: int = KV_PROBE_SEED):
+    """``fn(n_layer, n_head, n_kv_head, n_embd, context, batch_size, bytes_per_el) -> bytes``
+    of the KV cache; ``n_kv_head`` None means one key/value head per query head."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, kv_probes(seed))}
+
+
+def _kv_slip_hint(got: float, p: dict) -> str:
+    want = reference_kv_bytes(**p)
+    kv = p["n_head"] if p["n_kv_head"] is None else p["n_kv_head"]
+    for value, hint in [
+            (want / 2, "a cache holds keys AND values"),
+            (want * p["n_head"] / kv, "only the key/value heads are cached, not every query head"),
+            (want * p["n_embd"] / kv, "each key/value head is one head wide, not the model's "
+             "whole width"),
+            (want / p["n_layer"], "every layer keeps its own keys and values"),
+            (want / p["batch_size"], "each sequence of the batch has its own cache"),
+            (want / p["context"], "the cache grows with every position it holds"),
+            (want * 8, "that is bits; give bytes"),
+            (want / p["bytes_per_el"], "that counts numbers; multiply by the bytes per number")]:
+        if value != want and got == value:
+            return hint
+    return ("the cache keeps, for every position of every sequence, what each layer's attention "
+            "reads again at the next token")
+
+
+@kv_bytes.judge_with
+def _judge_kv_bytes(ev: dict) -> Verdict:
+    probes, outs = probed(ev, kv_probes, KV_PROBE_SEED)
+    expected = f"the KV cache's bytes for {len(probes)} model shapes and workloads"
+    for p, o in zip(probes, outs):
+        shape = ", ".join(f"{k}={v}" for k, v in p.items())
+        if "error" in o:
+            if p["n_kv_head"] is None:
+                hint = "n_kv_head=None means multi-head attention: one key/value head per query head"
+            else:
+                hint = ("it takes n_layer, n_head, n_kv_head, n_embd, context, batch_size, "
+                        "bytes_per_el")
+            return Verdict(False, expected=expected, got=f"{shape}: your function raised {o['error']}",
+                           hint=hint)
+        got, want = number(o["out"]), reference_kv_bytes(**p)
+        if got == want:
+            continue
+        return Verdict(False, expected=expected,
+                       got=f"{shape}: {got:,.0f} bytes ({miss_band(got, want)})",
+                       hint=_kv_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+
+
+__all__ = ["kv_cache_bytes", "break_even_acceptance", "kv_bytes"]
