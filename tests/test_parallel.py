@@ -1,0 +1,155 @@
+"""Lesson 15's parallel forms against the unsplit model, on 2 gloo ranks, and their formulas.
+
+One launch runs every job (torch's start-up on each rank costs more than the jobs): tensor
+parallelism, pipeline parallelism under both schedules and ring attention, each over 10 AdamW
+steps beside the unsplit model trained in the same process on the same batches.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from efflab.core.config import ConfigError, get_preset
+from efflab.core.model import build_model
+from efflab.systems.parallel import pipeline, ring, tensor
+
+STEPS = 10
+TINY = get_preset("cpu-tiny")
+B, T, M = 4, 32, 4
+
+
+@pytest.fixture(scope="module")
+def launched():
+    from efflab.systems.parallel.launching import launch_parallel
+
+    jobs = [{"task": "tp", "steps": STEPS, "batch": B, "seq": T},
+            {"task": "pp", "steps": STEPS, "batch": B, "seq": T, "micro_batches": M,
+             "schedule": "gpipe"},
+            {"task": "pp", "steps": STEPS, "batch": B, "seq": T, "micro_batches": M,
+             "schedule": "1f1b"},
+            {"task": "ring", "steps": STEPS, "batch": B, "seq": T}]
+    result = launch_parallel(jobs, nproc=2, timeout_s=240, on_progress=None, timing=False)
+    return result.records
+
+
+def _of(records, task, schedule=None):
+    out = [r for r in records if r["kind"] == task
+           and (schedule is None or r["knobs"]["schedule"] == schedule)]
+    assert len(out) == 2 and all(r["status"] == "ok" for r in out), out
+    return sorted(out, key=lambda r: r["rank"])
+
+
+def _same_losses(res):
+    assert len(res["losses"]) == STEPS
+    for a, b in zip(res["losses"], res["reference_losses"]):
+        assert abs(a - b) <= 1e-5, (res["losses"], res["reference_losses"])
+
+
+@pytest.mark.parametrize("task", ["tp", "ring"])
+def test_split_model_trains_like_the_whole_one(launched, task):
+    for rec in _of(launched, task):
+        _same_losses(rec["result"])
+        assert rec["result"]["grad_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("name", pipeline.SCHEDULES)
+def test_pipeline_trains_like_the_whole_model(launched, name):
+    first, last = _of(launched, "pp", name)
+    _same_losses(last["result"])
+    assert first["result"]["losses"] is None  # only the last stage computes the loss
+    for rec in (first, last):
+        assert rec["result"]["grad_max_abs_diff"] <= 1e-5
+
+
+def test_pipeline_holds_what_its_schedule_says(launched):
+    gpipe, ofb = _of(launched, "pp", "gpipe"), _of(launched, "pp", "1f1b")
+    for g, f in zip(gpipe, ofb):
+        gs, fs = g["result"]["steps"][0], f["result"]["steps"][0]
+        assert gs["saved_bytes_per_micro"] == fs["saved_bytes_per_micro"] > 0
+        assert gs["saved_peak_bytes"] == M * gs["saved_bytes_per_micro"]
+        assert fs["saved_peak_bytes"] == (2 - f["rank"]) * fs["saved_bytes_per_micro"]
+        assert [s[0] for s in fs["spans"]] == [a for a, _ in pipeline.schedule("1f1b", f["rank"], 2, M)]
+
+
+def test_tp_params_and_communication_match_their_formulas(launched):
+    counts = tensor.tp_param_counts(TINY, 2)
+    want = tensor.tp_comm_values(TINY, B, T)
+    calls = tensor.tp_allreduces_per_step(TINY.n_layer)
+    for rec in _of(launched, "tp"):
+        res = rec["result"]
+        assert res["params"] == counts["total"]
+        assert res["comm"]["calls"] == {"forward": calls["forward"], "backward": calls["backward"]}
+        assert res["comm"]["values"]["forward"] + res["comm"]["values"]["backward"] == want["total"]
+    assert counts["full"] == build_model(TINY).num_params()
+
+
+def test_ring_memory_and_traffic_match_their_formulas(launched):
+    for rec in _of(launched, "ring"):
+        res = rec["result"]
+        assert res["score_values_peak"] * 4 == ring.score_bytes_per_rank(B, TINY.n_head, T, 2)
+        assert res["sent_values_forward"] == ring.ring_sent_values(
+            B, TINY.n_head, T, TINY.head_dim, 2, TINY.n_layer)
+
+
+@pytest.mark.parametrize("name,p,m", list(itertools.product(pipeline.SCHEDULES, (2, 3, 4),
+                                                             (1, 2, 4, 8))))
+def test_bubble_formula_is_the_ideal_schedules_idle_share(name, p, m):
+    spans = pipeline.simulate(name, p, m, t_f=1.0, t_b=2.0)
+    end = max(s[3] for stage in spans for s in stage)
+    for stage in spans:
+        assert math.isclose(pipeline.idle_fraction(stage, 0.0, end),
+                            pipeline.bubble_fraction(p, m), rel_tol=1e-12)
+    want = [m if name == "gpipe" else min(p - s, m) for s in range(p)]
+    assert [pipeline.peak_in_flight(name, s, p, m) for s in range(p)] == want
+
+
+def test_schedules_run_every_micro_batch_once_each_way():
+    for name, p, m in itertools.product(pipeline.SCHEDULES, (2, 4), (1, 3, 8)):
+        for s in range(p):
+            acts = pipeline.schedule(name, s, p, m)
+            assert sorted(acts) == sorted([("F", i) for i in range(m)] + [("B", i) for i in range(m)])
+            for i in range(m):
+                assert acts.index(("F", i)) < acts.index(("B", i))
+    with pytest.raises(ValueError):
+        pipeline.schedule("zigzag", 0, 2, 2)
+    assert list(pipeline.stage_layers(5, 2, 0)) == [0, 1, 2]
+    assert list(pipeline.stage_layers(5, 2, 1)) == [3, 4]
+
+
+def test_block_merge_equals_attention_over_both_blocks():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    k2, v2 = (torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64) * 30 for _ in range(2))
+    oa, la, _ = ring.block_attention(q, k, v, causal=False)
+    ob, lb, _ = ring.block_attention(q, k2, v2, causal=False)
+    out, lse = ring.merge(oa, la, ob, lb)
+    full = torch.softmax(q @ torch.cat([k, k2], 2).transpose(-2, -1) / math.sqrt(8), -1)
+    assert torch.allclose(out, full @ torch.cat([v, v2], 2), atol=1e-12)
+    assert torch.isfinite(lse).all()
+
+
+def test_tp_shards_tile_the_full_weights():
+    model = build_model(TINY)
+    mlp, attn = model.h[0].mlp, model.h[0].attn
+    parts = [tensor.mlp_shards(mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight,
+                               mlp.c_proj.bias, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat([p["fc_w"] for p in parts]), mlp.c_fc.weight)
+    assert torch.equal(torch.cat([p["proj_w"] for p in parts], 1), mlp.c_proj.weight)
+    heads = [tensor.attention_shards(attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight,
+                                     attn.c_proj.bias, r, 2) for r in range(2)]
+    assert sum(h["qkv_w"].numel() for h in heads) == attn.c_attn.weight.numel()
+    assert tensor.tp_bytes_per_rank(TINY, 1) == 4 * tensor.tp_param_counts(TINY, 1)["full"]
+
+
+def test_launch_refuses_bad_jobs_and_oversubscription():
+    from efflab.measurement.hardware import RefusedError
+    from efflab.systems.parallel.launching import launch_parallel
+
+    with pytest.raises(ConfigError):
+        launch_parallel([{"task": "zz"}])
+    with pytest.raises(ConfigError):
+        launch_parallel([{"task": "tp", "bach": 4}])
+    with pytest.raises(RefusedError, match="cores"):
+        launch_parallel([{"task": "tp"}], nproc=2, threads_per_rank=64)
