@@ -133,3 +133,65 @@ def test_kv_bytes_hidden_seed_and_placeholder(tmp_path, monkeypatch):
         check.kv_bytes(placeholder)
     (entry,) = check.read_answers(tmp_path / "answers.jsonl")
     assert check.judge("kv_bytes", entry["evidence"]).status == "unanswered"
+
+
+# -- 11 · code: the reserved but empty bytes of a KV cache ------------------------------------
+
+def _waste(lengths, layout, block_size, max_len, bytes_per_position):
+    per = (lambda n: max_len) if layout == "contiguous" else (lambda n: -(-n // block_size) * block_size)
+    return sum(per(n) - n for n in lengths) * bytes_per_position
+
+
+def test_the_waste_reference_is_what_the_serving_pool_counts():
+    import torch
+
+    from efflab.check.serving import reference_waste_bytes, waste_probes
+    from efflab.core.config import ModelConfig
+    from efflab.systems.serving import KVPool
+    from efflab.systems.serving.kv_pool import SeqSlot
+
+    for p in waste_probes()[:4]:
+        cfg = ModelConfig("w", n_layer=1, n_head=1, n_embd=4, block_size=p["max_len"])
+        pool = KVPool(cfg, p["max_len"] * len(p["lengths"]), layout=p["layout"],
+                      block_size=p["block_size"], dtype=torch.float32)
+        slots = []
+        for n in p["lengths"]:
+            s = SeqSlot()
+            pool.reserve(s, n)
+            s.length = n
+            slots.append(s)
+        wasted = pool.waste(slots)["wasted"]
+        assert reference_waste_bytes(**{**p, "bytes_per_position": 1}) == wasted
+
+
+def test_kv_waste_accepts_the_count_and_names_each_slip():
+    from efflab import check
+
+    assert check.kv_waste(_waste)
+    for fn, hint in [
+            (lambda bytes_per_position, **p: _waste(bytes_per_position=1, **p), "positions"),
+            (lambda lengths, layout, block_size, **p: _waste(lengths, layout, block_size, **p)
+             + (sum(block_size for n in lengths if n % block_size == 0) * p["bytes_per_position"]
+                if layout == "paged" else 0), "fills its blocks exactly"),
+            (lambda layout, **p: _waste(layout="paged", **p), "contiguous cache reserves"),
+            (lambda layout, **p: _waste(layout="contiguous", **p), "as a sequence grows"),
+            (lambda lengths, **p: _waste(lengths, **p) / len(lengths), "one sequence's share")]:
+        fb = check.kv_waste(fn)
+        assert not fb.passed and fb.status == "wrong" and hint in fb.hint, (hint, str(fb))
+        assert "too" in fb.got or "zero" in fb.got
+
+
+def test_kv_waste_hidden_seed_and_placeholder(tmp_path):
+    from efflab import check
+
+    ev = check.REGISTRY["kv_waste"].collect(_waste, seed=1111)
+    assert ev["seed"] == 1111 and check.judge("kv_waste", ev)
+    assert not check.judge("kv_waste", {**ev, "seed": 11})
+
+    def placeholder(*_, **__):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.kv_waste(placeholder)
+    (entry,) = check.read_answers(tmp_path / "answers.jsonl")
+    assert check.judge("kv_waste", entry["evidence"]).status == "unanswered"

@@ -36,7 +36,7 @@ EXPECTED = {
     "08_inside_a_step": (4, {"matmul_roofline", "which_roof"}),
     "09_fusion": (1, {"gelu_bias_bytes", "softmax_row_reduction"}),
     "10_kv_cache_and_speculation": (5, {"kv_bytes", "break_even_acceptance"}),
-    "11_serving": (4, {"policy_meets_ttft", "paged_waste"}),
+    "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),
     "13_scaling_laws": (4, {"compute_optimal", "optimal_loss"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "zero1_bytes"}),

@@ -84,3 +84,8 @@ __all__ = ["REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answ
 from efflab.check.speculation import kv_bytes  # noqa: E402
 
 __all__ += ["kv_bytes"]
+
+# lesson 11, code: the reserved but empty bytes of a KV cache, paged or contiguous
+from efflab.check.serving import kv_waste  # noqa: E402
+
+__all__ += ["kv_waste"]

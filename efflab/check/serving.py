@@ -4,8 +4,17 @@ scheduling policy meets a p99 time-to-first-token target at a given load (from y
 from __future__ import annotations
 
 import math
+import random
 
-from efflab.check.core import Verdict, exercise, judge_number, number
+from efflab.check.core import (
+    Verdict,
+    exercise,
+    judge_number,
+    miss_band,
+    number,
+    probe_outputs,
+    probed,
+)
 
 POLICY_ANSWERS = ("static", "continuous", "both", "neither")
 
@@ -83,4 +92,86 @@ def _judge_policy(ev: dict) -> Verdict:
     return Verdict(False, expected=expected, got=got, hint=hint)
 
 
-__all__ = ["paged_waste", "policy_meets_ttft", "policy_verdict"]
+WASTE_PROBE_SEED = 11
+
+
+def waste_probes(seed: int = WASTE_PROBE_SEED) -> list[dict]:
+    """Seeded running batches, both layouts: sequence lengths (some an exact number of blocks),
+    block sizes, the longest a sequence may become, bytes per position."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(8):
+        bs = rng.choice((4, 8, 16, 32))
+        max_len = bs * rng.choice((4, 8, 16))
+        lengths = [rng.randint(1, max_len) for _ in range(rng.randint(2, 12))]
+        lengths[0] = bs * rng.randint(1, max_len // bs)  # a full last block: nothing empty
+        rng.shuffle(lengths)
+        out.append({"lengths": lengths, "layout": ("paged", "contiguous")[i % 2],
+                    "block_size": bs, "max_len": max_len,
+                    "bytes_per_position": rng.choice((256, 1024, 6144, 49152))})
+    return out
+
+
+def reference_waste_bytes(lengths: list[int], layout: str, block_size: int, max_len: int,
+                          bytes_per_position: int) -> int:
+    """Reserved but empty bytes, as ``serving.KVPool`` reserves: a contiguous sequence holds
+    ``max_len`` positions from admission, a paged one whole blocks of ``block_size``."""
+    if layout == "contiguous":
+        reserved = max_len * len(lengths)
+    else:
+        reserved = sum(-(-n // block_size) * block_size for n in lengths)
+    return (reserved - sum(lengths)) * bytes_per_position
+
+
+@exercise("kv_waste", points=2, topic="serving", function=True)
+def kv_waste(fn, seed: int = WASTE_PROBE_SEED):
+    """``fn(lengths, layout, block_size, max_len, bytes_per_position) -> bytes`` a KV cache
+    holds reserved but empty for running sequences of these lengths."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, waste_probes(seed))}
+
+
+def _waste_slip_hint(got: float, p: dict) -> str:
+    n, bs, m, b = p["lengths"], p["block_size"], p["max_len"], p["bytes_per_position"]
+    want = reference_waste_bytes(**p)
+    paged = p["layout"] == "paged"
+    slips = [(want / b, "that counts positions; multiply by the bytes per position")]
+    if paged:
+        slips += [(sum((x // bs + 1) * bs - x for x in n) * b,
+                   "a sequence whose length fills its blocks exactly has no empty position"),
+                  (sum(x // bs * bs - x for x in n) * b,
+                   "a sequence holds whole blocks: one more as soon as a block overflows"),
+                  (reference_waste_bytes(n, "contiguous", bs, m, b),
+                   "a paged cache takes blocks as a sequence grows, not its longest length at once")]
+    else:
+        slips += [(reference_waste_bytes(n, "paged", bs, m, b),
+                   "a contiguous cache reserves the longest a sequence may become, from admission"),
+                  (len(n) * (bs - 1) * b, "that is a paged cache's worst case; this one is "
+                   "contiguous")]
+    slips.append((want / len(n), "that is one sequence's share; the question asks for all of them"))
+    for value, hint in slips:
+        if value != want and math.isclose(got, value, rel_tol=1e-9):
+            return hint
+    return "count what each sequence has reserved, minus what it has filled"
+
+
+@kv_waste.judge_with
+def _judge_kv_waste(ev: dict) -> Verdict:
+    probes, outs = probed(ev, waste_probes, WASTE_PROBE_SEED)
+    expected = (f"the reserved but empty bytes of {len(probes)} running batches, paged and "
+                "contiguous")
+    for p, o in zip(probes, outs):
+        case = (f"{p['layout']}, {len(p['lengths'])} sequences, block_size={p['block_size']}, "
+                f"max_len={p['max_len']}, {p['bytes_per_position']} bytes per position")
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes lengths, layout, block_size, max_len, bytes_per_position")
+        got, want = number(o["out"]), reference_waste_bytes(**p)
+        if got == want:
+            continue
+        return Verdict(False, expected=expected,
+                       got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
+                       hint=_waste_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+
+
+__all__ = ["paged_waste", "policy_meets_ttft", "policy_verdict", "kv_waste"]
