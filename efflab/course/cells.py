@@ -161,7 +161,11 @@ def find_cell(cells, cell) -> int | None:
 
 
 def restore_cells(submission: NotebookNode, instructor: NotebookNode) -> tuple[NotebookNode, list[str]]:
-    """The submission with every locked / grade / ``parameters`` cell taken from the instructor.
+    """The submission with every instructor cell but the answers taken from the instructor.
+
+    Every code cell that is not a solution cell (set-up, sweeps, checks, ``parameters``) and
+    every locked or grade cell runs as the instructor wrote it, so the data a check is given
+    are the lesson's, not the learner's.
 
     Like nbgrader's ``OverwriteCells`` (with ``add_missing_cells``), matched by cell id, then
     ``grade_id``: an edited check cell gets the instructor's source back (hidden tests
@@ -174,7 +178,8 @@ def restore_cells(submission: NotebookNode, instructor: NotebookNode) -> tuple[N
     anchor = -1  # where the previous instructor cell sits in the submission
     for cell in instructor.cells:
         j = find_cell(nb.cells, cell)
-        if is_locked(cell) or is_grade(cell) or is_parameters(cell):
+        if (is_locked(cell) or is_grade(cell) or is_parameters(cell)
+                or (cell.cell_type == "code" and not is_solution(cell))):
             fresh = copy.deepcopy(cell)
             if fresh.cell_type == "code":
                 fresh.outputs, fresh.execution_count = [], None

@@ -42,7 +42,8 @@ def cmd_grade(args) -> int:
     limits = Limits(cell_s=args.cell_timeout, notebook_s=args.notebook_timeout,
                     memory_bytes=args.memory_mib)
     df = grade(args.submissions, out=args.out, source=args.source, limits=limits,
-               workers=args.workers, progress=True, trusted_class=args.trusted_class)
+               workers=args.workers, progress=True, trusted_class=args.trusted_class,
+               probe_key=args.probe_key, measured_factor=args.measured_factor)
     students = df["student"].nunique() if not df.empty else 0
     print(f"wrote {args.out} ({len(df)} rows, {students} students) and its .html summary")
     return 0
@@ -92,6 +93,13 @@ def add_commands(sub) -> None:
     p.add_argument("--trusted-class", action="store_true",
                    help="run submissions as plain processes, without the bubblewrap sandbox "
                         "(only for a class you trust, or to grade where bwrap is missing)")
+    p.add_argument("--probe-key", default=None,
+                   help="secret file the learner-function probes are drawn from (default: "
+                        "grader-probe.key in efflab's cache folder, made on first use); the same "
+                        "key draws the same probes, so regrading gives the same gradebook")
+    p.add_argument("--measured-factor", type=float, default=3.0,
+                   help="how far a submission's measured values (timings, bandwidths, fits) may "
+                        "be from the grader's own run of the lesson (default 3, i.e. within 3x)")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("class-results", help="pool a class's records into one chart of ratios")

@@ -44,9 +44,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from efflab.check import judge
+from efflab.check import REGISTRY, judge
 from efflab.core.config import ConfigError
 from efflab.course import cells as C
+from efflab.course import trusted as T
 from efflab.course.report import NOTEBOOK_DIR
 from efflab.course.sandbox import (
     INSTALL_BWRAP,
@@ -54,6 +55,7 @@ from efflab.course.sandbox import (
     Limits,
     SandboxResult,
     bwrap_problem,
+    run_probes,
     run_sandboxed,
 )
 from efflab.course.submission import Submission, ambiguous, discover, open_submission
@@ -122,8 +124,16 @@ def _stable(fb) -> str:
     return _clean(str(dataclasses.replace(fb, expected="", got="")))
 
 
-def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note: str) -> tuple:
-    """(points, status, feedback) of one check cell from what its run reported."""
+def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note: str,
+               reference: list | str | None = None, probes: list | None = None,
+               factor: float = T.MEASURED_FACTOR) -> tuple:
+    """(points, status, feedback) of one check cell from what its run reported.
+
+    ``reference``: the evidence the grader's own run of the instructor notebook logged in this
+    cell (or why it has none); the submission's evidence must rest on the same data
+    (:func:`efflab.course.trusted.disagreement`). ``probes``: the grader's own probe entries
+    for the cell's function exercises; each must pass too. ``None`` for either skips it (unit
+    tests of the scoring alone)."""
     context = ""
     for r in before:  # the first thing that went wrong in the cells leading to this check
         if r.status != "ok":
@@ -138,13 +148,37 @@ def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note:
         return 0.0, "error", f"the check cell raised {_clean(run.reason)}{context}"
     if not g.exercises:  # an nbgrader-style test cell: passing means running without error
         return g.points, "correct", "ran without error"
+    if isinstance(reference, str):
+        return 0.0, "no_reference", _clean(
+            "not graded: the grader's own run of the instructor notebook failed this check "
+            f"({reference}); ask your instructor")
     judged = []
     for name in g.exercises:
         entries = [e for e in run.evidence if e.get("exercise") == name]
         if not entries:
             return 0.0, "error", (f"no answer was logged for {name}: the check did not run as "
                                   "given (was efflab.check replaced?)")
+        if reference is not None:
+            ref = [e for e in reference if e.get("exercise") == name]
+            if len(ref) != len(entries):
+                return 0.0, "mismatch", (f"{name} was logged {len(entries)} times where the lesson "
+                                         f"checks it {len(ref)} times (was efflab.check replaced?)")
+            for e, r in zip(entries, ref):
+                why = T.disagreement(name, e.get("evidence"), r.get("evidence"), factor)
+                if why:
+                    return 0.0, "mismatch", _clean(f"{name}: {why}")
         judged += [judge(name, e.get("evidence")) for e in entries]
+        if probes is not None and getattr(REGISTRY.get(name), "function", False):
+            mine = [p for p in probes if p.get("exercise") == name]
+            if not mine:
+                return 0.0, "error", (f"the grader could not call your function for {name} "
+                                      "again on its own inputs (define it in the answer cell, "
+                                      "with the imports it needs)")
+            for p in mine:
+                ev = p.get("evidence")
+                if isinstance(ev, dict) and "seed" in ev:
+                    ev = {**ev, "seed": p.get("seed")}  # the grader's seed, whatever came back
+                judged.append(judge(name, ev))
     fractions = [fb.points / fb.max_points if fb.max_points else 0.0 for fb in judged]
     fraction = min(fractions)
     if fraction >= 1:
@@ -154,14 +188,67 @@ def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note:
     return round(g.points * fraction, 6), status, _stable(worst)
 
 
+@dataclass
+class Trust:
+    """What the grader made itself for one class: the reference evidence per instructor
+    notebook (``{notebook: {grade_id: entries | why missing}}``), the probe key, the factor
+    measured values may differ by."""
+
+    references: dict
+    key: bytes
+    factor: float = T.MEASURED_FACTOR
+
+
+def _positions(gcs, instructor, nb) -> dict:
+    return {g.grade_id: C.find_cell(nb.cells, instructor.cells[g.index]) for g in gcs}
+
+
+def reference_run(instructor, limits: Limits, calibration_dir: Path | None = None,
+                  isolation: str = "bwrap") -> dict:
+    """The grader's own run of ``instructor`` (SMOKE, the same sandbox and limits as every
+    submission): the reference evidence of each grade cell, or why it has none."""
+    gcs = C.grade_cells(instructor)
+    runnable = C.set_parameters(instructor, SMOKE=True)
+    ids = [str(instructor.cells[g.index].get("id", "")) for g in gcs]
+    result = run_sandboxed(dict(runnable), ids, limits, calibration_dir, name="reference",
+                           isolation=isolation)
+    return T.reference_of(result, gcs, _positions(gcs, instructor, runnable))
+
+
+def _probe_entries(runnable, instructor, gcs, positions, limits, key, isolation) -> tuple[dict, dict]:
+    """The grader's probes of every function exercise of a submission, in one fresh sandboxed
+    run: ({grade_id: entries}, a log entry)."""
+    calls, last = [], -1
+    for g in gcs:
+        at = positions[g.grade_id]
+        for name, expr in T.function_calls(instructor.cells[g.index].source):
+            if at is None:
+                continue
+            calls.append({"grade_id": g.grade_id, "exercise": name, "expr": expr,
+                          "seeds": T.probe_seeds(key, name)})
+            last = max(last, at)
+    if not calls:
+        return {}, {}
+    program = T.probe_program(runnable, instructor, last + 1, [c["expr"] for c in calls])
+    result = run_probes(program, calls, limits, isolation)
+    by_cell: dict = {}
+    for e in result.entries:
+        by_cell.setdefault(str(e.get("grade_id")), []).append(e)
+    problems = sorted({p for e in result.entries for p in e.get("problems", [])})
+    return by_cell, {"note": result.note, "problems": problems, "entries": len(result.entries),
+                     "seconds": round(result.seconds, 1), "violations": result.violations}
+
+
 def grade_submission(sub: Submission, sources: dict, limits: Limits,
                      calibration_dir: Path | None = None, file: str | None = None,
-                     refused: str | None = None, isolation: str = "bwrap") -> tuple[list[Row], dict]:
+                     refused: str | None = None, isolation: str = "bwrap",
+                     trust: Trust | None = None) -> tuple[list[Row], dict]:
     """The rows of one submission and its log entry.
 
     ``file``: the submission as the gradebook names it (default: its file name);
     ``refused``: a reason not to run it at all (two submissions with one id), every check
-    then scores zero with it; ``isolation``: see :func:`run_sandboxed`.
+    then scores zero with it; ``isolation``: see :func:`run_sandboxed`; ``trust``: the
+    class's reference runs and probe key (made here, for this submission alone, if None).
     """
     file = file or sub.path.name
     log = {"student": sub.student, "file": file, "problem": sub.problem}
@@ -175,6 +262,11 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
                     "refused" if refused else "not_graded", reason)], log
     instructor = sources[key]
     gcs = C.grade_cells(instructor)
+    if trust is None:
+        trust = Trust({}, T.grader_key())
+    if key not in trust.references:
+        trust.references[key] = reference_run(instructor, limits, calibration_dir, isolation)
+    reference = trust.references[key]
     if refused:
         log["problem"] = refused
         return _zero_rows(sub.student, file, key, gcs, "refused", refused), log
@@ -183,7 +275,7 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
         return _zero_rows(sub.student, file, key, gcs, status, sub.problem), log
     restored, changes = C.restore_cells(sub.notebook, instructor)
     runnable = C.set_parameters(restored, SMOKE=True)
-    positions = {g.grade_id: C.find_cell(runnable.cells, instructor.cells[g.index]) for g in gcs}
+    positions = _positions(gcs, instructor, runnable)
     ids = [str(instructor.cells[g.index].get("id", "")) for g in gcs]
     result: SandboxResult = run_sandboxed(dict(runnable), ids, limits, calibration_dir,
                                           name=sub.name or "submission.ipynb",
@@ -192,8 +284,12 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
                 "seconds": round(result.seconds, 1),
                 "cells": [asdict(c) | {"evidence": len(c.evidence)} for c in result.cells]})
     log["executed"] = result.notebook
-    if result.violations:
-        reason = "zero: the submission " + "; ".join(result.violations)
+    probes, probe_log = _probe_entries(runnable, instructor, gcs, positions, limits, trust.key,
+                                       isolation)
+    log["probes"] = probe_log
+    violations = result.violations + probe_log.get("violations", [])
+    if violations:
+        reason = "zero: the submission " + "; ".join(violations)
         return _zero_rows(sub.student, file, key, gcs, "violation", reason), log
     by_index = {c.index: c for c in result.cells}
     rows, prev, verdicts = [], -1, {}
@@ -201,7 +297,9 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
         at = positions[g.grade_id]
         before = [c for c in result.cells if prev < c.index < (at if at is not None else -1)]
         run = by_index.get(at)
-        points, status, feedback = score_cell(g, run, before, result.note)
+        points, status, feedback = score_cell(g, run, before, result.note,
+                                              reference.get(g.grade_id, "no such check cell"),
+                                              probes.get(g.grade_id, []), trust.factor)
         if run is not None and run.evidence and g.exercises:  # the full verdicts, for the log
             verdicts[g.grade_id] = [_clean(str(judge(e.get("exercise"), e.get("evidence"))))
                                     for e in run.evidence if e.get("exercise") in g.exercises]
@@ -210,6 +308,8 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
         prev = at if at is not None else prev
     log["verdicts"] = verdicts
     return rows, log
+
+
 
 
 def csv_safe(value):
@@ -252,7 +352,9 @@ def _html(df: pd.DataFrame, limits: Limits) -> str:
 def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.csv",
           source: str | os.PathLike | None = None, limits: Limits | None = None,
           workers: int = 1, calibration_dir: str | os.PathLike | None = None,
-          progress: bool = False, trusted_class: bool = False) -> pd.DataFrame:
+          progress: bool = False, trusted_class: bool = False,
+          probe_key: str | os.PathLike | None = None,
+          measured_factor: float = T.MEASURED_FACTOR) -> pd.DataFrame:
     """Grade every submission in ``submissions``; write the gradebook files; return the rows.
 
     ``source``: the instructor notebook(s) (default: efflab's lessons). ``limits``: the
@@ -260,9 +362,16 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
     own sandbox; math threads per kernel default to cores ÷ workers). Every submission runs
     under bubblewrap; without it grading is refused, unless ``trusted_class`` says the class
     is trusted (then each runs as a plain child process, outside writes only detected).
+
+    Before the class, each instructor notebook a submission needs is run once the same way:
+    every verdict must rest on the same data as that run (measured values within
+    ``measured_factor``), and learner functions are probed again on seeds drawn from
+    ``probe_key`` (default: a key file in the grader's cache); see :mod:`efflab.course.trusted`.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError("--workers", workers, "an integer >= 1")
+    if not (isinstance(measured_factor, (int, float)) and measured_factor > 1):
+        raise ConfigError("--measured-factor", measured_factor, "a number > 1")
     isolation = "process" if trusted_class else "bwrap"
     if not trusted_class and (why := bwrap_problem()):
         raise ConfigError("sandbox", why, f"bubblewrap ({INSTALL_BWRAP}), or --trusted-class "
@@ -277,20 +386,33 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
     entries = discover(folder)
     refusals = ambiguous(entries, folder)
 
-    def one(entry):
-        student, path = entry
+    cal = Path(calibration_dir) if calibration_dir else None
+    opened = [open_submission(path, student=student) for student, path in entries]
+    trust = Trust({}, T.grader_key(probe_key), float(measured_factor))
+    for key in sorted({k for sub in opened if (k := _match(sub, sources)) is not None}):
+        if progress:
+            print(f"reference run of {key} (the instructor's notebook, as every submission "
+                  "will run)", flush=True)
+        trust.references[key] = reference_run(sources[key], limits, cal, isolation)
+        failed = [gid for gid, ref in trust.references[key].items() if isinstance(ref, str)]
+        if failed:
+            print(f"warning: the instructor notebook {key} failed its own checks "
+                  f"{', '.join(failed)} under these limits; those checks are not graded",
+                  flush=True)
+
+    def one(item):
+        (student, path), sub = item
         rel = path.relative_to(folder).as_posix()
-        sub = open_submission(path, student=student)
-        rows, log = grade_submission(sub, sources, limits,
-                                     Path(calibration_dir) if calibration_dir else None,
-                                     file=rel, refused=refusals.get(path), isolation=isolation)
+        rows, log = grade_submission(sub, sources, limits, cal, file=rel,
+                                     refused=refusals.get(path), isolation=isolation,
+                                     trust=trust)
         if progress:
             got = sum(r.points for r in rows)
             print(f"{student} ({rel}): {got:g}/{sum(r.max_points for r in rows):g}", flush=True)
         return rows, log
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(one, entries))
+        done = list(pool.map(one, zip(entries, opened)))
     rows = [r for rs, _ in done for r in rs]
     df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
     # one order whatever the folder listing or the workers did: by student, then file; each
@@ -311,6 +433,8 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
             target.write_text(json.dumps(nb), encoding="utf-8")
         logs.append(log)
     out.with_suffix(".log.json").write_text(
-        json.dumps({"limits": asdict(limits), "isolation": isolation, "submissions": logs},
+        json.dumps({"limits": asdict(limits), "isolation": isolation,
+                    "measured_factor": trust.factor, "references": trust.references,
+                    "submissions": logs},
                    indent=1, default=str), encoding="utf-8")
     return df

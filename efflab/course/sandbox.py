@@ -74,11 +74,13 @@ from queue import Empty
 
 TRACE = "@@efflab-cell "
 NOTEBOOK = "@@efflab-notebook "
+PROBE = "@@efflab-probe "
 TOKEN_ENV = "EFFLAB_SANDBOX"
 ANSWER_DIR = ".efflab-grading"
 INSIDE = "/sandbox"              # where the work folder is mounted under bubblewrap
 ISOLATIONS = ("bwrap", "process")
 MAX_REPORT_BYTES = 256 * 2**20   # the driver's whole report (cells and the executed notebook)
+MAX_PROBE_BYTES = 16 * 2**20     # a probe run's whole report (the outputs of every probe)
 STDERR_TAIL = 64 * 2**10
 INSTALL_BWRAP = "apt-get install bubblewrap"
 
@@ -340,6 +342,62 @@ async def _run_cells(job: dict) -> None:
     _emit(NOTEBOOK, nbformat.from_dict(nb))
 
 
+def _run_probes(job: dict) -> None:
+    """The probe run: a fresh interpreter that runs only the code the grader chose (the
+    learner's solution cells and the imports before them), then calls each learner function
+    through its exercise's collector, on the seeds the grader drew, one report line each.
+
+    The learner's own prints go to /dev/null; the report goes to the channel this driver held
+    before any learner code ran."""
+    import efflab.check  # noqa: F401 - registers every exercise, before any learner code runs
+    from efflab.check.core import REGISTRY, to_jsonable
+
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")
+
+    def emit(obj) -> None:
+        channel.write(PROBE + json.dumps(obj) + "\n")
+        channel.flush()
+
+    import signal
+
+    def late(signum, frame):
+        raise TimeoutError("over its share of the probe run's time")
+
+    signal.signal(signal.SIGALRM, late)
+    steps = len(job["cells"]) + sum(len(c["seeds"]) for c in job["calls"])
+    share = max(1.0, 0.8 * float(job["limits"].get("cell_s", 60)) / max(1, steps))
+
+    def timed(fn):
+        signal.setitimer(signal.ITIMER_REAL, share)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    namespace: dict = {"__name__": "__main__"}
+    problems = []
+    for i, code in enumerate(job["cells"]):
+        try:
+            timed(lambda code=code, i=i: exec(compile(code, f"<solution cell {i}>", "exec"),  # noqa: S102
+                                                namespace))
+        except BaseException as e:  # noqa: BLE001 - the learner's code: keep going, say why
+            problems.append(f"{type(e).__name__}: {str(e)[:200]}")
+    for call in job["calls"]:
+        ex = REGISTRY.get(call["exercise"])
+        for seed in call["seeds"]:
+            try:
+                code = compile(call["expr"], "<check cell>", "eval")
+                evidence = timed(lambda ex=ex, code=code, seed=seed: ex.collect(
+                    eval(code, namespace), seed=seed))  # noqa: S307
+            except BaseException as e:  # noqa: BLE001
+                evidence = {"collect_error": f"{type(e).__name__}: {str(e)[:200]}"}
+            emit({"grade_id": call["grade_id"], "exercise": call["exercise"], "seed": seed,
+                  "evidence": to_jsonable(evidence), "problems": problems})
+
+
 def _kill_descendants() -> None:
     """Kill every process below the driver (orphans included: the driver is a subreaper)."""
     try:
@@ -359,7 +417,10 @@ def child_main() -> int:
     job = json.loads(sys.stdin.read())
     _set_limits(job["limits"])
     try:
-        asyncio.run(_run_cells(job))
+        if job.get("mode") == "probe":
+            _run_probes(job)
+        else:
+            asyncio.run(_run_cells(job))
     finally:
         _kill_descendants()
     return 0
@@ -571,12 +632,14 @@ class _Watch:
 class _Report:
     cells: list = field(default_factory=list)
     notebook: dict | None = None
+    probes: list = field(default_factory=list)
     bytes: int = 0
     cut: str = ""  # why reading stopped early
 
 
 def _pump(proc: subprocess.Popen, job: bytes, limits: Limits, deadline: float,
-          watch: _Watch | None, cap: int = MAX_REPORT_BYTES) -> tuple[_Report, bytes, str]:
+          watch: _Watch | None, cap: int = MAX_REPORT_BYTES,
+          late: str = "") -> tuple[_Report, bytes, str]:
     """Feed ``job`` to the driver and read its report as it comes, never more than ``cap``
     bytes; stderr keeps its last ``STDERR_TAIL`` bytes. Returns (report, stderr tail, note)."""
     report, note = _Report(), ""
@@ -598,6 +661,13 @@ def _pump(proc: subprocess.Popen, job: bytes, limits: Limits, deadline: float,
                 report.cells.append(CellRun(**json.loads(text[len(TRACE):])))
             except (ValueError, TypeError):
                 pass
+        elif text.startswith(PROBE):
+            try:
+                entry = json.loads(text[len(PROBE):])
+                if isinstance(entry, dict):
+                    report.probes.append(entry)
+            except ValueError:
+                pass
         elif text.startswith(NOTEBOOK):
             try:
                 nb = json.loads(text[len(NOTEBOOK):])
@@ -609,7 +679,7 @@ def _pump(proc: subprocess.Popen, job: bytes, limits: Limits, deadline: float,
     while open_streams:
         now = time.monotonic()
         if now >= deadline:
-            note = f"notebook time limit ({limits.notebook_s:g} s) reached; the run was killed"
+            note = late or f"notebook time limit ({limits.notebook_s:g} s) reached; the run was killed"
             break
         if watch is not None and now >= next_watch:
             next_watch = now + 0.5
@@ -655,6 +725,46 @@ def run_sandboxed(nb: dict, grade_cell_ids: list[str], limits: Limits,
     The notebook itself reaches the driver through a pipe: neither it nor its hidden checks
     are written into the submission's folder. ``name`` is kept for the grading log only.
     """
+    job = {"notebook": nb, "grade_cells": grade_cell_ids, "limits": asdict(limits)}
+    report, note, violations, seconds = _drive(job, limits, calibration_dir, isolation,
+                                               limits.notebook_s + 60, MAX_REPORT_BYTES)
+    cells = report.cells
+    setup = [c for c in cells if c.status == "setup_error"]
+    if setup and not note:
+        note = "the kernel could not run the notebook: " + setup[0].reason
+    cells = [c for c in cells if c.status != "setup_error"]
+    return SandboxResult(cells=cells, notebook=report.notebook, violations=violations, note=note,
+                         seconds=seconds)
+
+
+@dataclass
+class ProbeResult:
+    """What a probe run sent back: one entry per (call, seed) that ran, and what went wrong."""
+
+    entries: list   # {"grade_id", "exercise", "seed", "evidence", "problems"}
+    note: str = ""
+    violations: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_probes(cells: list[str], calls: list[dict], limits: Limits,
+               isolation: str = "bwrap") -> ProbeResult:
+    """Run ``cells`` (code) in a fresh sandboxed interpreter, then each call of ``calls``
+    (``{"grade_id", "exercise", "expr", "seeds"}``): ``expr`` names the learner's function,
+    which the exercise's collector calls on each seed's probes. Only the outputs come back,
+    over the driver's channel, capped at ``MAX_PROBE_BYTES``; the run gets ``limits.cell_s``
+    seconds in all."""
+    job = {"mode": "probe", "cells": list(cells), "calls": list(calls), "limits": asdict(limits)}
+    report, note, violations, seconds = _drive(
+        job, limits, None, isolation, limits.cell_s, MAX_PROBE_BYTES,
+        late=f"the probe run's time limit ({limits.cell_s:g} s, one cell's) reached; killed")
+    return ProbeResult(entries=report.probes, note=note, violations=violations, seconds=seconds)
+
+
+def _drive(job: dict, limits: Limits, calibration_dir: Path | None, isolation: str,
+           seconds: float, cap: int, late: str = "") -> tuple[_Report, str, list[str], float]:
+    """Start the driver in a fresh sandbox folder, hand it ``job`` through a pipe, read its
+    report (at most ``cap`` bytes, for at most ``seconds``); kill every process of the run."""
     from efflab.core.config import ConfigError
 
     if isolation not in ISOLATIONS:
@@ -682,8 +792,6 @@ def run_sandboxed(nb: dict, grade_cell_ids: list[str], limits: Limits,
             cache.mkdir(parents=True, exist_ok=True)
             for f in sorted(Path(calibration_dir).glob("calibration-*.json")):
                 shutil.copyfile(f, cache / f.name)
-        job = json.dumps({"notebook": nb, "grade_cells": grade_cell_ids,
-                          "limits": asdict(limits)}).encode()
         # run this file as a script: ``-m efflab.course.sandbox`` would import efflab (and torch)
         driver = [sys.executable, str(Path(__file__).resolve())]
         pass_fds: tuple = ()
@@ -702,8 +810,8 @@ def run_sandboxed(nb: dict, grade_cell_ids: list[str], limits: Limits,
             os.close(fd)
         watch = _Watch(proc, limits)
         try:
-            report, err, note = _pump(proc, job, limits, time.monotonic() + limits.notebook_s + 60,
-                                      watch)
+            report, err, note = _pump(proc, json.dumps(job).encode(), limits,
+                                      time.monotonic() + seconds, watch, cap, late)
         finally:
             if proc.poll() is None:
                 watch.kill()
@@ -719,13 +827,7 @@ def run_sandboxed(nb: dict, grade_cell_ids: list[str], limits: Limits,
             violations = _violations(root, canary_before)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cells = report.cells
-    setup = [c for c in cells if c.status == "setup_error"]
-    if setup and not note:
-        note = "the kernel could not run the notebook: " + setup[0].reason
-    cells = [c for c in cells if c.status != "setup_error"]
-    return SandboxResult(cells=cells, notebook=report.notebook, violations=violations, note=note,
-                         seconds=time.monotonic() - t0)
+    return report, note, violations, time.monotonic() - t0
 
 
 if __name__ == "__main__":
