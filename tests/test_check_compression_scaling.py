@@ -1,5 +1,7 @@
 """Checks of lessons 12 and 13: the right answer passes, plausible wrong ones get their hint."""
 
+import math
+
 import pandas as pd
 import pytest
 import torch.nn.functional as F
@@ -84,3 +86,54 @@ def test_judges_rerun_from_logged_evidence():
     ev = latest_answers()["soft_target_loss"]
     assert judge("soft_target_loss", ev).passed == fb.passed
     assert {"mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"} <= set(REGISTRY)
+
+
+# -- 13 · code: the vertex of an IsoFLOP curve ----------------------------------------------
+
+def _vertex(n_params, losses):
+    import numpy as np
+
+    c2, c1, _ = np.polyfit(np.log(np.asarray(n_params, float)), losses, 2)  # any log base
+    return float(np.exp(-c1 / (2 * c2)))
+
+
+def test_isoflop_vertex_accepts_any_log_base_and_names_each_slip():
+    import numpy as np
+
+    assert check.isoflop_vertex(_vertex)
+    for fn, hint in [
+            (lambda n_params, losses: n_params[int(np.argmin(losses))], "best size you measured"),
+            (lambda n_params, losses: math.log10(_vertex(n_params, losses)), "vertex's log"),
+            (lambda n_params, losses: (lambda c: -c[1] / (2 * c[0]))(
+                np.polyfit(np.asarray(n_params, float), losses, 2)), "against log N")]:
+        fb = check.isoflop_vertex(fn)
+        assert not fb.passed and fb.status == "wrong" and hint in fb.hint, (hint, str(fb))
+        assert "too" in fb.got or "within 10%" in fb.got
+
+
+def test_isoflop_vertex_reference_is_the_lessons_fit_on_the_shipped_sweep():
+    from efflab.check.scaling import reference_vertex
+    from efflab.studies.scaling import load_shipped, scaling_fit
+
+    shipped = load_shipped()
+    fit = scaling_fit(shipped, n_boot=20)
+    for budget, runs in shipped.groupby("budget"):
+        want = fit["budgets"].set_index("budget").loc[budget, "n_opt"]
+        assert reference_vertex(runs["n_params"].tolist(), runs["val_loss"].tolist()) == \
+            pytest.approx(want, rel=1e-9)
+        assert _vertex(runs["n_params"].tolist(), runs["val_loss"].tolist()) == \
+            pytest.approx(want, rel=1e-6)
+
+
+def test_isoflop_vertex_hidden_seed_and_placeholder(tmp_path):
+    ev = REGISTRY["isoflop_vertex"].collect(_vertex, seed=1313)
+    assert ev["seed"] == 1313 and check.judge("isoflop_vertex", ev)
+    assert not check.judge("isoflop_vertex", {**ev, "seed": 13})
+
+    def placeholder(n_params, losses):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.isoflop_vertex(placeholder)
+    (entry,) = check.read_answers(tmp_path / "answers.jsonl")
+    assert check.judge("isoflop_vertex", entry["evidence"]).status == "unanswered"

@@ -38,7 +38,7 @@ EXPECTED = {
     "10_kv_cache_and_speculation": (5, {"kv_bytes", "break_even_acceptance"}),
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),
-    "13_scaling_laws": (4, {"compute_optimal", "optimal_loss"}),
+    "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "zero1_bytes"}),
 }
 

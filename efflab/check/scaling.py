@@ -4,8 +4,19 @@ larger, and the loss the fit predicts there — both from the learner's own fit.
 from __future__ import annotations
 
 import math
+import random
 
-from efflab.check.core import Verdict, close, exercise, miss_band, number
+import numpy as np
+
+from efflab.check.core import (
+    Verdict,
+    close,
+    exercise,
+    miss_band,
+    number,
+    probe_outputs,
+    probed,
+)
 
 
 def _law(law: dict) -> tuple[float, float]:
@@ -91,3 +102,86 @@ def _judge_optimal_loss(ev: dict) -> Verdict:
                        hint="the exponent is negative: loss falls as compute grows")
     return Verdict(False, expected=expected, got=shown,
                    hint="L = prefactor · C^exponent with your fit's loss_law")
+
+
+# -- the vertex of an IsoFLOP curve, as code ------------------------------------------------
+
+VERTEX_PROBE_SEED = 13
+
+
+def vertex_probes(seed: int = VERTEX_PROBE_SEED) -> list[dict]:
+    """Seeded IsoFLOP curves: 4 to 8 sizes, log-spaced but not sorted, losses from a parabola in
+    log N plus evaluation noise; the best measured size is not the vertex."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(8):
+        k = rng.randint(4, 8)
+        lo = rng.uniform(3.0, 6.0)                       # log10 of the smallest size
+        xs = [lo + i * rng.uniform(0.15, 0.35) for i in range(k)]
+        x_opt = rng.uniform(xs[1], xs[-2])               # the true vertex, inside the sizes
+        curv, floor = rng.uniform(0.3, 2.0), rng.uniform(1.5, 4.0)
+        pts = [(round(10 ** x), floor + curv * (x - x_opt) ** 2 + rng.gauss(0, 0.004))
+               for x in xs]
+        rng.shuffle(pts)
+        out.append({"n_params": [p[0] for p in pts], "losses": [p[1] for p in pts]})
+    return out
+
+
+def _parabola(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    return float(c2), float(c1), float(c0)
+
+
+def reference_vertex(n_params: list, losses: list) -> float:
+    """N at the vertex of the least-squares parabola of loss against log N (the lesson's own
+    ``fit_parabola``: any log base gives the same vertex)."""
+    from efflab.studies.scaling import fit_parabola
+
+    return fit_parabola(np.log10(np.asarray(n_params, float)), np.asarray(losses, float))["n_opt"]
+
+
+@exercise("isoflop_vertex", points=2, topic="scaling", function=True)
+def isoflop_vertex(fn, seed: int = VERTEX_PROBE_SEED):
+    """``fn(n_params, losses) -> N_opt``: the compute-optimal size one budget's IsoFLOP runs
+    point to, from a parabola of loss against log N."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, vertex_probes(seed))}
+
+
+def _vertex_slip_hint(got: float, p: dict) -> str:
+    n, y = np.asarray(p["n_params"], float), np.asarray(p["losses"], float)
+    x = np.log10(n)
+    c2, c1, c0 = _parabola(x, y)
+    xv = -c1 / (2 * c2)
+    l2, l1, _ = _parabola(n, y)
+    for value, hint in [
+            (float(n[np.argmin(y)]), "that is the best size you measured; the parabola's vertex "
+             "lies between the sizes"),
+            (xv, "that is the vertex's log; give N itself, in parameters"),
+            (float(np.log(10) * xv), "that is the vertex's log; give N itself, in parameters"),
+            (c0 - c1 * c1 / (4 * c2), "that is the loss at the vertex; the question is the size"),
+            (-l1 / (2 * l2), "fit the parabola against log N: sizes are spread by factors, "
+             "not by steps")]:
+        if math.isfinite(value) and close(got, value, rel=1e-4):
+            return hint
+    return "fit loss against log N by least squares with a quadratic, and find where it is lowest"
+
+
+@isoflop_vertex.judge_with
+def _judge_isoflop_vertex(ev: dict) -> Verdict:
+    probes, outs = probed(ev, vertex_probes, VERTEX_PROBE_SEED)
+    expected = f"the vertex N of {len(probes)} IsoFLOP curves, within 0.01%"
+    for i, (p, o) in enumerate(zip(probes, outs)):
+        case = f"curve {i + 1} ({len(p['n_params'])} sizes, {min(p['n_params']):,} to {max(p['n_params']):,})"
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes n_params and losses, two lists of the same length "
+                                "(not sorted)")
+        got, want = number(o["out"]), reference_vertex(**p)
+        if close(got, want, rel=1e-4):
+            continue
+        return Verdict(False, expected=expected, got=f"{case}: N = {got:,.6g} ({miss_band(got, want)})",
+                       hint=_vertex_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} within 0.01%")
+
+
+__all__ = ["compute_optimal", "optimal_loss", "isoflop_vertex"]
