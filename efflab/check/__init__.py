@@ -42,6 +42,9 @@ lesson check                  the learner ...
 15     tp_rank_bytes          gives the parameter bytes one tensor-parallel rank holds
 15     tp_allreduces          counts a tensor-parallel training step's all-reduces
 15     ring_merge             writes ring attention's merge of two blocks' (out, lse)
+16     lora_trainable         counts LoRA's trainable parameters for a config
+16     adam8bit_bytes         gives AdamW's state bytes with 8-bit moments
+16     nf4_quantize           writes NF4 block quantize-dequantize (16 normal levels)
 =====  =====================  =====================================================
 """
 
@@ -100,3 +103,13 @@ __all__ += ["kv_waste"]
 from efflab.check.scaling import isoflop_vertex  # noqa: E402
 
 __all__ += ["isoflop_vertex"]
+
+# lesson 16: LoRA's trainable count, 8-bit AdamW's bytes, and NF4 block quantize (code)
+from efflab.check.finetune import adam8bit_bytes, lora_trainable, nf4_quantize  # noqa: E402
+
+__all__ += ["lora_trainable", "adam8bit_bytes", "nf4_quantize"]
+
+# lesson 14, code: the training state a rank holds, by layout and optimizer
+from efflab.check.distributed import state_bytes_per_rank  # noqa: E402
+
+__all__ += ["state_bytes_per_rank"]

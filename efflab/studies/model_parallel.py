@@ -1,0 +1,169 @@
+"""Lesson 15's tables and verdicts: what each model-parallel record shows beside its formula.
+
+Every function takes the records of :func:`efflab.systems.parallel.launching.launch_parallel`
+(one per job per rank) and returns a tidy DataFrame or a sentence computed from it:
+
+- :func:`equality_table` — each split model's loss curve and first-step gradients against the
+  unsplit model trained beside it;
+- :func:`tp_table` — parameters and bytes per TP rank, all-reduces and values per step, each
+  beside its formula;
+- :func:`bubble_table` / :func:`bubble_summary` / :func:`bubble_verdict` — each stage's measured
+  idle share (median, quartiles over the timed steps) beside (p − 1)/(m + p − 1);
+- :func:`activation_table` — saved activations per stage, GPipe against 1F1B;
+- :func:`timeline_frame` — one step's busy spans per stage, with the ideal schedule beside it;
+- :func:`ring_table` — score memory and ring traffic per rank beside their formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from efflab.core.config import get_preset
+from efflab.systems.parallel import pipeline, ring, tensor
+
+
+def _ok(records, kind: str) -> list[dict]:
+    return [r for r in records if r.get("kind") == kind and r.get("status") == "ok"]
+
+
+def equality_table(records) -> pd.DataFrame:
+    """One row per job and rank that computes a loss: the largest |loss − the unsplit
+    model's| over the steps and the largest first-step gradient difference."""
+    rows = []
+    for r in records:
+        res = r.get("result") or {}
+        if r.get("status") != "ok" or "grad_max_abs_diff" not in res:
+            continue
+        name = r["kind"] + (f" {r['knobs']['schedule']}" if r["kind"] == "pp" else "")
+        gap = (max(abs(a - b) for a, b in zip(res["losses"], res["reference_losses"]))
+               if res.get("losses") else np.nan)
+        rows.append({"parallelism": name, "rank": r["rank"], "steps": r["knobs"]["steps"],
+                     "max_loss_gap": gap, "max_grad_gap": res["grad_max_abs_diff"]})
+    return pd.DataFrame(rows)
+
+
+def tp_table(records) -> pd.DataFrame:
+    """Per TP rank: parameters held and their fp32 bytes, all-reduces and values per step,
+    each measured beside its formula, and the bytes a ring sends for those values."""
+    rows = []
+    for r in _ok(records, "tp"):
+        k, res, t = r["knobs"], r["result"], r["world_size"]
+        cfg = get_preset(k["preset"])
+        counts = tensor.tp_param_counts(cfg, t)
+        calls = sum(res["comm"]["calls"].values())
+        values = sum(res["comm"]["values"].values())
+        rows.append({"rank": r["rank"], "tp": t, "params": res["params"],
+                     "params_formula": counts["total"], "params_unsplit": counts["full"],
+                     "param_bytes": 4 * res["params"],
+                     "param_bytes_formula": tensor.tp_bytes_per_rank(cfg, t),
+                     "allreduces": calls,
+                     "allreduces_formula": tensor.tp_allreduces_per_step(cfg.n_layer)["total"],
+                     "values": values,
+                     "values_formula": tensor.tp_comm_values(cfg, k["batch"], k["seq"])["total"],
+                     "ring_bytes_sent": tensor.tp_ring_bytes_sent(values, t),
+                     "step_ms": 1e3 * float(np.median(res["step_seconds"][1:] or
+                                                      res["step_seconds"]))})
+    return pd.DataFrame(rows)
+
+
+def bubble_table(records) -> pd.DataFrame:
+    """Per (schedule, m, stage): the idle share over the timed steps (the first step, a
+    warm-up, left out) as median, p25, p75 and n, beside the formula, with the host's load."""
+    rows = []
+    for r in _ok(records, "pp"):
+        res = r["result"]
+        steps = res["steps"][1:] or res["steps"]
+        idle = np.array([s["idle_fraction"] for s in steps])
+        rows.append({"schedule": r["knobs"]["schedule"], "m": r["knobs"]["micro_batches"],
+                     "stage": r["rank"], "p": r["world_size"],
+                     "idle": float(np.median(idle)), "idle_p25": float(np.percentile(idle, 25)),
+                     "idle_p75": float(np.percentile(idle, 75)), "n": int(idle.size),
+                     "formula": res["bubble_formula"],
+                     "step_ms": 1e3 * float(np.median([s["window_s"][1] - s["window_s"][0]
+                                                       for s in steps])),
+                     "loadavg_1m": (r.get("loadavg") or [np.nan])[0]})
+    return pd.DataFrame(rows)
+
+
+def bubble_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (schedule, m): the stages' mean idle share, its spread, the formula and the
+    relative error (measured ÷ formula − 1)."""
+    g = table.groupby(["schedule", "m"], as_index=False).agg(
+        idle=("idle", "mean"), idle_p25=("idle_p25", "mean"), idle_p75=("idle_p75", "mean"),
+        formula=("formula", "first"), loadavg_1m=("loadavg_1m", "max"))
+    g["error"] = g["idle"] / g["formula"] - 1
+    return g
+
+
+def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | None = None) -> str:
+    """A sentence on how the measured bubbles sit against the formula, from this run."""
+    inside = summary[summary["error"].abs() <= tolerance]
+    worst = summary.loc[summary["error"].abs().idxmax()]
+    said = (f"{len(inside)} of {len(summary)} (schedule, m) points within ±{tolerance:.0%} of "
+            f"(p − 1)/(m + p − 1); the farthest is {worst['schedule']} at m = {int(worst['m'])}: "
+            f"{worst['idle']:.2f} measured against {worst['formula']:.2f}")
+    load = float(summary["loadavg_1m"].max())
+    if cores and np.isfinite(load) and load > cores:
+        said += (f". The host's load average was {load:.1f} on {cores} cores: other processes "
+                 "took turns with the stages, and each wait shows up as idle time")
+    return said + "."
+
+
+def activation_table(records) -> pd.DataFrame:
+    """Per (schedule, m, stage): peak saved-activation bytes against micro-batches in flight
+    (the schedule's count) × one micro-batch's saved bytes."""
+    rows = []
+    for r in _ok(records, "pp"):
+        s0 = r["result"]["steps"][0]
+        rows.append({"schedule": r["knobs"]["schedule"], "m": r["knobs"]["micro_batches"],
+                     "stage": r["rank"], "in_flight": r["result"]["peak_in_flight"],
+                     "per_micro_bytes": s0["saved_bytes_per_micro"],
+                     "peak_bytes": s0["saved_peak_bytes"],
+                     "predicted_bytes": r["result"]["peak_in_flight"] * s0["saved_bytes_per_micro"]})
+    return pd.DataFrame(rows)
+
+
+def timeline_frame(records, schedule: str, m: int, step: int = -1) -> pd.DataFrame:
+    """One step's busy spans per stage (ms from the step's start), ``source`` "measured", and
+    the ideal schedule with each stage's mean forward and backward times, ``source`` "ideal"."""
+    recs = sorted((r for r in _ok(records, "pp") if r["knobs"]["schedule"] == schedule
+                   and r["knobs"]["micro_batches"] == m), key=lambda r: r["rank"])
+    if not recs:
+        raise ValueError(f"no pipeline record for schedule={schedule!r}, m={m}")
+    rows, t_f, t_b = [], [], []
+    for r in recs:
+        st = r["result"]["steps"][step]
+        t0 = st["window_s"][0]
+        for act, i, a, b in st["spans"]:
+            rows.append({"source": "measured", "stage": r["rank"], "action": act, "micro": i,
+                         "start_ms": 1e3 * (a - t0), "end_ms": 1e3 * (b - t0)})
+            (t_f if act == "F" else t_b).append(b - a)
+    ideal = pipeline.simulate(schedule, len(recs), m, 1e3 * float(np.mean(t_f)),
+                              1e3 * float(np.mean(t_b)))
+    for s, spans in enumerate(ideal):
+        rows += [{"source": "ideal", "stage": s, "action": act, "micro": i, "start_ms": a,
+                  "end_ms": b} for act, i, a, b in spans]
+    return pd.DataFrame(rows)
+
+
+def ring_table(records) -> pd.DataFrame:
+    """Per ring rank: the largest score block held (bytes) beside B·nh·(T/N)² · 4 and beside
+    full attention's B·nh·T² · 4; the values sent round the ring in one forward beside theirs."""
+    rows = []
+    for r in _ok(records, "ring"):
+        k, res, n = r["knobs"], r["result"], r["world_size"]
+        cfg = get_preset(k["preset"])
+        B, T = k["batch"], k["seq"]
+        rows.append({"rank": r["rank"], "N": n, "T": T,
+                     "score_bytes": 4 * res["score_values_peak"],
+                     "score_bytes_formula": ring.score_bytes_per_rank(B, cfg.n_head, T, n),
+                     "full_attention_bytes": ring.score_bytes_per_rank(B, cfg.n_head, T, 1),
+                     "sent_values": res["sent_values_forward"],
+                     "sent_values_formula": ring.ring_sent_values(B, cfg.n_head, T, cfg.head_dim,
+                                                                  n, cfg.n_layer)})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["equality_table", "tp_table", "bubble_table", "bubble_summary", "bubble_verdict",
+           "activation_table", "timeline_frame", "ring_table"]
