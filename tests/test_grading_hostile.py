@@ -15,7 +15,13 @@ right or wrong as stated:
 - ``liar.zip`` has headers that understate a member's size: stopped at once, not inflated;
 - ``dana.ipynb`` and ``dana/dana.ipynb``, ``zoë`` in NFC and in NFD: one id from two
   files, refused, both named;
-- ``=HYPERLINK(...)`` (a PDF) puts a formula into the student column: escaped in the CSV.
+- ``=HYPERLINK(...)`` (a PDF) puts a formula into the student column: escaped in the CSV;
+- ``patcher`` (wrong answers) replaces both exercises' collectors: one returns a made-up,
+  self-consistent record for its answer, the other the outputs efflab's own reference gives
+  for the seed it is asked about; ``hooker`` (wrong answers) lets the genuine checks run and
+  rewrites the answer log after each cell with the same forgeries (an IPython
+  ``post_run_cell`` hook); ``tabler`` answers from a hand-made record it puts in place of the
+  lesson's: the reference run and the grader's own probes give all three nothing for it.
 
 Each ``HOSTILE {...}`` line a submission prints says what it could reach; the test reads them
 back from the executed notebooks.
@@ -112,6 +118,54 @@ for _ in range(40):  # 40 MiB of output, more than a cell may keep
     print("x" * 2**20)'''
 
 
+# made-up evidence that agrees with itself: 256 tokens in 256 ms is 1000 tokens/s, and the
+# outputs efflab's own reference gives for whichever seed the check asks about
+FORGED = '''import math
+from efflab.check import attention as A
+
+
+def forged_throughput(answer, df, batch_size):
+    return {"answer": 1000.0, "batch_size": 4, "latency_ms": 256.0, "tokens_per_step": 256}
+
+
+def forged_softmax(update, seed=A.PROBE_SEED):
+    trials = []
+    for scores, values in A.probes(seed):
+        prefix, lsum, out = A._reference(scores, values)
+        trials.append({"m": prefix, "l": lsum, "acc": [x * lsum for x in out]})
+    return {"seed": seed, "block": A.BLOCK, "trials": trials}
+'''
+PATCH = FORGED + '''
+import efflab
+efflab.check.throughput.collect_fn = forged_throughput
+efflab.check.online_softmax.collect_fn = forged_softmax'''
+HOOK = FORGED + '''
+import json, os
+from IPython import get_ipython
+
+
+def rewrite(result):  # after every cell: the log holds what the grader should believe
+    path = os.environ.get("EFFLAB_ANSWERS", "")
+    if not path or not os.path.exists(path):
+        return
+    lines = []
+    for line in open(path):
+        entry = json.loads(line)
+        forge = {"throughput": forged_throughput, "online_softmax": forged_softmax}.get(
+            entry["exercise"])
+        if forge is not None:
+            seed = entry["evidence"].get("seed", A.PROBE_SEED)
+            entry["evidence"] = (forge(None, seed=seed) if entry["exercise"] == "online_softmax"
+                                 else forge(None, None, None))
+        lines.append(json.dumps(entry) + "\\n")
+    open(path, "w").writelines(lines)
+
+
+get_ipython().events.register("post_run_cell", rewrite)'''
+TABLE = '''record = {"latency_ms": {"median": 256.0}, "throughput": {"tokens_per_step": 256}}
+LATENCY_MS, BATCH, SEQ_LEN = 256.0, 4, 64  # a record of its own, instead of the lesson's'''
+
+
 def _lying_zip(path: Path) -> None:
     """An efflab-looking zip whose notebook member claims 1000 bytes and inflates to 300 MiB."""
     buf = io.BytesIO()
@@ -151,6 +205,9 @@ def hostile(tmp_path_factory):
     nbformat.write(nb({**right, "ex2-answer": KILL_DRIVER}), str(subs / "ghost.ipynb"))
     wrong = {"ex1-answer": make_class.TOKENS_ZERO, "ex2-answer": make_class.UPDATE_NOOP}
     nbformat.write(nb(wrong, extra_before={"ex1-check": FORGE}), str(subs / "forger.ipynb"))
+    nbformat.write(nb(wrong, extra_before={"ex1-answer": PATCH}), str(subs / "patcher.ipynb"))
+    nbformat.write(nb(wrong, extra_before={"ex1-answer": HOOK}), str(subs / "hooker.ipynb"))
+    nbformat.write(nb(right, extra_before={"ex1-check": TABLE}), str(subs / "tabler.ipynb"))
     _lying_zip(subs / "liar.zip")
     nbformat.write(nb(right), str(subs / "dana.ipynb"))
     (subs / "dana").mkdir()
@@ -225,6 +282,24 @@ def test_forged_pipe_lines_are_refused_and_a_flood_is_cut(hostile):
     assert kept < 2 * LIMITS.output_bytes
     assert any("[output cut" in str(o.get("text", "")) for c in nb["cells"]
                for o in c.get("outputs", []))
+
+
+def test_forged_evidence_earns_nothing(hostile):
+    """A patched collector, a log rewritten after the genuine call, a hand-made record: the
+    kernel's own judge would say "correct" to each; the grader's reference run and its own
+    probes of the learner's function say no."""
+    log = json.loads(hostile["out"].with_suffix(".log.json").read_text())
+    kernel = {e["student"]: e["verdicts"] for e in log["submissions"]}
+    for student in ("patcher", "hooker", "tabler"):  # the forgeries fool the evidence alone
+        assert all("✓ correct" in v for vs in kernel[student].values() for v in vs), student
+    for student in ("patcher", "hooker"):
+        (ex1, ex2) = _rows(hostile, student)
+        assert ex1[1:3] == (0.0, "mismatch") and "latency_ms" in ex1[3], (student, ex1)
+        assert ex2[1] == 0.0 and ex2[2] == "wrong", (student, ex2)
+        assert "256" not in ex1[3]  # the reason names the field, not the value
+    (ex1, ex2) = _rows(hostile, "tabler")
+    assert ex1[1:3] == (0.0, "mismatch") and "latency_ms" in ex1[3]
+    assert ex2[1:3] == (2.0, "correct")  # its honest second answer keeps its points
 
 
 def test_a_zip_with_lying_headers_is_stopped_not_inflated(hostile):
