@@ -95,7 +95,9 @@ def run_training(model: GPT, data, *, steps: int | None = None, minutes: float |
                  after_step: Callable[[GPT], None] | None = None, eval_every: int = 0,
                  evaluate: Callable[[GPT], dict] | None = None, eval_last: bool = True,
                  on_row: Callable[[dict], None] | None = None, interruptible: bool = False,
-                 progress: bool = True, desc: str = "train", leave: bool = True) -> TrainingRun:
+                 progress: bool = True, desc: str = "train", leave: bool = True,
+                 optimizer: Callable[[GPT, float], torch.optim.Optimizer] | None = None
+                 ) -> TrainingRun:
     """Train ``model`` in place on ``data.train`` with AdamW; return the :class:`TrainingRun`.
 
     Steps: exactly ``steps``, or — with ``minutes`` — as many as fit: the first
@@ -110,13 +112,14 @@ def run_training(model: GPT, data, *, steps: int | None = None, minutes: float |
     with ``eval_last``, after the last; its fields join that step's row, and the model is put
     back in training mode. ``on_row(row)`` sees every row as it is made (a live chart's hook).
     With ``interruptible``, Ctrl-C ends the run early (status "interrupted") instead of raising.
+    ``optimizer(model, lr)`` builds another optimizer (low-bit AdamW); default ``make_optimizer``.
     """
     if schedule not in SCHEDULES:
         raise ConfigError("schedule", schedule, f"one of {', '.join(map(repr, SCHEDULES))}")
     if (steps is None) == (minutes is None):
         raise ConfigError("steps", steps, "an integer >= 1, or None with minutes given")
     loss_fn = loss_fn or model_loss
-    opt = make_optimizer(model, lr=lr)
+    opt = make_optimizer(model, lr=lr) if optimizer is None else optimizer(model, lr)
     scaler = grad_scaler(precision, device) if precision is not None else None
     g = torch.Generator().manual_seed(seed)  # the batches: the same for every run of this seed
     run = TrainingRun(planned_steps=steps or 0)

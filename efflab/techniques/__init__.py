@@ -11,6 +11,10 @@ config's type, transforms ``model`` in place and returns it.
 | moe             | MoEConfig           | replaces ``block.mlp`` by experts (seeded by ``seed``) |
 | compile         | CompileConfig       | ``torch.compile`` of the model, in place (``compile_optimizer`` for the optimizer) |
 | pruning         | PruningConfig       | masks block Linears, or removes channels and heads   |
+| lora            | LoRAConfig          | freezes the model, adds rank-r adapters to target Linears |
+| nf4             | NF4Config           | stores block Linears in NF4, frozen (QLoRA's base)   |
+
+``lowbit_optim`` is not a model transform: AdamW with 8- or 4-bit moments, for a run.
 
 ``surgery`` holds what the Linear-replacing techniques share (``block_linears``,
 ``swap_module``); ``registry`` holds ``apply_`` and the table of handlers each module registers.
@@ -35,7 +39,9 @@ from efflab.techniques import moe
 from efflab.techniques.attention import AttentionConfig
 from efflab.techniques.checkpointing import CheckpointingConfig
 from efflab.techniques.compile import CompileConfig
+from efflab.techniques.lora import LoRAConfig
 from efflab.techniques.moe import MoEConfig
+from efflab.techniques.nf4 import NF4Config
 from efflab.techniques.precision import PrecisionConfig
 from efflab.techniques.pruning import PruningConfig
 from efflab.techniques.quantization import QuantizationConfig, check_fits
@@ -104,5 +110,6 @@ def auxiliary_loss(model) -> torch.Tensor | None:
 
 
 __all__ = ["apply_", "PrecisionConfig", "AttentionConfig", "CheckpointingConfig",
-           "QuantizationConfig", "MoEConfig", "CompileConfig", "PruningConfig",
+           "QuantizationConfig", "MoEConfig", "CompileConfig", "PruningConfig", "LoRAConfig",
+           "NF4Config",
            "TechniqueConfigs", "technique_configs", "apply_techniques", "build", "auxiliary_loss"]

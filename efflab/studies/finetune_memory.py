@@ -1,0 +1,335 @@
+"""Lesson 16's tables: what fine-tuning keeps in memory, and what LoRA, QLoRA, low-bit AdamW and
+gradient accumulation each take away.
+
+- :func:`memory_by_rank` — one training step tracked by category (frozen weights, adapters,
+  gradients, optimizer state, activations) for a full fine-tune and LoRA at each rank, beside
+  the formula (``lora.training_state_bytes``).
+- :func:`finetune_compare` — full fine-tuning, LoRA and QLoRA trained on the same batches of a
+  held-apart corpus (:func:`held_apart_corpus`), each scored on the same held-out windows, so
+  the differences are paired (``analysis.quality_difference``).
+- :func:`nf4_table` — every block Linear's NF4 bytes (measured = formula) and SQNR beside int4's.
+- :func:`optimizer_table` — AdamW state bytes at fp32, 8 and 4 bits, measured and predicted,
+  and the loss curves on the same batches.
+- :func:`accumulation_check` / :func:`accumulation_memory` — k micro-batches give the big
+  batch's gradients (to rounding) at a fraction of its activation memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from efflab.core.data import load_corpus
+from efflab.core.weights import load_model
+from efflab.measurement.memory import measure_memory
+from efflab.measurement.training import run_training
+from efflab.measurement.workloads import heldout_quality, make_optimizer
+from efflab.studies.analysis import quality_difference
+from efflab.techniques import LoRAConfig, NF4Config, apply_
+from efflab.techniques.lora import lora_param_count, trainable_parameters, training_state_bytes
+from efflab.techniques.lowbit_optim import (
+    make_lowbit_optimizer,
+    optimizer_state_bytes,
+    state_bytes_per_param,
+)
+from efflab.techniques.nf4 import nf4_bytes, nf4_roundtrip
+from efflab.techniques.quantization import (
+    Int4WeightOnlyLinear,
+    dequantize_int4,
+    quantize_int4_groupwise,
+    sqnr_db,
+)
+from efflab.techniques.surgery import block_linears
+
+METHODS = ("full", "lora", "qlora")
+
+
+def held_apart_corpus():
+    """A corpus the shipped checkpoints never saw: the source of the installed ``tqdm`` package
+    (an efflab dependency; the default corpus, the standard library, skips site-packages)."""
+    import tqdm
+
+    return load_corpus(Path(tqdm.__file__).parent)
+
+
+def _batch(corpus, batch_size: int, seq_len: int, seed: int = 0):
+    from efflab.core.data import random_batch
+
+    return random_batch(corpus.train, batch_size, seq_len, torch.Generator().manual_seed(seed))
+
+
+def prepare_method(preset: str, method: str, config: LoRAConfig | None = None) -> nn.Module:
+    """The shipped ``preset`` model ready to fine-tune by ``method``: all weights trainable
+    (``full``), frozen + LoRA adapters (``lora``), or NF4 frozen base + adapters (``qlora``)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    model = load_model(preset, "auto")
+    if method == "qlora":
+        apply_(model, NF4Config())
+    if method != "full":
+        apply_(model, config or LoRAConfig())
+    return model
+
+
+def _tracked_step(model: nn.Module, opt, x, y) -> dict:
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # the optimizer's state exists from the first step on: track the second
+    return measure_memory(step, model, opt, inputs=(x, y))
+
+
+def _stored_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored (NF4 codes and scales count packed)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def predicted_state(preset: str, method: str, config: LoRAConfig | None = None) -> dict:
+    """Bytes of weights, gradients and AdamW state for fine-tuning ``preset`` by ``method``,
+    from the formulas alone: ``lora.training_state_bytes`` with the frozen weights fp32, or for
+    QLoRA the block Linears' weights at ``nf4_bytes`` and everything else fp32."""
+    from efflab.core.config import get_preset
+
+    cfg = get_preset(preset)
+    n_all = sum(p.numel() for p in load_model(preset, None).parameters())
+    if method == "full":
+        return {"weights": 4 * n_all, "gradients": 4 * n_all, "optimizer": 8 * n_all}
+    k = lora_param_count(cfg, config or LoRAConfig())
+    frozen = None
+    if method == "qlora":
+        linears = [m.in_features * m.out_features
+                   for _, m in block_linears(load_model(preset, None))]
+        frozen = sum(nf4_bytes(n) for n in linears) + 4 * (n_all - sum(linears))
+    st = training_state_bytes(n_all + k, k, frozen_bytes=frozen)
+    return {"weights": st["frozen"] + st["adapters"], "gradients": st["gradients"],
+            "optimizer": st["optimizer"]}
+
+
+def memory_by_rank(preset: str = "cpu-small", ranks=(2, 8, 32), *, batch_size: int = 8,
+                   seq_len: int = 128, methods=("full", "lora"), seed: int = 0) -> pd.DataFrame:
+    """One tracked training step (AdamW, fp32) per method and rank: bytes by category, measured
+    and from the formula (:func:`predicted_state`). Long format: {method, r, trainable,
+    trainable_share, category, measured, formula, peak_bytes}; ``formula`` is NaN for
+    activations (measured only: what autograd saves depends on which weights train)."""
+    corpus = held_apart_corpus()
+    x, y = _batch(corpus, batch_size, seq_len, seed)
+    n_all = sum(p.numel() for p in load_model(preset, None).parameters())
+    rows = []
+    for method in methods:
+        for r in ([None] if method == "full" else ranks):
+            config = LoRAConfig(r=r) if r else None
+            model = prepare_method(preset, method, config)
+            model.train()
+            k = trainable_parameters(model)
+            opt = make_optimizer(model)  # frozen parameters get no grad, so no state
+            rep = _tracked_step(model, opt, x, y)
+            want = predicted_state(preset, method, config)
+            got = {"weights": _stored_bytes(model),
+                   "gradients": rep["max_by_category"]["gradients"],
+                   "optimizer": rep["max_by_category"]["optimizer"],
+                   "activations": rep["max_by_category"]["activations"]}
+            for cat, v in got.items():
+                rows.append({"method": method, "r": r or 0, "trainable": k,
+                             "trainable_share": k / n_all, "category": cat, "measured": int(v),
+                             "formula": want.get(cat, float("nan")),
+                             "peak_bytes": rep["peak_bytes"]})
+    return pd.DataFrame(rows)
+
+
+def memory_verdict(df: pd.DataFrame, r: int = 8) -> str:
+    """One sentence: how much of the full fine-tune's training state LoRA at ``r`` keeps, and
+    whether every formula category matches the measurement within 10%."""
+    def total(sel, cats=("gradients", "optimizer")):
+        return int(sel[sel.category.isin(cats)].measured.sum())
+
+    full, lora = df[df.method == "full"], df[(df.method == "lora") & (df.r == r)]
+    if full.empty or lora.empty:
+        return "Run the sweep with the full fine-tune and LoRA at this rank."
+    with_formula = df.dropna(subset=["formula"])
+    with_formula = with_formula[with_formula.formula > 0]
+    worst = float(((with_formula.measured - with_formula.formula).abs()
+                   / with_formula.formula).max())
+    share = float(lora.trainable_share.iloc[0])
+    ratio = total(lora) / total(full)
+    acts = (int(lora[lora.category == "activations"].measured.iloc[0])
+            / max(1, int(full[full.category == "activations"].measured.iloc[0])))
+    return (f"LoRA at r = {r} trains {share:.1%} of the weights; its gradients and AdamW state "
+            f"take {ratio:.1%} of the full fine-tune's, and its saved activations "
+            f"{acts:.0%}. Formula vs measured: worst category off by {worst:.1%} "
+            f"({'within' if worst <= 0.10 else 'outside'} 10%).")
+
+
+def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: int = 8,
+                     seq_len: int = 128, lr: dict | None = None, r: int = 8, windows: int = 128,
+                     seed: int = 0, methods=METHODS, on_row=None) -> dict:
+    """Fine-tune the shipped model by each method on the same batches of the held-apart corpus
+    and score each (and the untouched base) on the same held-out windows.
+
+    Returns ``{"curves": DataFrame {method, step, train_loss}, "quality": {method: heldout},
+    "table": DataFrame {method, trainable, val_loss, ci95, vs_base, vs_full}}``; ``vs_*`` are
+    paired differences (``quality_difference`` verdicts)."""
+    lr = {"full": 3e-4, "lora": 2e-3, "qlora": 2e-3, **(lr or {})}
+    corpus = held_apart_corpus()
+    ctx = {"corpus": corpus.sha256}
+    base = load_model(preset, "auto")
+    qual = {"base": heldout_quality(base, corpus, seq_len, windows)}
+    curves, trainable = [], {"base": 0}
+    for method in methods:
+        model = prepare_method(preset, method, LoRAConfig(r=r))
+        trainable[method] = trainable_parameters(model)
+        run = run_training(model, corpus, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                           lr=lr[method], schedule="constant", seed=seed, progress=False,
+                           on_row=on_row)
+        curves += [{"method": method, "step": row["step"], "train_loss": row["train_loss"]}
+                   for row in run.rows]
+        qual[method] = heldout_quality(model, corpus, seq_len, windows)
+    rec = {m: {"quality": q, "context": ctx} for m, q in qual.items()}
+    table = []
+    for m, q in qual.items():
+        table.append({"method": m, "trainable": trainable[m], "val_loss": q["val_loss"],
+                      "ci95": q["val_loss_ci95"],
+                      "vs_base": None if m == "base" else quality_difference(rec["base"], rec[m])["verdict"],
+                      "vs_full": (quality_difference(rec["full"], rec[m])["verdict"]
+                                  if m not in ("base", "full") and "full" in rec else None)})
+    return {"curves": pd.DataFrame(curves), "quality": qual, "table": pd.DataFrame(table)}
+
+
+@torch.no_grad()
+def nf4_table(model: nn.Module) -> pd.DataFrame:
+    """Per block Linear: weights, NF4 bytes (measured storage and formula), bits per weight,
+    SQNR of NF4 and of int4 (groups of 64, lesson 05's scheme) and int4's stored bytes."""
+    from efflab.techniques.nf4 import quantize_nf4
+
+    rows = []
+    for name, m in block_linears(model):
+        w = m.weight.detach().float()
+        n = w.numel()
+        stored = sum(t.numel() * t.element_size() for t in quantize_nf4(w).values())
+        codes, sz = quantize_int4_groupwise(w, 64)
+        int4_b = Int4WeightOnlyLinear.stored_bytes(m.out_features, m.in_features, bias=False,
+                                                   group_size=64)
+        rows.append({"name": name, "weights": n, "nf4_bytes": stored, "formula_bytes": nf4_bytes(n),
+                     "nf4_bits_per_weight": 8 * stored / n, "nf4_sqnr_db": sqnr_db(w, nf4_roundtrip(w)),
+                     "int4_bytes": int4_b, "int4_bits_per_weight": 8 * int4_b / n,
+                     "int4_sqnr_db": sqnr_db(w, dequantize_int4(codes, sz)), "fp32_bytes": 4 * n})
+    return pd.DataFrame(rows)
+
+
+def nf4_verdict(df: pd.DataFrame) -> str:
+    exact = bool((df.nf4_bytes == df.formula_bytes).all())
+    d = float((df.nf4_sqnr_db - df.int4_sqnr_db).median())
+    return (f"NF4 stores {df.nf4_bits_per_weight.mean():.3f} bits per weight "
+            f"({'exactly' if exact else 'NOT'} the formula's bytes in all {len(df)} layers) "
+            f"against int4's {df.int4_bits_per_weight.mean():.2f}; its SQNR is "
+            f"{abs(d):.2f} dB {'above' if d >= 0 else 'below'} int4's (median over layers).")
+
+
+def optimizer_table(preset: str = "cpu-small", *, steps: int = 40, batch_size: int = 8,
+                    seq_len: int = 128, lr: float = 3e-4, seed: int = 0,
+                    bits=(None, 8, 4)) -> dict:
+    """Full fine-tunes of the shipped model on the same batches of the held-apart corpus with
+    fp32 AdamW and AdamW at 8 and 4 bits. Returns ``{"table": {optimizer, state_bytes,
+    formula_bytes, ratio_vs_fp32, final_loss}, "curves": {optimizer, step, train_loss}}``;
+    ``formula_bytes`` counts the large parameters at :func:`state_bytes_per_param` and the
+    small ones (biases, LayerNorms: fp32 moments) at 8 bytes."""
+    corpus = held_apart_corpus()
+    rows, curves = [], []
+    for b in bits:
+        model = load_model(preset, "auto")
+        factory = None if b is None else (lambda m, lr_, b=b: make_lowbit_optimizer(m, lr_, bits=b))
+        opts = []
+
+        def build(m, lr_, factory=factory, opts=opts):
+            o = make_optimizer(m, lr_) if factory is None else factory(m, lr_)
+            opts.append(o)
+            return o
+
+        run = run_training(model, corpus, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                           lr=lr, schedule="constant", seed=seed, progress=False,
+                           optimizer=build)
+        opt = opts[0]
+        label = "fp32" if b is None else f"{b}-bit"
+        state = sum(v.numel() * v.element_size() for st in opt.state.values()
+                    for k, v in st.items() if isinstance(v, torch.Tensor) and k != "step")
+        formula = 0
+        for p in model.parameters():
+            small = b is None or not opt.quantized(p)
+            formula += p.numel() * (8 if small else state_bytes_per_param(b))
+        rows.append({"optimizer": label, "state_bytes": state, "formula_bytes": int(formula),
+                     "all_state_bytes": optimizer_state_bytes(opt),
+                     "final_loss": sum(r["train_loss"] for r in run.rows[-5:]) / min(5, steps)})
+        curves += [{"optimizer": label, "step": r["step"], "train_loss": r["train_loss"]}
+                   for r in run.rows]
+    table = pd.DataFrame(rows)
+    table["ratio_vs_fp32"] = table.state_bytes / float(table.state_bytes.iloc[0])
+    return {"table": table, "curves": pd.DataFrame(curves)}
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+def accumulated_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int
+                          ) -> dict[str, torch.Tensor]:
+    """Gradients of the mean loss over the batch, computed as ``k`` micro-batches: each
+    micro-batch's loss scaled by its share of the batch, gradients summed by autograd."""
+    B = x.size(0)
+    if k < 1 or B % k:
+        raise ValueError(f"k={k}: expected a divisor of the batch size {B}")
+    model.zero_grad(set_to_none=True)
+    for xs, ys in zip(x.chunk(k), y.chunk(k)):
+        _, loss = model(xs, ys)
+        (loss * xs.size(0) / B).backward()  # the mean over B, not a mean of means times k
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def accumulation_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks=(1, 2, 4, 8)
+                       ) -> pd.DataFrame:
+    """Per k: the largest relative difference (‖g_k - g_1‖ / ‖g_1‖ over all gradients) between
+    k accumulated micro-batches and the one big batch."""
+    ref = accumulated_gradients(model, x, y, 1)
+    norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in ref.values()))
+    rows = []
+    for k in ks:
+        g = accumulated_gradients(model, x, y, k)
+        diff = math.sqrt(sum(float((g[n].double() - ref[n].double()).pow(2).sum()) for n in ref))
+        rows.append({"k": k, "micro_batch": x.size(0) // k, "rel_diff": diff / norm})
+    return pd.DataFrame(rows)
+
+
+def accumulation_memory(preset: str = "cpu-small", batch_size: int = 16, seq_len: int = 128,
+                        ks=(1, 2, 4, 8), seed: int = 0) -> pd.DataFrame:
+    """Per k: the peak bytes of one full-fine-tune step of ``batch_size`` sequences made of k
+    micro-batches, and its activation high-water mark (tracked, AdamW fp32)."""
+    corpus = held_apart_corpus()
+    x, y = _batch(corpus, batch_size, seq_len, seed)
+    rows = []
+    for k in ks:
+        model = load_model(preset, "auto")
+        opt = make_optimizer(model)
+
+        def step(model=model, opt=opt, k=k):
+            for xs, ys in zip(x.chunk(k), y.chunk(k)):
+                _, loss = model(xs, ys)
+                (loss * xs.size(0) / batch_size).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()
+        rep = measure_memory(step, model, opt, inputs=(x, y))
+        rows.append({"k": k, "micro_batch": batch_size // k, "peak_bytes": rep["peak_bytes"],
+                     "activations": rep["max_by_category"]["activations"]})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["METHODS", "held_apart_corpus", "prepare_method", "memory_by_rank", "memory_verdict",
+           "finetune_compare", "nf4_table", "nf4_verdict", "optimizer_table",
+           "accumulated_gradients", "accumulation_check", "accumulation_memory",
+           "lora_param_count"]
