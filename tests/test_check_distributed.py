@@ -138,3 +138,58 @@ def test_the_grader_rejudges_from_the_logged_evidence():
     fb = zero1_bytes(16 * P, n_params=P, world_size=N)
     ev = {"answer": 16 * P, "n_params": P, "world_size": N}
     assert judge("zero1_bytes", ev).to_dict() == fb.to_dict()
+
+
+# -- 14 · code: the training state each rank holds ------------------------------------------
+
+def _state(n_params, world_size, sharding, optimizer_bytes):
+    weights = grads = 4 * n_params                 # fp32, a full copy on every rank ...
+    if sharding == "fsdp":                          # ... unless FSDP shards them too
+        weights, grads = weights / world_size, grads / world_size
+    opt = optimizer_bytes * n_params / (1 if sharding == "none" else world_size)
+    return weights + grads + opt
+
+
+def test_state_bytes_per_rank_accepts_the_count_and_names_each_slip():
+    from efflab import check
+
+    assert check.state_bytes_per_rank(_state)
+    for fn, hint in [
+            (lambda **p: _state(**p) / 4, "counts values"),
+            (lambda n_params, world_size, sharding, optimizer_bytes: _state(
+                n_params, world_size, sharding, 8), "optimizer_bytes given"),
+            (lambda n_params, world_size, sharding, optimizer_bytes: _state(
+                n_params, world_size, "zero1" if sharding == "fsdp" else sharding,
+                optimizer_bytes), "FSDP splits the parameters"),
+            (lambda n_params, world_size, sharding, optimizer_bytes: _state(
+                n_params, world_size, sharding, optimizer_bytes)
+             - (4 * n_params - 4 * n_params / world_size if sharding == "zero1" else 0),
+             "every rank keeps every gradient"),
+            (lambda n_params, world_size, sharding, optimizer_bytes: _state(
+                n_params, world_size, sharding, optimizer_bytes) - 4 * n_params
+             * (1 / world_size if sharding == "fsdp" else 1), "a gradient for every parameter")]:
+        fb = check.state_bytes_per_rank(fn)
+        assert not fb.passed and fb.status == "wrong" and hint in fb.hint, (hint, str(fb))
+        assert "too" in fb.got
+
+
+def test_state_bytes_per_rank_agrees_with_the_table_and_zero1_bytes():
+    P, N = 85_000_000, 8
+    assert _state(P, N, "zero1", 8) == memory_per_rank(P, N, "zero1")["total"]
+    assert zero1_bytes(_state(P, N, "zero1", 8), n_params=P, world_size=N)
+
+
+def test_state_bytes_per_rank_hidden_seed_and_placeholder(tmp_path):
+    from efflab import check
+
+    ev = check.REGISTRY["state_bytes_per_rank"].collect(_state, seed=1414)
+    assert ev["seed"] == 1414 and judge("state_bytes_per_rank", ev)
+    assert not judge("state_bytes_per_rank", {**ev, "seed": 14})
+
+    def placeholder(n_params, world_size, sharding, optimizer_bytes):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.state_bytes_per_rank(placeholder)
+    (entry,) = check.read_answers(tmp_path / "answers.jsonl")
+    assert judge("state_bytes_per_rank", entry["evidence"]).status == "unanswered"

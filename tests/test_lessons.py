@@ -39,7 +39,7 @@ EXPECTED = {
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),
     "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
-    "14_distributed": (8, {"alpha_beta", "step_time_8", "zero1_bytes"}),
+    "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
 }
 
 
@@ -314,7 +314,9 @@ def claims_14_distributed(run: Run):
     assert "= unsharded" in zero and ": True" in zero and ": False" not in zero
     refuse = cell_text(run.nb, "c14-refuse")
     assert "refused:" in refuse and "scheduler" in refuse
-    assert {e["exercise"] for e in run.answers} == {"alpha_beta", "step_time_8", "zero1_bytes"}
+    assert {e["exercise"] for e in run.answers} == {"alpha_beta", "step_time_8",
+                                                    "state_bytes_per_rank"}
+    assert cell_text(run.nb, "c14-ex3-use").count("MiB per rank") == 3
 
 
 CLAIMS = {name[len("claims_"):]: fn for name, fn in dict(globals()).items()

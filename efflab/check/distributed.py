@@ -4,13 +4,23 @@ ranks predicted from the fit, and the per-rank memory under ZeRO-1."""
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 
-from efflab.check.core import Verdict, exercise, judge_number, number
+from efflab.check.core import (
+    Verdict,
+    close,
+    exercise,
+    judge_number,
+    miss_band,
+    number,
+    probe_outputs,
+    probed,
+)
 from efflab.systems.distributed.comm import AlphaBeta, fit_alpha_beta
 from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
-from efflab.systems.distributed.zero import memory_per_rank
+from efflab.systems.distributed.zero import SHARDINGS, memory_per_rank
 
 
 def _median_error(alpha_s: float, bandwidth: float, n: np.ndarray, t: np.ndarray,
@@ -149,4 +159,78 @@ def _judge_zero1(ev: dict) -> Verdict:
              "it shares out among the ranks, then count each at fp32")
 
 
-__all__ = ["alpha_beta", "step_time_8", "zero1_bytes"]
+
+
+# -- the per-rank training state, as code --------------------------------------------------
+
+STATE_PROBE_SEED = 14
+
+
+def state_probes(seed: int = STATE_PROBE_SEED) -> list[dict]:
+    """Seeded models and clusters: every layout, AdamW (8 optimizer bytes per parameter), SGD
+    with momentum (4) and plain SGD (0), world sizes that need not divide P."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(9):
+        out.append({"n_params": rng.randint(10**5, 2 * 10**9),
+                    "world_size": rng.choice((2, 3, 4, 8, 16, 64)),
+                    "sharding": SHARDINGS[i % len(SHARDINGS)],
+                    "optimizer_bytes": (8, 4, 0)[(i // len(SHARDINGS)) % 3]})
+    return out
+
+
+def reference_state_bytes(n_params: int, world_size: int, sharding: str,
+                          optimizer_bytes: int) -> float:
+    """The library's count (``memory_per_rank``): fp32 parameters and gradients."""
+    return memory_per_rank(n_params, world_size, sharding, optimizer_bytes=optimizer_bytes)["total"]
+
+
+@exercise("state_bytes_per_rank", points=2, topic="distributed", function=True)
+def state_bytes_per_rank(fn, seed: int = STATE_PROBE_SEED):
+    """``fn(n_params, world_size, sharding, optimizer_bytes) -> bytes`` of fp32 parameters,
+    fp32 gradients and optimizer state each rank holds; ``sharding`` is "none" (DDP),
+    "zero1" or "fsdp"."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, state_probes(seed))}
+
+
+def _state_slip_hint(got: float, p: dict) -> str:
+    P, N, s, o = p["n_params"], p["world_size"], p["sharding"], p["optimizer_bytes"]
+    want = reference_state_bytes(**p)
+    for value, hint in [
+            (want / 4, "that counts values; give bytes (4 per fp32 value)"),
+            (4 * P + (4 + o) * P / N, "ZeRO-1 splits only the optimizer state; every rank keeps "
+             "every gradient") if s == "zero1" else (None, ""),
+            (reference_state_bytes(P, N, "zero1", o), "FSDP splits the parameters and the "
+             "gradients too") if s == "fsdp" else (None, ""),
+            (reference_state_bytes(P, N, "fsdp", o), "without sharding every rank holds a full "
+             "copy of everything") if s == "none" else (None, ""),
+            (reference_state_bytes(P, N, s, 8), "the optimizer state per parameter is the "
+             "optimizer_bytes given, not always AdamW's"),
+            (reference_state_bytes(P, N, "none", o), "under sharding a rank keeps only its own "
+             "share of what is split") if s != "none" else (None, ""),
+            (reference_state_bytes(P, N, s, o) - 4 * P * (1 if s != "fsdp" else 1 / N),
+             "training holds a gradient for every parameter")]:
+        if value is not None and value != want and close(got, value, rel=1e-6):
+            return hint
+    return ("sort the state into weights, gradients and optimizer state, then say which of "
+            "them this layout splits over the ranks")
+
+
+@state_bytes_per_rank.judge_with
+def _judge_state_bytes(ev: dict) -> Verdict:
+    probes, outs = probed(ev, state_probes, STATE_PROBE_SEED)
+    expected = f"the per-rank training state in bytes, {len(probes)} models, layouts and optimizers"
+    for p, o in zip(probes, outs):
+        case = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}" for k, v in p.items())
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes n_params, world_size, sharding, optimizer_bytes")
+        got, want = number(o["out"]), reference_state_bytes(**p)
+        if close(got, want, rel=1e-6):
+            continue
+        return Verdict(False, expected=expected, got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
+                       hint=_state_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} within a millionth")
+
+
+__all__ = ["alpha_beta", "step_time_8", "zero1_bytes", "state_bytes_per_rank"]
