@@ -51,6 +51,13 @@ from the same function the library uses. This module defines nothing.
 | 14 distributed | :func:`predicted_step_time` | data-parallel step ≈ compute + Σ buckets (α + bytes/β) | systems.distributed.ddp |
 | 14 distributed | :func:`step_time_at` | the same at N ranks, same global batch (compute ÷ N, ring scaling) | systems.distributed.ddp |
 | 14 distributed | :func:`memory_per_rank` | per-rank bytes: 4P + 4P + 8P, each ÷ N where ZeRO-1 / FSDP shards it | systems.distributed.zero |
+| 15 model parallel | :func:`tp_param_counts` | a TP rank's parameters: 12C² + 7C per layer ÷ t, the rest whole | systems.parallel.tensor |
+| 15 model parallel | :func:`tp_allreduces_per_step` | Megatron TP: one all-reduce per split block forward, one backward (4 per layer) | systems.parallel.tensor |
+| 15 model parallel | :func:`tp_comm_values` | values a TP step all-reduces: 4·L·B·T·C | systems.parallel.tensor |
+| 15 model parallel | :func:`bubble_fraction` | a pipeline stage's idle share: (p − 1)/(m + p − 1) | systems.parallel.pipeline |
+| 15 model parallel | :func:`peak_in_flight` | micro-batches a stage holds: m (GPipe), min(p − s, m) (1F1B) | systems.parallel.pipeline |
+| 15 model parallel | :func:`score_bytes_per_rank` | ring attention's largest score block: B·nh·(T/N)² values | systems.parallel.ring |
+| 15 model parallel | :func:`ring_sent_values` | values a ring rank sends per forward: L·(N−1)·2·B·nh·(T/N)·hs | systems.parallel.ring |
 """
 
 # ruff: noqa: I001 -- the imports are grouped by lesson, in lesson order, not alphabetically
@@ -114,6 +121,11 @@ from efflab.systems.distributed.comm import alpha_beta_time, ring_allreduce_time
 from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
 from efflab.systems.distributed.zero import memory_per_rank
 
+# 15 model parallel: tensor-parallel bytes and all-reduces, the bubble, ring attention's memory
+from efflab.systems.parallel.tensor import tp_allreduces_per_step, tp_comm_values, tp_param_counts
+from efflab.systems.parallel.pipeline import bubble_fraction, peak_in_flight
+from efflab.systems.parallel.ring import ring_sent_values, score_bytes_per_rank
+
 __all__ = [
     # every lesson
     "compute_params", "estimate_6n", "attention_flops", "step_flops_estimate", "predict_memory",
@@ -136,4 +148,7 @@ __all__ = [
     # 14 distributed
     "alpha_beta_time", "ring_allreduce_time", "predicted_step_time", "step_time_at",
     "memory_per_rank",
+    # 15 model parallel
+    "tp_param_counts", "tp_allreduces_per_step", "tp_comm_values", "bubble_fraction",
+    "peak_in_flight", "score_bytes_per_rank", "ring_sent_values",
 ]

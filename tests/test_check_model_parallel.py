@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from efflab.check import judge, pipeline_bubble, ring_merge, tp_allreduces, tp_rank_bytes
-from efflab.check.model_parallel import MERGE_SEED
+from efflab.check.model_parallel import MERGE_SEED, reference_tp_bytes, tp_probes
 from efflab.core.config import get_preset
 from efflab.core.model import build_model
 from efflab.systems.parallel.tensor import shard_
@@ -47,40 +47,58 @@ def test_bubble_refuses_an_unknown_schedule_without_crashing():
 
 # ---------------------------------------------------------------------------- TP bytes
 
-def _shard_bytes(preset: str, t: int) -> int:
-    """Bytes a real shard holds (rank 0; every rank holds the same count)."""
-    model = shard_(build_model(get_preset(preset)), 0, t)
-    return 4 * sum(p.numel() for p in model.parameters())
+def good_tp_bytes(n_layer, n_embd, vocab_size, block_size, tp):
+    C, L = n_embd, n_layer
+    split = L * (12 * C * C + 7 * C)
+    whole = L * 6 * C + vocab_size * C + block_size * C + 2 * C
+    return 4 * (split / tp + whole)
 
 
-@pytest.mark.parametrize("preset, t", [("cpu-tiny", 2), ("cpu-small", 4), ("cpu-small", 2)])
-def test_tp_bytes_right_answer_is_what_a_real_shard_holds(preset, t):
-    assert tp_rank_bytes(_shard_bytes(preset, t), preset=preset, tp=t).passed
+def test_tp_bytes_reference_is_what_a_real_shard_holds():
+    for preset, t in (("cpu-tiny", 2), ("cpu-small", 4), ("cpu-small", 2)):
+        cfg = get_preset(preset)
+        model = shard_(build_model(cfg), 0, t)
+        held = 4 * sum(p.numel() for p in model.parameters())
+        assert held == reference_tp_bytes(cfg.n_layer, cfg.n_embd, cfg.vocab_size,
+                                          cfg.block_size, t)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda full, truth: full / 4, "not everything is split"),   # everything ÷ t
-    (lambda full, truth: full, "split over the ranks"),           # nothing split
-    (lambda full, truth: truth / 4, "counts values"),            # values, not bytes
-    (lambda full, truth: truth / 2**20, "MiB"),
-])
-def test_tp_bytes_names_the_slip(wrong, hint):
-    cfg = get_preset("cpu-small")
-    full = 4 * build_model(cfg).num_params()
-    truth = _shard_bytes("cpu-small", 4)
-    fb = tp_rank_bytes(wrong(full, truth), preset="cpu-small", tp=4)
+def test_tp_bytes_right_answer_passes_on_hidden_seeds():
+    assert tp_rank_bytes(good_tp_bytes).passed
+    assert tp_rank_bytes(good_tp_bytes, seed=2121).passed
+
+
+def _everything_split(n_layer, n_embd, vocab_size, block_size, tp):
+    return good_tp_bytes(n_layer, n_embd, vocab_size, block_size, 1) / tp
+
+
+def _nothing_split(n_layer, n_embd, vocab_size, block_size, tp):
+    return good_tp_bytes(n_layer, n_embd, vocab_size, block_size, 1)
+
+
+def _values(**shape):
+    return good_tp_bytes(**shape) / 4
+
+
+def _split_biases(n_layer, n_embd, vocab_size, block_size, tp):
+    return good_tp_bytes(n_layer, n_embd, vocab_size, block_size, tp) - \
+        4 * n_layer * 2 * n_embd * (tp - 1) / tp
+
+
+def _untied_head(n_layer, n_embd, vocab_size, block_size, tp):
+    return good_tp_bytes(n_layer, n_embd, vocab_size, block_size, tp) + 4 * vocab_size * n_embd
+
+
+@pytest.mark.parametrize("fn, hint", [(_everything_split, "not everything is split"),
+                                      (_nothing_split, "split over the ranks"),
+                                      (_values, "counts values"),
+                                      (_split_biases, "biases"),
+                                      (_untied_head, "count it once")])
+def test_tp_bytes_names_the_slip(fn, hint):
+    fb = tp_rank_bytes(fn)
     assert not fb.passed and hint in fb.hint, fb.hint
-    assert f"{truth:,}" not in str(fb) and str(truth) not in str(fb)
-
-
-def test_tp_bytes_split_biases_and_mlp_only_are_caught():
-    cfg, t = get_preset("cpu-small"), 4
-    truth = _shard_bytes("cpu-small", t)
-    C, L = cfg.n_embd, cfg.n_layer
-    fb = tp_rank_bytes(truth - 4 * L * 2 * C * (t - 1) / t, preset="cpu-small", tp=t)
-    assert not fb.passed and "biases" in fb.hint
-    fb = tp_rank_bytes(truth + 4 * L * (4 * C * C + 3 * C) * (t - 1) / t, preset="cpu-small", tp=t)
-    assert not fb.passed and "attention" in fb.hint
+    p = tp_probes()[0]
+    assert f"{reference_tp_bytes(**p):,.0f}" not in str(fb)
 
 
 # ---------------------------------------------------------------------------- TP all-reduces

@@ -40,6 +40,7 @@ EXPECTED = {
     "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),
     "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
+    "15_model_parallel": (5, {"tp_rank_bytes", "tp_allreduces", "pipeline_bubble", "ring_merge"}),
 }
 
 
@@ -317,6 +318,22 @@ def claims_14_distributed(run: Run):
     assert {e["exercise"] for e in run.answers} == {"alpha_beta", "step_time_8",
                                                     "state_bytes_per_rank"}
     assert cell_text(run.nb, "c14-ex3-use").count("MiB per rank") == 3
+
+
+def claims_15_model_parallel(run: Run):
+    kinds = {(r["kind"], r["rank"]) for r in run.records if r["status"] == "ok"}
+    assert {(k, r) for k in ("tp", "pp", "ring") for r in (0, 1)} <= kinds
+    equal = cell_text(run.nb, "c15-equal")
+    assert equal.count("within 1e-5: True") == 2 and "False" not in equal
+    for cell in ("c15-tp", "c15-ex1-apply"):
+        said = cell_text(run.nb, cell)
+        assert "True" in said and "False" not in said, cell
+    assert "every stage and schedule: True" in cell_text(run.nb, "c15-activations")
+    assert "of (p − 1)/(m + p − 1)" in cell_text(run.nb, "c15-bubble")
+    refuse = cell_text(run.nb, "c15-refuse")
+    assert "refused:" in refuse and "scheduler" in refuse
+    hidden = [e for e in run.answers if e["exercise"] in ("ring_merge", "tp_rank_bytes")]
+    assert len(hidden) == 4  # each code exercise's hidden check ran too
 
 
 CLAIMS = {name[len("claims_"):]: fn for name, fn in dict(globals()).items()

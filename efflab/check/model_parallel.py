@@ -4,11 +4,13 @@ rank holds, the all-reduces a tensor-parallel step makes, and ring attention's b
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
 from efflab.check.core import (
     Verdict,
+    close,
     exercise,
     judge_number,
     miss_band,
@@ -16,14 +18,9 @@ from efflab.check.core import (
     probe_outputs,
     probed,
 )
-from efflab.core.config import get_preset
 from efflab.systems.parallel.pipeline import SCHEDULES, bubble_fraction
 from efflab.systems.parallel.ring import merge
-from efflab.systems.parallel.tensor import (
-    tp_allreduces_per_step,
-    tp_bytes_per_rank,
-    tp_param_counts,
-)
+from efflab.systems.parallel.tensor import tp_allreduces_per_step, tp_param_counts_of
 
 
 @exercise("pipeline_bubble", points=1, topic="model_parallel")
@@ -58,36 +55,73 @@ def _judge_bubble(ev: dict) -> Verdict:
              "it waits while the pipeline fills and drains")
 
 
-@exercise("tp_rank_bytes", points=1, topic="model_parallel")
-def tp_rank_bytes(answer, *, preset, tp):
-    """fp32 parameter bytes one of ``tp`` tensor-parallel ranks holds for ``preset``."""
-    get_preset(preset)  # refuses an unknown preset here, with the known ones
-    return {"answer": number(answer), "preset": str(preset), "tp": int(tp)}
+TP_SEED = 21
+
+
+def tp_probes(seed: int = TP_SEED) -> list[dict]:
+    """Seeded GPT shapes and TP degrees (t divides the heads), from tiny to GPT-3-sized."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(8):
+        heads = rng.choice((4, 8, 12, 16, 32, 96))
+        t = rng.choice([d for d in (1, 2, 4, 8) if heads % d == 0 and d > 1] or [1])
+        out.append({"n_layer": rng.randint(1, 96), "n_embd": heads * rng.choice((16, 32, 64, 128)),
+                    "vocab_size": rng.choice((256, 32000, 50257)),
+                    "block_size": rng.choice((64, 1024, 2048)), "tp": t})
+    return out
+
+
+def reference_tp_bytes(n_layer, n_embd, vocab_size, block_size, tp) -> int:
+    """fp32 parameter bytes one of ``tp`` tensor-parallel ranks of this GPT holds."""
+    return 4 * tp_param_counts_of(n_layer, n_embd, vocab_size, block_size, tp)["total"]
+
+
+def _tp_slip_hint(got: float, p: dict) -> str:
+    L, C, t = p["n_layer"], p["n_embd"], p["tp"]
+    counts = tp_param_counts_of(p["n_layer"], p["n_embd"], p["vocab_size"], p["block_size"], t)
+    want = 4 * counts["total"]
+    for value, hint in [
+            (4 * counts["full"] / t, "not everything is split: the embeddings, LayerNorms and the "
+             "biases added after the all-reduce stay whole on every rank"),
+            (4 * counts["full"], "the block matrices are split over the ranks"),
+            (want / 4, "that counts values; give bytes (4 per fp32 value)"),
+            (want - 4 * L * 2 * C * (t - 1) / t, "the row-split layers' biases are added after "
+             "the all-reduce, once: every rank keeps them whole"),
+            (want + 4 * L * (4 * C * C + 3 * C) * (t - 1) / t, "only the MLP? attention splits "
+             "too, by heads (its q, k, v and output projection)"),
+            (want - 4 * p["vocab_size"] * C, "the token table is tied to the head, but it is "
+             "still there, once, whole on every rank"),
+            (want + 4 * p["vocab_size"] * C, "the head shares the token table (weight tying): "
+             "count it once")]:
+        if value != want and close(got, value, rel=1e-6):
+            return hint
+    return ("sort the parameters into those the split divides (every block's attention and "
+            "MLP matrices, the biases of the split columns) and those each rank keeps whole")
+
+
+@exercise("tp_rank_bytes", points=2, topic="model_parallel", function=True)
+def tp_rank_bytes(fn, seed: int = TP_SEED):
+    """``fn(n_layer, n_embd, vocab_size, block_size, tp) -> bytes`` of fp32 parameters one of
+    ``tp`` Megatron-style tensor-parallel ranks holds (GPT-2 layout, tied token table)."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, tp_probes(seed))}
 
 
 @tp_rank_bytes.judge_with
 def _judge_tp_bytes(ev: dict) -> Verdict:
-    cfg, t = get_preset(ev["preset"]), int(ev["tp"])
-    if t < 1 or cfg.n_head % t:
-        raise ValueError(f"tp={t} does not divide {cfg.n_head} heads")
-    counts = tp_param_counts(cfg, t)
-    truth = tp_bytes_per_rank(cfg, t)
-    C, L = cfg.n_embd, cfg.n_layer
-    return judge_number(
-        number(ev["answer"]), truth, rel=1e-6, unit="bytes",
-        expected=f"fp32 bytes of the parameters one of {t} TP ranks holds, preset "
-                 f"{cfg.name}",
-        slips=[(4 * counts["full"] / t, "not everything is split: the embeddings, LayerNorms and "
-                "the biases added after the all-reduce stay whole on every rank"),
-               (4 * counts["full"], "the block matrices are split over the ranks"),
-               (counts["total"], "that counts values; give bytes (4 per fp32 value)"),
-               (truth - 4 * L * 2 * C * (t - 1) / t, "the c_proj biases are added after the "
-                "all-reduce, once: every rank keeps them whole"),
-               (truth + 4 * L * (4 * C * C + 3 * C) * (t - 1) / t, "only the MLP? attention "
-                "splits too, by heads (its q, k, v and output projection)"),
-               (truth / 2**20, "give bytes, not MiB")],
-        hint="split: every block's attention and MLP matrices (and the biases of the split "
-             "columns); whole on each rank: embeddings, LayerNorms, the row-split layers' biases")
+    probes, outs = probed(ev, tp_probes, TP_SEED)
+    expected = f"the parameter bytes of one TP rank, {len(probes)} model shapes and TP degrees"
+    for p, o in zip(probes, outs):
+        case = ", ".join(f"{k}={v:,}" for k, v in p.items())
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes n_layer, n_embd, vocab_size, block_size, tp")
+        got, want = number(o["out"]), reference_tp_bytes(**p)
+        if close(got, want, rel=1e-6):
+            continue
+        return Verdict(False, expected=expected,
+                       got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
+                       hint=_tp_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} within a millionth")
 
 
 @exercise("tp_allreduces", points=1, topic="model_parallel")
@@ -193,4 +227,5 @@ def _judge_ring_merge(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} pairs match")
 
 
-__all__ = ["pipeline_bubble", "tp_rank_bytes", "tp_allreduces", "ring_merge", "merge_probes"]
+__all__ = ["pipeline_bubble", "tp_rank_bytes", "tp_allreduces", "ring_merge", "merge_probes",
+           "tp_probes", "reference_tp_bytes"]

@@ -194,9 +194,15 @@ def tp_param_counts(cfg: ModelConfig, t: int) -> dict:
     (12C² + 7C). Replicated per layer: two LayerNorms (4C) and the two c_proj biases (2C);
     once: the tied token table V·C, the positions block_size·C and ln_f (2C).
     """
-    C, L = cfg.n_embd, cfg.n_layer
+    return tp_param_counts_of(cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.block_size, t)
+
+
+def tp_param_counts_of(n_layer: int, n_embd: int, vocab_size: int, block_size: int,
+                       t: int) -> dict:
+    """:func:`tp_param_counts` from the shapes alone (C = n_embd must divide by t)."""
+    C, L = n_embd, n_layer
     split = L * (12 * C * C + 7 * C)
-    replicated = L * 6 * C + cfg.vocab_size * C + cfg.block_size * C + 2 * C
+    replicated = L * 6 * C + vocab_size * C + block_size * C + 2 * C
     return {"split": split // t, "replicated": replicated, "total": split // t + replicated,
             "full": split + replicated}
 
@@ -230,5 +236,6 @@ def own_param_count(model: nn.Module) -> int:
 
 
 __all__ = ["CommLog", "CopyToTP", "ReduceFromTP", "column_parallel_linear", "TPMLP",
-           "TPAttention", "mlp_shards", "attention_shards", "shard_", "tp_param_counts", "tp_bytes_per_rank",
+           "TPAttention", "mlp_shards", "attention_shards", "shard_", "tp_param_counts",
+           "tp_param_counts_of", "tp_bytes_per_rank",
            "tp_allreduces_per_step", "tp_comm_values", "tp_ring_bytes_sent", "own_param_count"]
