@@ -38,9 +38,9 @@ lesson check                  the learner ...
 14     alpha_beta             fits the α–β model of an all-reduce
 14     step_time_8            predicts a DDP step at 8 ranks
 14     zero1_bytes            gives per-rank bytes under ZeRO-1
-15     pipeline_bubble        gives a pipeline schedule's idle share (the bubble)
-15     tp_rank_bytes          gives the parameter bytes one tensor-parallel rank holds
-15     tp_allreduces          counts a tensor-parallel training step's all-reduces
+15     pipeline_bubble        writes a pipeline's idle share (the bubble)
+15     tp_rank_bytes          writes the parameter bytes one tensor-parallel rank holds
+15     tp_step_comm           counts a TP step's all-reduces and the bytes a ring sends
 15     ring_merge             writes ring attention's merge of two blocks' (out, lse)
 16     lora_trainable         counts LoRA's trainable parameters for a config
 16     adam8bit_bytes         gives AdamW's state bytes with 8-bit moments
@@ -68,7 +68,7 @@ from efflab.check.distributed import alpha_beta, step_time_8, zero1_bytes
 from efflab.check.frontier import pareto, request_latency
 from efflab.check.fusion import gelu_bias_bytes, softmax_row_reduction
 from efflab.check.inside_step import matmul_roofline, which_roof
-from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_allreduces, tp_rank_bytes
+from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_rank_bytes, tp_step_comm
 from efflab.check.moe import balance_loss, route
 from efflab.check.precision import bf16_round, bytes_per_param
 from efflab.check.quantization import decode_bound, group_quantize
@@ -87,7 +87,7 @@ __all__ = ["REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answ
            "kv_cache_bytes", "break_even_acceptance", "paged_waste", "policy_meets_ttft",
            "mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss",
            "alpha_beta", "step_time_8", "zero1_bytes",
-           "pipeline_bubble", "tp_rank_bytes", "tp_allreduces", "ring_merge"]
+           "pipeline_bubble", "tp_rank_bytes", "tp_step_comm", "ring_merge"]
 
 # lesson 10, code: the KV cache's bytes as a function (probed on seeded shapes)
 from efflab.check.speculation import kv_bytes  # noqa: E402

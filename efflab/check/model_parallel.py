@@ -1,5 +1,6 @@
-"""Checks for lesson 15 (model parallelism): a pipeline's bubble, the bytes a tensor-parallel
-rank holds, the all-reduces a tensor-parallel step makes, and ring attention's block merge."""
+"""Checks for lesson 15 (model parallelism), each a learner function probed on unseen inputs:
+a pipeline's bubble, the bytes a tensor-parallel rank holds, the all-reduces (and ring bytes) a
+tensor-parallel step makes, and ring attention's block merge."""
 
 from __future__ import annotations
 
@@ -12,47 +13,71 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
-    judge_number,
     miss_band,
     number,
     probe_outputs,
     probed,
 )
-from efflab.systems.parallel.pipeline import SCHEDULES, bubble_fraction
+from efflab.systems.parallel.pipeline import bubble_fraction
 from efflab.systems.parallel.ring import merge
-from efflab.systems.parallel.tensor import tp_allreduces_per_step, tp_param_counts_of
+from efflab.systems.parallel.tensor import (
+    tp_allreduces_per_step,
+    tp_param_counts_of,
+    tp_ring_bytes_sent,
+)
+
+BUBBLE_SEED = 12
 
 
-@exercise("pipeline_bubble", points=1, topic="model_parallel")
-def pipeline_bubble(answer, *, stages, micro_batches, schedule="1f1b"):
-    """The share of a step each stage idles (0..1) with ``stages`` equal stages and
-    ``micro_batches`` micro-batches under ``schedule``."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: one of {SCHEDULES}")
-    return {"answer": number(answer), "stages": int(stages),
-            "micro_batches": int(micro_batches), "schedule": str(schedule)}
+def bubble_probes(seed: int = BUBBLE_SEED) -> list[dict]:
+    """Seeded (stages, micro_batches) pairs, from a 2-stage toy to a 64-stage pipeline."""
+    rng = random.Random(seed)
+    pairs = [{"stages": 1, "micro_batches": rng.randint(1, 8)}]  # no pipeline: no bubble
+    pairs += [{"stages": rng.choice((2, 3, 4, 8, 16, 64)), "micro_batches": rng.randint(1, 128)}
+              for _ in range(7)]
+    return pairs
+
+
+def _bubble_slip_hint(got: float, p: int, m: int) -> str:
+    want = bubble_fraction(p, m)
+    for value, hint in [
+            ((p - 1) / m, "divide by the whole step's length: the m micro-batches' work plus the "
+             "fill and drain"),
+            ((p - 1) / (m + p), "count the step's slots again: the pipeline fills in one slot "
+             "fewer than it has stages"),
+            (p / (m + p - 1), "a stage is idle while the others fill and drain: one stage fewer "
+             "than the pipeline has"),
+            (1 - want, "that is the busy share; the bubble is the idle one"),
+            (want * 100, "give a fraction between 0 and 1, not a percentage")]:
+        if value != want and close(got, value, rel=1e-9, abs_=1e-12):
+            return hint
+    return ("count the slots of a step: the m micro-batches each stage works on, and the ones "
+            "it waits while the pipeline fills and drains")
+
+
+@exercise("pipeline_bubble", points=1, topic="model_parallel", function=True)
+def pipeline_bubble(fn, seed: int = BUBBLE_SEED):
+    """``fn(stages, micro_batches) -> fraction``: the share of a step each of ``stages`` equal
+    pipeline stages sits idle over ``micro_batches`` micro-batches (GPipe or 1F1B alike)."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, bubble_probes(seed))}
 
 
 @pipeline_bubble.judge_with
 def _judge_bubble(ev: dict) -> Verdict:
-    p, m = int(ev["stages"]), int(ev["micro_batches"])
-    if p < 1 or m < 1:
-        raise ValueError("stages and micro_batches must be >= 1")
-    truth = bubble_fraction(p, m)
-    return judge_number(
-        number(ev["answer"]), truth, rel=0.01, abs_=1e-9,
-        expected=f"the idle share of each stage, p = {p} stages, m = {m} micro-batches, "
-                 f"{ev['schedule']} (a fraction of the step's time)",
-        slips=[((p - 1) / m, "divide by the whole step's length: the m micro-batches' work plus "
-                "the fill and drain"),
-               ((p - 1) / (m + p), "count the step's slots again: the pipeline fills in one slot "
-                "fewer than it has stages"),
-               (p / (m + p - 1), "a stage is idle while the others fill and drain: one stage "
-                "fewer than the pipeline has"),
-               (1 - truth, "that is the busy share; the bubble is the idle one"),
-               (truth * 100, "give a fraction between 0 and 1, not a percentage")],
-        hint="count the slots of a step: the m micro-batches each stage works on, and the ones "
-             "it waits while the pipeline fills and drains")
+    probes, outs = probed(ev, bubble_probes, BUBBLE_SEED)
+    expected = f"the idle share of a stage for {len(probes)} pipelines, as a fraction of the step"
+    for pr, o in zip(probes, outs):
+        p, m = pr["stages"], pr["micro_batches"]
+        case = f"stages={p}, micro_batches={m}"
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes stages and micro_batches")
+        got, want = number(o["out"]), bubble_fraction(p, m)
+        if close(got, want, rel=1e-9, abs_=1e-12):
+            continue
+        return Verdict(False, expected=expected, got=f"{case}: {got:.4g} ({miss_band(got, want)})",
+                       hint=_bubble_slip_hint(got, p, m))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} pipelines")
 
 
 TP_SEED = 21
@@ -124,29 +149,85 @@ def _judge_tp_bytes(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} within a millionth")
 
 
-@exercise("tp_allreduces", points=1, topic="model_parallel")
-def tp_allreduces(answer, *, n_layer):
-    """All-reduces one tensor-parallel rank makes in a training step (forward and backward)
-    of a GPT with ``n_layer`` transformer layers, Megatron-style."""
-    return {"answer": number(answer), "n_layer": int(n_layer)}
+COMM_SEED = 4
 
 
-@tp_allreduces.judge_with
-def _judge_tp_allreduces(ev: dict) -> Verdict:
-    L = int(ev["n_layer"])
-    if L < 1:
-        raise ValueError("n_layer must be >= 1")
-    truth = tp_allreduces_per_step(L)["total"]
-    return judge_number(
-        number(ev["answer"]), truth, rel=0, abs_=0.5,
-        expected=f"all-reduces per training step, {L} layers, forward and backward",
-        slips=[(2 * L, "the backward needs them too: f's backward sums the input gradients"),
-               (L, "a layer has two split blocks, attention and MLP, each summed once per pass"),
-               (8 * L, "the column-split layer needs no all-reduce after it: only the row-split "
-                "one does (forward), and only the input before the column split (backward)"),
-               (4, "that is one layer; count every layer"),
-               (6 * L, "count again: one per block forward, one per block backward")],
-        hint="count the split blocks per layer, then the passes each one is summed in")
+def comm_probes(seed: int = COMM_SEED) -> list[dict]:
+    """Seeded TP runs: layers, batch, sequence, width and TP degree (t divides the width)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(8):
+        t = rng.choice((2, 4, 8))
+        out.append({"n_layer": rng.randint(1, 96), "batch": rng.choice((1, 4, 16)),
+                    "seq": rng.choice((128, 1024, 4096)), "n_embd": t * rng.choice((64, 256, 1536)),
+                    "tp": t})
+    return out
+
+
+def reference_tp_comm(n_layer, batch, seq, n_embd, tp) -> tuple[int, float]:
+    """(all-reduces per training step, bytes one rank sends for them on a ring, fp32)."""
+    calls = tp_allreduces_per_step(n_layer)["total"]
+    return calls, tp_ring_bytes_sent(calls * batch * seq * n_embd, tp)
+
+
+def _comm_slip_hint(calls: float, sent: float, p: dict) -> str:
+    L, t = p["n_layer"], p["tp"]
+    want_calls, want_sent = reference_tp_comm(**p)
+    if calls != want_calls:
+        for value, hint in [(2 * L, "the backward needs them too: f's backward sums the input "
+                             "gradients"),
+                            (L, "a layer has two split blocks, attention and MLP, each summed "
+                             "once per pass"),
+                            (8 * L, "the column-split layer needs no all-reduce after it: only the "
+                             "row-split one does (forward), and only the input before the "
+                             "column split (backward)"),
+                            (4, "that is one layer; count every layer")]:
+            if calls == value:
+                return hint
+        return "count the split blocks per layer, then the passes each one is summed in"
+    values = want_calls * p["batch"] * p["seq"] * p["n_embd"]
+    for value, hint in [(values, "that counts values; give bytes (4 per fp32 value)"),
+                        (4 * values, "a ring all-reduce does not send the whole tensor once: each "
+                         "rank sends 2(t − 1)/t of it (a reduce-scatter, then an all-gather)"),
+                        (4 * values * (t - 1) / t, "a ring all-reduce is two phases, "
+                         "reduce-scatter and all-gather, each sending (t − 1)/t of the tensor"),
+                        (want_sent / t, "each rank sends 2(t − 1)/t of the whole tensor, not of "
+                         "its shard")]:
+        if close(sent, value, rel=1e-6):
+            return hint
+    return "each all-reduce sums B·T·C activations; a ring sends 2(t − 1)/t of them per rank"
+
+
+@exercise("tp_step_comm", points=2, topic="model_parallel", function=True)
+def tp_step_comm(fn, seed: int = COMM_SEED):
+    """``fn(n_layer, batch, seq, n_embd, tp) -> (allreduces, bytes_sent)``: the all-reduces one
+    Megatron-style tensor-parallel rank makes in a training step (forward and backward) and the
+    bytes it sends for them on a ring (fp32 activations)."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, comm_probes(seed))}
+
+
+@tp_step_comm.judge_with
+def _judge_tp_step_comm(ev: dict) -> Verdict:
+    probes, outs = probed(ev, comm_probes, COMM_SEED)
+    expected = f"(all-reduces, bytes sent) of one TP rank's training step, {len(probes)} runs"
+    for p, o in zip(probes, outs):
+        case = ", ".join(f"{k}={v:,}" for k, v in p.items())
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes n_layer, batch, seq, n_embd, tp")
+        got = o["out"]
+        if not (isinstance(got, list) and len(got) == 2):
+            return Verdict(False, expected=expected, got=f"{case}: not a pair",
+                           hint="return (allreduces, bytes_sent)")
+        calls, sent = number(got[0]), number(got[1])
+        want_calls, want_sent = reference_tp_comm(**p)
+        if calls == want_calls and close(sent, want_sent, rel=1e-6):
+            continue
+        what = (f"{calls:g} all-reduces ({miss_band(calls, want_calls)})" if calls != want_calls
+                else f"{sent:,.0f} bytes sent ({miss_band(sent, want_sent)})")
+        return Verdict(False, expected=expected, got=f"{case}: {what}",
+                       hint=_comm_slip_hint(calls, sent, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} runs")
 
 
 # ------------------------------------------------------------------------ the ring block merge
@@ -227,5 +308,5 @@ def _judge_ring_merge(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} pairs match")
 
 
-__all__ = ["pipeline_bubble", "tp_rank_bytes", "tp_allreduces", "ring_merge", "merge_probes",
-           "tp_probes", "reference_tp_bytes"]
+__all__ = ["pipeline_bubble", "tp_rank_bytes", "tp_step_comm", "ring_merge", "bubble_probes",
+           "tp_probes", "reference_tp_bytes", "comm_probes", "reference_tp_comm", "merge_probes"]
