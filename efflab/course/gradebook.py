@@ -303,6 +303,9 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
         if run is not None and run.evidence and g.exercises:  # the full verdicts, for the log
             verdicts[g.grade_id] = [_clean(str(judge(e.get("exercise"), e.get("evidence"))))
                                     for e in run.evidence if e.get("exercise") in g.exercises]
+        if status == "mismatch" and run is not None:  # for the instructor: what differed
+            log.setdefault("mismatched", {})[g.grade_id] = {
+                "submission": run.evidence, "reference": reference.get(g.grade_id)}
         rows.append(Row(sub.student, file, key, g.grade_id, " ".join(g.exercises), points,
                         g.points, status, feedback))
         prev = at if at is not None else prev

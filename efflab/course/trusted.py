@@ -30,6 +30,7 @@ import hmac
 import math
 import os
 import secrets
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,14 @@ KEY_NAME = "grader-probe.key"
 
 # -- the reference run -----------------------------------------------------------------------
 
-def _same(got: Any, want: Any, measured: bool, factor: float, path: str) -> str:
-    """'' if ``got`` agrees with ``want``; else the path of the first value that does not."""
+def _pairs(got: Any, want: Any, path: str, out: list) -> str:
+    """Walk two evidence trees side by side: '' if they have one shape and equal non-float
+    values (the path of the first difference otherwise); every float pair goes to ``out``."""
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
             return path
         for k in sorted(want):
-            why = _same(got[k], want[k], measured, factor, f"{path}.{k}")
+            why = _pairs(got[k], want[k], f"{path}.{k}", out)
             if why:
                 return why
         return ""
@@ -58,29 +60,36 @@ def _same(got: Any, want: Any, measured: bool, factor: float, path: str) -> str:
         if not isinstance(got, list) or len(got) != len(want):
             return path
         for i, (g, w) in enumerate(zip(got, want)):
-            why = _same(g, w, measured, factor, f"{path}[{i}]")
+            why = _pairs(g, w, f"{path}[{i}]", out)
             if why:
                 return why
         return ""
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        g, w = float(got), want
-        if not (math.isfinite(g) and math.isfinite(w)):
-            return "" if g == w or (math.isnan(g) and math.isnan(w)) else path
-        if not measured:
-            return "" if abs(g - w) <= EXACT_REL * max(abs(w), 1e-300) else path
-        if g == w:
-            return ""
-        if g == 0 or w == 0 or (g > 0) != (w > 0):
-            return path
-        return "" if 1 / factor <= g / w <= factor else path
+        out.append((path, float(got), want))
+        return ""
     return "" if type(got) is type(want) and got == want else path
+
+
+def _ratio(g: float, w: float) -> float | None:
+    """g / w for two finite numbers of one sign (1 for two zeros); None if they cannot agree."""
+    if not (math.isfinite(g) and math.isfinite(w)):
+        return 1.0 if g == w or (math.isnan(g) and math.isnan(w)) else None
+    if g == w:
+        return 1.0
+    if g == 0 or w == 0 or (g > 0) != (w > 0):
+        return None
+    return g / w
 
 
 def disagreement(exercise: str, got: Any, want: Any, factor: float = MEASURED_FACTOR) -> str:
     """Why a submission's evidence does not rest on the same data as the grader's own run of
     the instructor notebook ('' if it does). Everything but the exercise's answer keys is
-    compared: exactly, or within ``factor`` under its measured keys. The reason names the
-    field, never its value."""
+    compared. Givens (sizes, counts, configs, seeds) must be equal (floats to 1e-6). Values
+    under the exercise's measured keys may differ by the load on the machine: their typical
+    ratio to the reference (the median, one "load" for the whole evidence) must be within
+    ``factor``, and so must each value once divided by it — a whole run twice as slow
+    agrees, one number invented to fit an answer does not. The reason names the field, never
+    its value."""
     ex = REGISTRY.get(exercise)
     if ex is None or not isinstance(got, dict) or not isinstance(want, dict):
         return ""  # the judge zeroes an unknown exercise or malformed evidence itself
@@ -94,13 +103,37 @@ def disagreement(exercise: str, got: Any, want: Any, factor: float = MEASURED_FA
     if set(given) != set(truth):
         missing = sorted(set(truth) - set(given)) or sorted(set(given) - set(truth))
         return f"its evidence has other fields than the grader's run ({', '.join(missing)})"
+
+    def differs(path: str, how: str) -> str:
+        return (f"{path} is not what the grader's own run of the lesson gives ({how}): the "
+                "answer was checked against other data than the lesson's")
+
+    measured: list = []
     for key in sorted(truth):
-        measured = key in ex.measured_keys
-        why = _same(given[key], truth[key], measured, factor, key)
+        floats: list = []
+        why = _pairs(given[key], truth[key], key, floats)
         if why:
-            how = f"within {factor:g}x" if measured else "exactly"
-            return (f"{why} is not what the grader's own run of the lesson gives ({how}): the "
-                    "answer was checked against other data than the lesson's")
+            return differs(why, "exactly")
+        if key in ex.measured_keys:
+            measured += floats
+            continue
+        for path, g, w in floats:
+            if not (g == w or abs(g - w) <= EXACT_REL * abs(w)):
+                return differs(path, "exactly")
+    ratios = []
+    for path, g, w in measured:
+        r = _ratio(g, w)
+        if r is None:
+            return differs(path, f"within {factor:g}x")
+        ratios.append((path, r))
+    if ratios:
+        load = statistics.median(r for _, r in ratios)
+        if not 1 / factor <= load <= factor:
+            return differs(ratios[0][0] if len(ratios) == 1 else "the measurements",
+                           f"within {factor:g}x")
+        for path, r in ratios:
+            if not 1 / factor <= r / load <= factor:
+                return differs(path, f"within {factor:g}x of the rest of the run")
     return ""
 
 
