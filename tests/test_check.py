@@ -548,3 +548,56 @@ def test_miss_band_names_the_direction_and_the_band(got, want, band):
     from efflab.check.core import miss_band
 
     assert miss_band(got, want) == band
+
+
+# -- 01 batching · code: the largest batch a budget holds ------------------------------------
+
+def _fits(fixed_bytes, bytes_per_sequence, budget_bytes, headroom):
+    return max(0, math.floor((headroom * budget_bytes - fixed_bytes) / bytes_per_sequence))
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda fixed_bytes, bytes_per_sequence, budget_bytes, headroom:
+     max(0, math.ceil((headroom * budget_bytes - fixed_bytes) / bytes_per_sequence)), "round down"),
+    (lambda fixed_bytes, bytes_per_sequence, budget_bytes, headroom:  # strict <: the edge is lost
+     max(0, math.ceil((headroom * budget_bytes - fixed_bytes) / bytes_per_sequence) - 1),
+     "exactly still fits"),
+    (lambda headroom, **p: _fits(headroom=1.0, **p), "headroom"),
+    (lambda fixed_bytes, **p: _fits(fixed_bytes=0, **p), "before the first sequence"),
+    (lambda fixed_bytes, bytes_per_sequence, budget_bytes, headroom:
+     math.floor((headroom * budget_bytes - fixed_bytes) / bytes_per_sequence), "no batch does: 0"),
+    (lambda fixed_bytes, bytes_per_sequence, budget_bytes, headroom:
+     max(0.0, (headroom * budget_bytes - fixed_bytes) / bytes_per_sequence), "whole number"),
+])
+def test_largest_fitting_batch_names_each_slip(fn, hint):
+    assert check.largest_fitting_batch(_fits)
+    fb = check.largest_fitting_batch(fn)
+    assert hint in _hint_of(fb), str(fb)
+
+
+def test_largest_fitting_batch_agrees_with_the_librarys_search_on_a_linear_model():
+    from efflab.check.batching import fit_probes, reference_fit
+
+    for p in fit_probes(5):  # the library's doubling-then-bisection search on the same line
+        usable = p["headroom"] * p["budget_bytes"]
+        lo, hi = 0, 1
+        while p["fixed_bytes"] + hi * p["bytes_per_sequence"] <= usable:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if p["fixed_bytes"] + mid * p["bytes_per_sequence"] <= usable else (lo, mid)
+        assert reference_fit(**p) == (lo if p["fixed_bytes"] <= usable else 0)
+
+
+def test_largest_fitting_batch_hidden_seed_and_placeholder(answer_log):
+    ev = check.REGISTRY["largest_fitting_batch"].collect(_fits, seed=101)
+    assert ev["seed"] == 101 and check.judge("largest_fitting_batch", ev)
+    assert not check.judge("largest_fitting_batch", {**ev, "seed": 1})
+
+    def placeholder(*_, **__):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.largest_fitting_batch(placeholder)
+    (entry,) = check.read_answers(answer_log)
+    assert check.judge("largest_fitting_batch", entry["evidence"]).status == "unanswered"

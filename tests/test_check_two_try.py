@@ -61,6 +61,12 @@ GIVENS = {
     "step_time_8": dict(compute_per_sample_s=0.02, global_batch=16,
                         bucket_bytes=[1 << 20, 1 << 20, 1_300_000], alpha_s=5e-4, bandwidth=4e8),
     "zero1_bytes": dict(n_params=85_000_000, world_size=8),
+    # lessons 15 and 16
+    "pipeline_bubble": dict(stages=4, micro_batches=6),
+    "tp_allreduces": dict(n_layer=3),
+    "lora_trainable": dict(n_layer=4, n_embd=128, n_head=4, r=8,
+                           target_modules=("c_attn", "c_proj")),
+    "adam8bit_bytes": dict(numels=[49152, 384, 16384, 128, 65536, 512, 128, 100 * 256 + 5]),
 }
 # answered with something other than one number: a choice, a dict, a pair
 NOT_ONE_NUMBER = {"policy_meets_ttft", "which_roof", "bytes_per_param", "alpha_beta",

@@ -71,6 +71,7 @@ def test_pipeline_holds_what_its_schedule_says(launched):
         assert gs["saved_peak_bytes"] == M * gs["saved_bytes_per_micro"]
         assert fs["saved_peak_bytes"] == (2 - f["rank"]) * fs["saved_bytes_per_micro"]
         assert [s[0] for s in fs["spans"]] == [a for a, _ in pipeline.schedule("1f1b", f["rank"], 2, M)]
+        assert 0 < fs["busy_cpu_s"] <= 1.05 * sum(e - a for _, _, a, e in fs["spans"]) + 1e-3
 
 
 def test_tp_params_and_communication_match_their_formulas(launched):
@@ -151,5 +152,48 @@ def test_launch_refuses_bad_jobs_and_oversubscription():
         launch_parallel([{"task": "zz"}])
     with pytest.raises(ConfigError):
         launch_parallel([{"task": "tp", "bach": 4}])
+    for bad in ({"task": "pp", "schedule": "zigzag"}, {"task": "tp", "seq": 10_000},
+                {"task": "ring", "steps": 0}, {"task": "tp", "preset": "cpu-nothing"}):
+        with pytest.raises(ConfigError):
+            launch_parallel([bad])
     with pytest.raises(RefusedError, match="cores"):
         launch_parallel([{"task": "tp"}], nproc=2, threads_per_rank=64)
+
+
+def _fit(alpha_s=1e-5, bandwidth=1e10):
+    from efflab.systems.distributed.comm import AlphaBeta
+
+    return AlphaBeta(alpha_s, bandwidth, 2)
+
+
+def test_planner_lists_every_layout_and_says_why_it_rejects_one():
+    from efflab.systems.parallel.planner import plan_parallel
+
+    cfg = get_preset("gpu-gpt2")  # 12 heads, 12 layers
+    plan = plan_parallel(cfg, global_batch=16, seq=1024, devices=8, device_memory_bytes=80 * 2**30,
+                         device_flops=100e12, fit=_fit())
+    assert sorted(zip(plan.dp, plan.tp, plan.pp)) == sorted(
+        (8 // (t * p), t, p) for t in (1, 2, 4, 8) for p in (1, 2, 4, 8) if 8 % (t * p) == 0)
+    assert all(r.dp * r.tp * r.pp == 8 for r in plan.itertuples())
+    eight = plan[plan.tp == 8].iloc[0]
+    assert not eight.fits and "does not divide 12 heads" in eight.reason
+    assert plan.iloc[0].fits and plan.step_s[plan.fits].is_monotonic_increasing
+
+
+def test_planner_memory_and_its_trade_offs():
+    from efflab.systems.parallel.planner import layout_memory, plan_parallel
+
+    cfg = get_preset("cpu-small")
+    assert layout_memory(cfg, 1, 1, 128, 1)["state_bytes"] == 16 * build_model(cfg).num_params()
+    assert layout_memory(cfg, 2, 1, 128, 1)["state_bytes"] == 16 * tensor.tp_param_counts(cfg, 2)["total"]
+    free = plan_parallel(cfg, global_batch=8, seq=128, devices=4, device_memory_bytes=1e12,
+                         device_flops=1e9, fit=_fit(0.0, 1e18))
+    best = free.iloc[0]  # free communication: no bubble beats any bubble
+    assert best.pp == 1 and best.step_s == pytest.approx(free[free.pp == 1].step_s.min())
+    assert (free[free.pp > 1].bubble > 0).all()
+    state = layout_memory(cfg, 1, 1, 128, 1)["total_bytes"]
+    tight = plan_parallel(cfg, global_batch=8, seq=128, devices=4, device_memory_bytes=0.6 * state,
+                          device_flops=1e9, fit=_fit())
+    dp_only = tight[(tight.tp == 1) & (tight.pp == 1)].iloc[0]
+    assert not dp_only.fits and "GiB" in dp_only.reason
+    assert tight.fits.any()  # splitting the model makes it fit

@@ -113,3 +113,8 @@ __all__ += ["lora_trainable", "adam8bit_bytes", "nf4_quantize"]
 from efflab.check.distributed import state_bytes_per_rank  # noqa: E402
 
 __all__ += ["state_bytes_per_rank"]
+
+# lesson 01, code: the largest batch a memory budget holds
+from efflab.check.batching import largest_fitting_batch  # noqa: E402
+
+__all__ += ["largest_fitting_batch"]

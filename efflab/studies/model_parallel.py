@@ -69,17 +69,22 @@ def tp_table(records) -> pd.DataFrame:
 
 def bubble_table(records) -> pd.DataFrame:
     """Per (schedule, m, stage): the idle share over the timed steps (the first step, a
-    warm-up, left out) as median, p25, p75 and n, beside the formula, with the host's load."""
+    warm-up, left out) as median, p25, p75 and n, beside the formula, with the host's load and
+    ``cpu_share``: the CPU seconds a stage had during its busy spans ÷ their wall seconds (1 on
+    a quiet host; lower when the operating system gave its core to another process)."""
     rows = []
     for r in _ok(records, "pp"):
         res = r["result"]
         steps = res["steps"][1:] or res["steps"]
         idle = np.array([s["idle_fraction"] for s in steps])
+        busy = np.array([sum(e - a for _, _, a, e in s["spans"]) for s in steps])
+        cpu = np.array([s.get("busy_cpu_s", np.nan) for s in steps])
         rows.append({"schedule": r["knobs"]["schedule"], "m": r["knobs"]["micro_batches"],
                      "stage": r["rank"], "p": r["world_size"],
                      "idle": float(np.median(idle)), "idle_p25": float(np.percentile(idle, 25)),
                      "idle_p75": float(np.percentile(idle, 75)), "n": int(idle.size),
                      "formula": res["bubble_formula"],
+                     "cpu_share": float(np.median(cpu / busy)),
                      "step_ms": 1e3 * float(np.median([s["window_s"][1] - s["window_s"][0]
                                                        for s in steps])),
                      "loadavg_1m": (r.get("loadavg") or [np.nan])[0]})
@@ -91,7 +96,8 @@ def bubble_summary(table: pd.DataFrame) -> pd.DataFrame:
     relative error (measured ÷ formula − 1)."""
     g = table.groupby(["schedule", "m"], as_index=False).agg(
         idle=("idle", "mean"), idle_p25=("idle_p25", "mean"), idle_p75=("idle_p75", "mean"),
-        formula=("formula", "first"), loadavg_1m=("loadavg_1m", "max"))
+        formula=("formula", "first"), cpu_share=("cpu_share", "min"),
+        loadavg_1m=("loadavg_1m", "max"))
     g["error"] = g["idle"] / g["formula"] - 1
     return g
 
@@ -103,10 +109,14 @@ def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | 
     said = (f"{len(inside)} of {len(summary)} (schedule, m) points within ±{tolerance:.0%} of "
             f"(p − 1)/(m + p − 1); the farthest is {worst['schedule']} at m = {int(worst['m'])}: "
             f"{worst['idle']:.2f} measured against {worst['formula']:.2f}")
-    load = float(summary["loadavg_1m"].max())
+    load, share = float(summary["loadavg_1m"].max()), float(summary["cpu_share"].min())
     if cores and np.isfinite(load) and load > cores:
         said += (f". The host's load average was {load:.1f} on {cores} cores: other processes "
                  "took turns with the stages, and each wait shows up as idle time")
+    if np.isfinite(share) and share < 0.9:
+        said += (f". While busy, a stage had its core for as little as {share:.0%} of the time: "
+                 "the rest it was set aside by the operating system, and the stage waiting on it "
+                 "counted that as bubble")
     return said + "."
 
 

@@ -7,6 +7,7 @@
 | ring      | context parallelism: ring attention with the (out, lse) block merge                  |
 | worker    | the program torchrun starts on every rank (``-m efflab.systems.parallel.worker``)  |
 | launching | ``launch_parallel``: lesson 14's launcher path with this worker                     |
+| planner   | ``plan_parallel``: every (dp, tp, pp) layout of N devices, memory and step predicted |
 
 ``launch_parallel`` loads on first use (it brings the worker and torch.distributed's launcher
 with it); the formulas and the pieces below import alone.
@@ -22,6 +23,7 @@ from efflab.systems.parallel.pipeline import (
     schedule,
     simulate,
 )
+from efflab.systems.parallel.planner import plan_parallel
 from efflab.systems.parallel.ring import merge, ring_attention, score_bytes_per_rank
 from efflab.systems.parallel.tensor import (
     column_parallel_linear,
@@ -31,7 +33,7 @@ from efflab.systems.parallel.tensor import (
     tp_param_counts,
 )
 
-__all__ = ["launch_parallel", "SCHEDULES", "bubble_fraction", "peak_in_flight", "schedule",
+__all__ = ["launch_parallel", "plan_parallel", "SCHEDULES", "bubble_fraction", "peak_in_flight", "schedule",
            "simulate", "merge", "ring_attention", "score_bytes_per_rank",
            "column_parallel_linear", "tp_allreduces_per_step", "tp_bytes_per_rank",
            "tp_comm_values", "tp_param_counts"]

@@ -167,7 +167,8 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
     reads the ids, only the last the targets). Gradients accumulate in the stage's parameters
     (the loss of each micro-batch is divided by m, so they equal the full batch's). Returns the
     loss (last stage; None elsewhere), the busy spans [(action, micro, start_s, end_s)] relative
-    to ``t0``, and the peak bytes of saved activations.
+    to ``t0``, the CPU seconds this thread had during them (less than their wall seconds when
+    the host took the core away), and the peak bytes of saved activations.
     """
     rank, p = stage.stage, stage.p
     micro_ids, micro_tg = idx.chunk(m), targets.chunk(m)
@@ -175,7 +176,7 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
     C = stage.n_embd
     saved = SavedBytes(stage.parameters())
     inputs, outputs, sends, spans = {}, {}, [], []
-    loss_sum = 0.0
+    loss_sum, cpu_s = 0.0, 0.0
     t0 = time.perf_counter() if t0 is None else t0
     for act, i in schedule(name, rank, p, m):
         if act == "F":
@@ -185,13 +186,14 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
                 x = torch.empty(B, T, C)  # (B, T, C) from the previous stage
                 dist.recv(x, src=rank - 1)
                 x.requires_grad_(True)
-            start = time.perf_counter()
+            start, c0 = time.perf_counter(), time.thread_time()
             with saved.hooks(i):
                 y = stage(x, micro_tg[i]) if stage.last else stage(x)
             if stage.last:
                 y = y / m
                 loss_sum += float(y.detach())
             spans.append(("F", i, start - t0, time.perf_counter() - t0))
+            cpu_s += time.thread_time() - c0
             if not stage.last:
                 out = y.detach().contiguous()
                 sends.append((dist.isend(out, dst=rank + 1), out))  # keep it alive until sent
@@ -202,17 +204,18 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
             if not stage.last:
                 g = torch.empty_like(y)
                 dist.recv(g, src=rank + 1)
-            start = time.perf_counter()
+            start, c0 = time.perf_counter(), time.thread_time()
             y.backward(g)
             saved.release(i)
             spans.append(("B", i, start - t0, time.perf_counter() - t0))
+            cpu_s += time.thread_time() - c0
             x = inputs.pop(i)
             if not stage.first:
                 gx = x.grad.contiguous()
                 sends.append((dist.isend(gx, dst=rank - 1), gx))
     for work, _ in sends:
         work.wait()
-    return {"loss": loss_sum if stage.last else None, "spans": spans,
+    return {"loss": loss_sum if stage.last else None, "spans": spans, "busy_cpu_s": cpu_s,
             "saved_peak_bytes": saved.peak, "saved_bytes_per_micro": saved.per_micro}
 
 

@@ -35,13 +35,22 @@ DEFAULTS = {"preset": "cpu-tiny", "batch": 4, "seq": 32, "steps": 3, "seed": 0, 
 
 
 def settings(job: dict) -> dict:
-    """The job's fields over :data:`DEFAULTS` (unknown fields refused, naming them)."""
+    """The job's fields over :data:`DEFAULTS`, checked (ValueError naming the field)."""
     extra = set(job) - set(DEFAULTS) - {"task"}
     if job.get("task") not in TASKS:
         raise ValueError(f"task={job.get('task')!r} is not one of {', '.join(map(repr, TASKS))}")
     if extra:
         raise ValueError(f"unknown job fields {sorted(extra)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **job}
+    s = {**DEFAULTS, **job}
+    for name in ("batch", "seq", "steps", "micro_batches"):
+        if isinstance(s[name], bool) or not isinstance(s[name], int) or s[name] < 1:
+            raise ValueError(f"{name}={s[name]!r}: expected an integer >= 1")
+    if s["schedule"] not in pipeline.SCHEDULES:
+        raise ValueError(f"schedule={s['schedule']!r} is not one of {pipeline.SCHEDULES}")
+    cfg = get_preset(s["preset"])
+    if s["seq"] > cfg.block_size:
+        raise ValueError(f"seq={s['seq']} exceeds {cfg.name}'s block_size {cfg.block_size}")
+    return s
 
 
 def batches(cfg, s: dict, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -123,7 +132,8 @@ def run_pp(s: dict, rank: int, world: int) -> dict:
     ref_losses, ref_grads = reference(cfg, s, data) if last or rank == 0 else (None, {})
     model = build_model(cfg, s["seed"])
     stage = pipeline.Stage(model, rank, world)
-    tied_group = dist.new_group([0, world - 1])  # every rank takes part in making a group
+    # the first and last stages' group for the tied table (every rank takes part in making it)
+    tied_group = dist.new_group([0, world - 1]) if world > 1 else None
     mine = {id(p) for p in stage.parameters()}
     opt = torch.optim.AdamW(stage.parameters(), lr=s["lr"])
     losses, steps, grad_err = [], [], None
@@ -138,6 +148,7 @@ def run_pp(s: dict, rank: int, world: int) -> dict:
         end = max(sp[3] for spans in every for sp in spans)
         steps.append({"spans": out["spans"], "window_s": [start, end],
                       "idle_fraction": pipeline.idle_fraction(out["spans"], start, end),
+                      "busy_cpu_s": out["busy_cpu_s"],
                       "saved_peak_bytes": out["saved_peak_bytes"],
                       "saved_bytes_per_micro": out["saved_bytes_per_micro"]})
         if last:
