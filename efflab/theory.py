@@ -58,6 +58,10 @@ from the same function the library uses. This module defines nothing.
 | 15 model parallel | :func:`peak_in_flight` | micro-batches a stage holds: m (GPipe), min(p − s, m) (1F1B) | systems.parallel.pipeline |
 | 15 model parallel | :func:`score_bytes_per_rank` | ring attention's largest score block: B·nh·(T/N)² values | systems.parallel.ring |
 | 15 model parallel | :func:`ring_sent_values` | values a ring rank sends per forward: L·(N−1)·2·B·nh·(T/N)·hs | systems.parallel.ring |
+| 16 fine-tuning | :func:`lora_param_count` | LoRA's trainable numbers: Σ r·(in + out) over the adapted Linears | techniques.lora |
+| 16 fine-tuning | :func:`training_state_bytes` | weights, gradients and AdamW state when k of N numbers train | techniques.lora |
+| 16 fine-tuning | :func:`nf4_bytes` | NF4's stored bytes: n/2 + n/64 + 4·⌈n/16384⌉ + 4 (double-quantized scales) | techniques.nf4 |
+| 16 fine-tuning | :func:`state_bytes_per_param` | AdamW state per parameter: 8 in fp32, 2·(bits/8 + 4/block) quantized | techniques.lowbit_optim |
 """
 
 # ruff: noqa: I001 -- the imports are grouped by lesson, in lesson order, not alphabetically
@@ -126,6 +130,11 @@ from efflab.systems.parallel.tensor import tp_allreduces_per_step, tp_comm_value
 from efflab.systems.parallel.pipeline import bubble_fraction, peak_in_flight
 from efflab.systems.parallel.ring import ring_sent_values, score_bytes_per_rank
 
+# 16 fine-tuning memory: LoRA's trainable count and state, NF4's bytes, low-bit AdamW's state
+from efflab.techniques.lora import lora_param_count, training_state_bytes
+from efflab.techniques.lowbit_optim import state_bytes_per_param
+from efflab.techniques.nf4 import nf4_bytes
+
 __all__ = [
     # every lesson
     "compute_params", "estimate_6n", "attention_flops", "step_flops_estimate", "predict_memory",
@@ -151,4 +160,6 @@ __all__ = [
     # 15 model parallel
     "tp_param_counts", "tp_allreduces_per_step", "tp_comm_values", "bubble_fraction",
     "peak_in_flight", "score_bytes_per_rank", "ring_sent_values",
+    # 16 fine-tuning memory
+    "lora_param_count", "training_state_bytes", "nf4_bytes", "state_bytes_per_param",
 ]

@@ -11,7 +11,9 @@ from efflab.techniques import (
     AttentionConfig,
     CheckpointingConfig,
     CompileConfig,
+    LoRAConfig,
     MoEConfig,
+    NF4Config,
     PrecisionConfig,
     PruningConfig,
     QuantizationConfig,
@@ -24,7 +26,7 @@ from efflab.techniques.surgery import block_linears, swap_module
 
 TINY = get_preset("cpu-tiny")
 CONFIGS = [PrecisionConfig, AttentionConfig, CheckpointingConfig, QuantizationConfig, MoEConfig,
-           CompileConfig, PruningConfig]
+           CompileConfig, PruningConfig, LoRAConfig, NF4Config]
 
 
 def test_every_technique_config_has_a_handler():

@@ -56,7 +56,7 @@ def held_apart_corpus():
     return load_corpus(Path(tqdm.__file__).parent)
 
 
-def _batch(corpus, batch_size: int, seq_len: int, seed: int = 0):
+def training_batch(corpus, batch_size: int, seq_len: int, seed: int = 0):
     from efflab.core.data import random_batch
 
     return random_batch(corpus.train, batch_size, seq_len, torch.Generator().manual_seed(seed))
@@ -119,7 +119,7 @@ def memory_by_rank(preset: str = "cpu-small", ranks=(2, 8, 32), *, batch_size: i
     trainable_share, category, measured, formula, peak_bytes}; ``formula`` is NaN for
     activations (measured only: what autograd saves depends on which weights train)."""
     corpus = held_apart_corpus()
-    x, y = _batch(corpus, batch_size, seq_len, seed)
+    x, y = training_batch(corpus, batch_size, seq_len, seed)
     n_all = sum(p.numel() for p in load_model(preset, None).parameters())
     rows = []
     for method in methods:
@@ -180,7 +180,7 @@ def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: 
     ctx = {"corpus": corpus.sha256}
     base = load_model(preset, "auto")
     qual = {"base": heldout_quality(base, corpus, seq_len, windows)}
-    curves, trainable = [], {"base": 0}
+    curves, trainable, models = [], {"base": 0}, {"base": base}
     for method in methods:
         model = prepare_method(preset, method, LoRAConfig(r=r))
         trainable[method] = trainable_parameters(model)
@@ -190,6 +190,7 @@ def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: 
         curves += [{"method": method, "step": row["step"], "train_loss": row["train_loss"]}
                    for row in run.rows]
         qual[method] = heldout_quality(model, corpus, seq_len, windows)
+        models[method] = model
     rec = {m: {"quality": q, "context": ctx} for m, q in qual.items()}
     table = []
     for m, q in qual.items():
@@ -198,7 +199,31 @@ def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: 
                       "vs_base": None if m == "base" else quality_difference(rec["base"], rec[m])["verdict"],
                       "vs_full": (quality_difference(rec["full"], rec[m])["verdict"]
                                   if m not in ("base", "full") and "full" in rec else None)})
-    return {"curves": pd.DataFrame(curves), "quality": qual, "table": pd.DataFrame(table)}
+    return {"curves": pd.DataFrame(curves), "quality": qual, "table": pd.DataFrame(table),
+            "models": models}
+
+
+@torch.no_grad()
+def merge_check(model: nn.Module, corpus, seq_len: int = 128, batch_size: int = 4) -> dict:
+    """Merge a LoRA model's adapters (W + (α/r)·B·A) into a copy and compare its logits with the
+    adapter model's on held-out windows, in float64 (the algebra: ``relative`` ≤ 1e-6 is
+    ``equal``) and in fp32 (``fp32_relative``: what rounding adds when the merge is stored in
+    fp32). Relative = max |Δ logits| ÷ max |logits|."""
+    import copy
+
+    from efflab.core.data import fixed_batches
+    from efflab.techniques.lora import lora_layers, merge_lora_
+
+    x, _ = next(iter(fixed_batches(corpus.val, 1, batch_size, seq_len, "cpu")))
+    out = {}
+    for name, dtype in (("", torch.float64), ("fp32_", torch.float32)):
+        adapted = copy.deepcopy(model).to(dtype).eval()
+        merged = merge_lora_(copy.deepcopy(adapted)).eval()
+        a, b = adapted(x)[0], merged(x)[0]
+        out[f"{name}relative"] = float((a - b).abs().max()) / float(a.abs().max())
+        out.setdefault("adapters_left", len(lora_layers(merged)))
+    out["equal"] = out["relative"] <= 1e-6
+    return out
 
 
 @torch.no_grad()
@@ -309,7 +334,7 @@ def accumulation_memory(preset: str = "cpu-small", batch_size: int = 16, seq_len
     """Per k: the peak bytes of one full-fine-tune step of ``batch_size`` sequences made of k
     micro-batches, and its activation high-water mark (tracked, AdamW fp32)."""
     corpus = held_apart_corpus()
-    x, y = _batch(corpus, batch_size, seq_len, seed)
+    x, y = training_batch(corpus, batch_size, seq_len, seed)
     rows = []
     for k in ks:
         model = load_model(preset, "auto")
@@ -330,6 +355,25 @@ def accumulation_memory(preset: str = "cpu-small", batch_size: int = 16, seq_len
 
 
 __all__ = ["METHODS", "held_apart_corpus", "prepare_method", "memory_by_rank", "memory_verdict",
-           "finetune_compare", "nf4_table", "nf4_verdict", "optimizer_table",
-           "accumulated_gradients", "accumulation_check", "accumulation_memory",
+           "finetune_compare", "merge_check", "nf4_table", "nf4_verdict", "optimizer_table",
+           "training_batch", "accumulated_gradients", "accumulation_check", "accumulation_verdict", "accumulation_memory",
            "lora_param_count"]
+
+
+def accumulation_verdict(check: pd.DataFrame, mem: pd.DataFrame) -> str:
+    """Two sentences: the worst gradient difference over the k tried, and under a budget halfway
+    between the peaks of k = 1 and the largest k, which k fit (k = 1 refused with its need)."""
+    worst = float(check.rel_diff.max())
+    first = mem.iloc[0]
+    budget = int((mem.peak_bytes.iloc[0] + mem.peak_bytes.min()) / 2)
+    fits = mem[mem.peak_bytes <= budget]
+    head = (f"k micro-batches vs one batch: gradients within {worst:.1e} relative "
+            f"({'within' if worst <= 1e-6 else 'OUTSIDE'} 1e-6) for k in {list(check.k)}.")
+    if len(mem) < 2 or fits.empty or budget >= first.peak_bytes:
+        return head + " (Only one k measured or no saving: no budget to compare under.)"
+    best = fits.iloc[0]
+    return (head + f" Under a {budget / 2**20:.2f} MiB budget, the batch of "
+            f"{int(first.micro_batch)} in one piece (peak {first.peak_bytes / 2**20:.2f} MiB) does "
+            f"not fit; as {int(best.k)} micro-batches of {int(best.micro_batch)} it fits at "
+            f"{best.peak_bytes / 2**20:.2f} MiB, the same gradient for {int(best.k)}x the "
+            "forward/backward calls.")
