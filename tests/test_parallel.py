@@ -83,6 +83,9 @@ def test_tp_params_and_communication_match_their_formulas(launched):
         assert res["params"] == counts["total"]
         assert res["comm"]["calls"] == {"forward": calls["forward"], "backward": calls["backward"]}
         assert res["comm"]["values"]["forward"] + res["comm"]["values"]["backward"] == want["total"]
+        assert len(res["allreduce_seconds"]) == STEPS and min(res["allreduce_seconds"]) > 0
+        assert res["allreduce_bytes"] == 4 * B * T * TINY.n_embd  # one block's activations
+        assert res["fit"]["alpha_s"] >= 0 and res["fit"]["bandwidth"] > 0
     assert counts["full"] == build_model(TINY).num_params()
 
 

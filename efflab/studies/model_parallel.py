@@ -45,7 +45,9 @@ def equality_table(records) -> pd.DataFrame:
 
 def tp_table(records) -> pd.DataFrame:
     """Per TP rank: parameters held and their fp32 bytes, all-reduces and values per step,
-    each measured beside its formula, and the bytes a ring sends for those values."""
+    each measured beside its formula, the bytes a ring sends for those values, and the time
+    spent in the all-reduces beside the α–β prediction (lesson 14's fit, made in the same
+    launch on messages around the TP size)."""
     rows = []
     for r in _ok(records, "tp"):
         k, res, t = r["knobs"], r["result"], r["world_size"]
@@ -62,9 +64,22 @@ def tp_table(records) -> pd.DataFrame:
                      "values": values,
                      "values_formula": tensor.tp_comm_values(cfg, k["batch"], k["seq"])["total"],
                      "ring_bytes_sent": tensor.tp_ring_bytes_sent(values, t),
-                     "step_ms": 1e3 * float(np.median(res["step_seconds"][1:] or
-                                                      res["step_seconds"]))})
+                     **_tp_times(res, calls)})
     return pd.DataFrame(rows)
+
+
+def _tp_times(res: dict, calls: int) -> dict:
+    """A TP record's step and all-reduce milliseconds (median, quartiles over the steps after the
+    first) beside what the α–β fit made in the same launch predicts for ``calls`` all-reduces."""
+    steps = res["step_seconds"][1:] or res["step_seconds"]
+    comm = np.asarray(res["allreduce_seconds"][1:] or res["allreduce_seconds"]) * 1e3
+    fit = res["fit"]
+    one = fit["alpha_s"] + res["allreduce_bytes"] / fit["bandwidth"]
+    return {"step_ms": 1e3 * float(np.median(steps)), "allreduce_ms": float(np.median(comm)),
+            "allreduce_p25_ms": float(np.percentile(comm, 25)),
+            "allreduce_p75_ms": float(np.percentile(comm, 75)), "n": int(comm.size),
+            "allreduce_pred_ms": 1e3 * calls * one, "alpha_us": 1e6 * fit["alpha_s"],
+            "bandwidth_gbps": fit["bandwidth"] / 1e9}
 
 
 def bubble_table(records) -> pd.DataFrame:

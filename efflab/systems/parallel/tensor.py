@@ -22,6 +22,8 @@ and H_r = 4C / t hidden units on each rank.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -32,15 +34,18 @@ from efflab.core.model import GPT, gelu_tanh
 
 
 class CommLog:
-    """Counts the all-reduces a rank makes and the values they carry (forward and backward)."""
+    """Counts the all-reduces a rank makes, the values they carry (forward and backward) and
+    the wall seconds it spent in them (waiting for the other ranks included)."""
 
     def __init__(self):
         self.calls = {"forward": 0, "backward": 0}
         self.values = {"forward": 0, "backward": 0}
+        self.seconds = 0.0
 
-    def add(self, phase: str, t: torch.Tensor) -> None:
+    def add(self, phase: str, t: torch.Tensor, seconds: float = 0.0) -> None:
         self.calls[phase] += 1
         self.values[phase] += t.numel()
+        self.seconds += seconds
 
     def reset(self) -> None:
         self.__init__()
@@ -48,9 +53,10 @@ class CommLog:
 
 def _all_reduce(t: torch.Tensor, log: CommLog | None, phase: str, group=None) -> torch.Tensor:
     t = t.contiguous().clone()
+    t0 = time.perf_counter()
     dist.all_reduce(t, group=group)
     if log is not None:
-        log.add(phase, t)
+        log.add(phase, t, time.perf_counter() - t0)
     return t
 
 

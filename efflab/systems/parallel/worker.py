@@ -19,19 +19,21 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from efflab.core.config import get_preset
 from efflab.core.model import build_model
 from efflab.measurement.hardware import environment
+from efflab.systems.distributed.comm import allreduce_sweep, fit_alpha_beta
 from efflab.systems.distributed.records import finish_record, new_record
 from efflab.systems.distributed.worker import PROGRESS_PREFIX, emit
 from efflab.systems.parallel import pipeline, ring, tensor
 
 TASKS = ("tp", "pp", "ring")
 DEFAULTS = {"preset": "cpu-tiny", "batch": 4, "seq": 32, "steps": 3, "seed": 0, "lr": 1e-3,
-            "micro_batches": 4, "schedule": "gpipe"}
+            "micro_batches": 4, "schedule": "gpipe", "fit_target_s": 0.05}
 
 
 def settings(job: dict) -> dict:
@@ -42,6 +44,8 @@ def settings(job: dict) -> dict:
     if extra:
         raise ValueError(f"unknown job fields {sorted(extra)}; known: {sorted(DEFAULTS)}")
     s = {**DEFAULTS, **job}
+    if not (isinstance(s["fit_target_s"], (int, float)) and 0 < s["fit_target_s"] <= 5):
+        raise ValueError(f"fit_target_s={s['fit_target_s']!r}: expected seconds in (0, 5]")
     for name in ("batch", "seq", "steps", "micro_batches"):
         if isinstance(s[name], bool) or not isinstance(s[name], int) or s[name] < 1:
             raise ValueError(f"{name}={s[name]!r}: expected an integer >= 1")
@@ -109,20 +113,32 @@ def run_tp(s: dict, rank: int, world: int) -> dict:
     log = tensor.CommLog()
     model = tensor.shard_(build_model(cfg, s["seed"]), rank, world, log)
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"])
-    losses, seconds, grad_err, comm = [], [], None, None
+    losses, seconds, comm_s, grad_err, comm = [], [], [], None, None
     for i, (x, y) in enumerate(data):
+        log.reset()
+        dist.barrier()
         t0 = time.perf_counter()
         _, loss = model(x, y)
         loss.backward()
         seconds.append(time.perf_counter() - t0)
+        comm_s.append(log.seconds)
         losses.append(float(loss.detach()))
         if i == 0:
             grad_err = tp_grad_error(model, ref_grads, rank, world)
             comm = {"calls": dict(log.calls), "values": dict(log.values)}
         opt.step()
         opt.zero_grad(set_to_none=True)
+    # lesson 14's α–β model, fitted here on this launch's ranks, around the TP message size
+    per_call = 4 * comm["values"]["forward"] // max(1, comm["calls"]["forward"])
+    sizes = sorted({4, 64, 1024} | {int(per_call * f) // 4 * 4 for f in (0.25, 0.5, 1, 2, 4)})
+    rows = allreduce_sweep(sizes, min_repeats=5, max_repeats=40, target_s=s["fit_target_s"])
+    p25 = [float(np.percentile(r["samples_s"], 25)) for r in rows]
+    fit = fit_alpha_beta([r["bytes"] for r in rows], p25, world)
     return {"losses": losses, "reference_losses": ref_losses, "grad_max_abs_diff": grad_err,
-            "params": tensor.own_param_count(model), "comm": comm, "step_seconds": seconds}
+            "params": tensor.own_param_count(model), "comm": comm, "step_seconds": seconds,
+            "allreduce_seconds": comm_s, "allreduce_bytes": per_call,
+            "fit": {"alpha_s": fit.alpha_s, "bandwidth": fit.bandwidth, "world_size": world,
+                    "sizes": sizes, "p25_s": p25}}
 
 
 def run_pp(s: dict, rank: int, world: int) -> dict:
