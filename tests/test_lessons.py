@@ -41,6 +41,7 @@ EXPECTED = {
     "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
     "15_model_parallel": (5, {"tp_rank_bytes", "tp_step_comm", "pipeline_bubble", "ring_merge"}),
+    "16_finetune_memory": (6, {"lora_trainable", "nf4_quantize", "adam8bit_bytes"}),
 }
 
 
@@ -334,6 +335,23 @@ def claims_15_model_parallel(run: Run):
     assert "refused:" in refuse and "scheduler" in refuse
     logged = [e["exercise"] for e in run.answers]
     assert sorted(logged) == sorted(2 * list(EXPECTED["15_model_parallel"][1]))  # + hidden checks
+
+
+def claims_16_finetune_memory(run: Run):
+    share = cell_text(run.nb, "c16-apply")
+    measured, theory = re.search(r"measured ([\d.]+) %, theory ([\d.]+) %", share).groups()
+    assert measured == theory
+    assert "(within 10%)" in cell_text(run.nb, "c16-mem")
+    assert "exactly the formula's bytes" in cell_text(run.nb, "c16-levels")
+    opt = cell_text(run.nb, "c16-opt")
+    assert float(re.search(r"8-bit: ([\d.]+)x fp32", opt).group(1)) <= 0.27
+    assert float(re.search(r"4-bit: ([\d.]+)x fp32", opt).group(1)) <= 0.15
+    assert "(within 1e-6)" in cell_text(run.nb, "c16-acc")
+    assert cell_text(run.nb, "c16-ft").count("paired, same windows") >= 4
+    merge = cell_text(run.nb, "c16-merge")
+    assert merge.count("within 1e-6: True") == 2 and "adapters left: 0" in merge
+    assert sorted(e["exercise"] for e in run.answers) == sorted(
+        ["lora_trainable", "adam8bit_bytes", "nf4_quantize", "nf4_quantize"])  # + hidden check
 
 
 CLAIMS = {name[len("claims_"):]: fn for name, fn in dict(globals()).items()
