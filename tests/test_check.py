@@ -601,3 +601,54 @@ def test_largest_fitting_batch_hidden_seed_and_placeholder(answer_log):
         check.largest_fitting_batch(placeholder)
     (entry,) = check.read_answers(answer_log)
     assert check.judge("largest_fitting_batch", entry["evidence"]).status == "unanswered"
+
+
+# -- 00 tour · code: bits per byte from logits -------------------------------------------------
+
+def _bpb(logits, targets):
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item() / math.log(2)
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda logits, targets: _bpb(logits, targets) * math.log(2), "nats"),
+    (lambda logits, targets: _bpb(logits, targets) * targets.numel(), "do not sum"),
+    (lambda logits, targets: (-logits.gather(-1, targets.unsqueeze(-1)).mean() / math.log(2)).item(),
+     "not normalised"),
+    (lambda logits, targets: (-torch.log(torch.exp(logits).gather(-1, targets.unsqueeze(-1))
+                                         / torch.exp(logits).sum(-1, keepdim=True))).mean().item()
+     / math.log(2), "overflows"),
+    (lambda logits, targets: _bpb(logits, targets) * math.log(2) / math.log(10), "base 10"),
+])
+def test_bits_per_byte_of_names_each_slip(fn, hint):
+    assert check.bits_per_byte_of(_bpb)
+    assert check.bits_per_byte_of(  # float32 log_softmax, as anyone writes it, passes too
+        lambda logits, targets: (-torch.log_softmax(logits, -1).gather(-1, targets[..., None])).mean()
+        / math.log(2))
+    assert hint in _hint_of(check.bits_per_byte_of(fn))
+
+
+def test_bits_per_byte_of_is_the_models_own_loss_in_bits():
+    from efflab.check.tour import reference_bpb
+    from efflab.core.config import get_preset
+    from efflab.core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("cpu-tiny"))
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    logits, loss = model(x, y)
+    assert reference_bpb(logits.detach(), y) == pytest.approx(loss.item() / math.log(2), rel=1e-5)
+
+
+def test_bits_per_byte_of_hidden_seed_and_placeholder(answer_log):
+    ev = check.REGISTRY["bits_per_byte_of"].collect(_bpb, seed=100)
+    assert ev["seed"] == 100 and check.judge("bits_per_byte_of", ev)
+    assert not check.judge("bits_per_byte_of", {**ev, "seed": 0})
+
+    def placeholder(logits, targets):
+        raise NotImplementedError("replace this with your answer")
+
+    with pytest.raises(NotImplementedError):
+        check.bits_per_byte_of(placeholder)
+    (entry,) = check.read_answers(answer_log)
+    assert check.judge("bits_per_byte_of", entry["evidence"]).status == "unanswered"

@@ -25,7 +25,7 @@ TIMEOUT_S = {"12_compression": 900, "13_scaling_laws": 900}  # the rest: 600 s
 
 # lesson -> (charts it must draw at least, the exercises it must log)
 EXPECTED = {
-    "00_tour": (2, {"mfu", "bits_per_byte"}),
+    "00_tour": (2, {"mfu", "bits_per_byte_of"}),
     "01_batching": (3, {"saturation", "largest_fitting_batch"}),
     "02_precision": (3, {"bytes_per_param", "bf16_round"}),
     "03_checkpointing": (1, {"kept_activations", "recompute_overhead"}),

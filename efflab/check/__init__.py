@@ -118,3 +118,8 @@ __all__ += ["state_bytes_per_rank"]
 from efflab.check.batching import largest_fitting_batch  # noqa: E402
 
 __all__ += ["largest_fitting_batch"]
+
+# lesson 00, code: bits per byte from a model's raw logits
+from efflab.check.tour import bits_per_byte_of  # noqa: E402
+
+__all__ += ["bits_per_byte_of"]

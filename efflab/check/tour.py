@@ -1,10 +1,22 @@
-"""Checks for lesson 00 (the tour): reading MFU and bits per byte from records."""
+"""Checks for lesson 00 (the tour): reading MFU and bits per byte from records, and bits per
+byte from a model's raw logits (code)."""
 
 from __future__ import annotations
 
 import math
 
-from efflab.check.core import exercise, judge_number, number
+import torch
+
+from efflab.check.core import (
+    Verdict,
+    close,
+    exercise,
+    judge_number,
+    miss_band,
+    number,
+    probe_outputs,
+    probed,
+)
 
 LN2 = math.log(2)
 
@@ -59,3 +71,77 @@ def _judge_bits_per_byte(ev):
                (loss / math.log(10), "that is base 10 (digits); bits are base 2"),
                (loss / LN2 * 8, "the loss is already per byte: no factor 8")],
         hint="one nat is 1/ln 2 ≈ 1.44 bits")
+
+
+# -- bits per byte from a model's raw output, as code ---------------------------------------
+
+BPB_PROBE_SEED = 0
+
+
+def bpb_probes(seed: int = BPB_PROBE_SEED) -> list[dict]:
+    """Seeded logits over the 256 byte values and the bytes that followed: several shapes,
+    confident and unsure models, and logits shifted far from zero (the same distribution: a
+    shift cancels in softmax, but exp() of them overflows)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(6):
+        B, T = (1, 2, 3, 4, 2, 1)[i], (5, 16, 7, 32, 9, 64)[i]
+        logits = torch.randn(B, T, 256, generator=g) * (0.5, 2.0, 4.0, 1.0, 8.0, 3.0)[i]
+        if i in (2, 4):
+            logits = logits + 120.0
+        targets = torch.randint(0, 256, (B, T), generator=g)
+        out.append({"logits": logits, "targets": targets})
+    return out
+
+
+def reference_bpb(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean cross-entropy of the targets under the logits, in bits (float64)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return float(-logp.gather(-1, targets.unsqueeze(-1)).mean() / LN2)
+
+
+@exercise("bits_per_byte_of", points=2, topic="tour", function=True)
+def bits_per_byte_of(fn, seed: int = BPB_PROBE_SEED):
+    """``fn(logits, targets) -> bits per byte``: logits (B, T, 256), the byte that came next
+    at each position (B, T)."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, bpb_probes(seed))}
+
+
+def _bpb_slip_hint(got: float, p: dict) -> str:
+    if not math.isfinite(got):
+        return ("exp() of large logits overflows; work with log-probabilities, which stay "
+                "finite (the largest logit can be taken out first)")
+    want = reference_bpb(**p)
+    lg, t = p["logits"].double(), p["targets"]
+    raw = float(-lg.gather(-1, t.unsqueeze(-1)).mean() / LN2)
+    for value, hint in [
+            (want * LN2, "that is in nats; a bit is a base-2 logarithm"),
+            (want * LN2 / math.log(10), "that is base 10; bits are base 2"),
+            (want * t.numel(), "per byte: average over every position, do not sum"),
+            (want * t.shape[-1], "per byte: average over every position, do not sum"),
+            (raw, "turn the logits into log-probabilities first (they are not normalised)"),
+            (-want, "cross-entropy is minus the log-probability of the byte that came")]:
+        if math.isfinite(value) and close(got, value, rel=1e-4):
+            return hint
+    return ("bits per byte is the average, over every position, of how surprised the model is "
+            "by the byte that came next, in bits")
+
+
+@bits_per_byte_of.judge_with
+def _judge_bpb_of(ev: dict) -> Verdict:
+    probes, outs = probed(ev, bpb_probes, BPB_PROBE_SEED)
+    expected = f"bits per byte of {len(probes)} batches of logits, within 0.01%"
+    for i, (p, o) in enumerate(zip(probes, outs)):
+        B, T, _ = p["logits"].shape
+        case = f"batch {i + 1} (B={B}, T={T})"
+        if "error" in o:
+            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
+                           hint="it takes logits (B, T, 256) and targets (B, T), torch tensors")
+        got, want = number(o["out"]), reference_bpb(**p)
+        if close(got, want, rel=1e-4):
+            continue
+        shown = f"{got:.6g}" if math.isfinite(got) else str(got)
+        return Verdict(False, expected=expected,
+                       got=f"{case}: {shown} bits per byte ({miss_band(got, want)})",
+                       hint=_bpb_slip_hint(got, p))
+    return Verdict(True, expected=expected, got=f"all {len(probes)} within 0.01%")
