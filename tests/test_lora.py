@@ -137,3 +137,17 @@ def test_qlora_base_is_nf4_and_adapters_train():
     assert m(x, y)[1].item() < first
     merged = merge_lora_(m)  # an NF4 base merges into a dequantized fp32 Linear
     assert isinstance(merged.h[0].attn.c_attn, torch.nn.Linear)
+
+
+def test_memory_by_category_is_the_formula_for_full_lora_and_qlora():
+    from efflab.studies.finetune_memory import memory_by_rank, memory_verdict
+
+    df = memory_by_rank("cpu-tiny", ranks=(4, 8), batch_size=1, seq_len=8,
+                        methods=("full", "lora", "qlora"))
+    known = df[df.category != "activations"]
+    assert len(known) == 3 * 5 and (known.measured == known.formula).all()
+    grads = df[df.category == "gradients"].set_index(["method", "r"]).measured
+    assert grads[("lora", 4)] < grads[("lora", 8)] < grads[("full", 0)]
+    weights = df[df.category == "weights"].set_index(["method", "r"]).measured
+    assert weights[("qlora", 8)] < weights[("full", 0)] < weights[("lora", 8)]  # adapters add
+    assert "(within 10%)" in memory_verdict(df)
