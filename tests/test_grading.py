@@ -30,7 +30,7 @@ from efflab.course import cells as C
 from efflab.course.assignment import NOT_ANSWERED, student_version
 from efflab.course.class_results import class_table, pool
 from efflab.course.gradebook import _html, grade, score_cell
-from efflab.course.report import NOTEBOOK_DIR, run_notebook
+from efflab.course.report import NOTEBOOK_DIR, notebooks, run_notebook
 from efflab.course.sandbox import CellRun, Limits
 from efflab.course.submission import open_submission, submit
 from efflab.ui.charts.class_results import class_results_chart
@@ -576,25 +576,42 @@ def test_the_grader_kills_a_run_past_its_memory_or_process_limit():
             p.wait()
 
 
-# 01_batching: 32 s in the sandbox on a quiet 2-core host (85 s loaded), in make test;
-# 00_tour (27 s quiet, 91 s loaded) in make test-long only, to keep make test's budget
-@pytest.mark.parametrize("lesson", [pytest.param("00_tour", marks=pytest.mark.long),
-                                    pytest.param("01_batching", marks=pytest.mark.slow)])
-def test_a_lessons_instructor_version_grades_to_full_points_under_the_default_limits(
-        lesson, tmp_path):
-    """Honest work, static charts included (vl-convert's V8), passes the default limits."""
-    subs = tmp_path / "subs"
-    work = tmp_path / "work"
-    work.mkdir()
-    nb_path = work / f"{lesson}.ipynb"
-    nb_path.write_bytes((NOTEBOOK_DIR / f"{lesson}.ipynb").read_bytes())
-    submit(nb_path, out=subs / "teacher.zip", student="teacher", results=tmp_path / "results",
-           answers=tmp_path / "none.jsonl", calibrate_if_missing=False)
+# make test grades three chart-drawing lessons in one class (each runs twice: the grader's
+# reference run and the submission), make test-long every lesson
+IN_MAKE_TEST = ("00_tour", "01_batching", "04_attention")
+
+
+@pytest.mark.parametrize("lessons", [
+    pytest.param(IN_MAKE_TEST, marks=pytest.mark.slow, id="three"),
+    pytest.param(tuple(p.stem for p in notebooks()), marks=pytest.mark.long, id="all")])
+def test_lessons_instructor_versions_grade_to_full_points_under_the_default_limits(
+        lessons, tmp_path):
+    """Honest work, static charts included (vl-convert's V8), passes the default limits, the
+    reference run's agreement and the grader's own probes: each lesson's instructor version,
+    handed in as a zip, graded in one class of the lessons with two workers."""
+    subs, source = tmp_path / "subs", tmp_path / "source"
+    source.mkdir()
+    for lesson in lessons:
+        work = tmp_path / "work" / lesson
+        work.mkdir(parents=True)
+        nb_path = work / f"{lesson}.ipynb"
+        nb_path.write_bytes((NOTEBOOK_DIR / f"{lesson}.ipynb").read_bytes())
+        (source / nb_path.name).write_bytes(nb_path.read_bytes())
+        submit(nb_path, out=subs / f"t{lesson[:2]}.zip", student=f"t{lesson[:2]}",
+               results=tmp_path / "results", answers=tmp_path / "none.jsonl",
+               calibrate_if_missing=False)
     out = tmp_path / "gradebook.csv"
-    assert main(["grade", str(subs), "--source", str(NOTEBOOK_DIR / f"{lesson}.ipynb"),
-                 "--out", str(out)]) == 0
+    assert main(["grade", str(subs), "--source", str(source), "--out", str(out),
+                 "--workers", "2"]) == 0
     book = pd.read_csv(out)
-    assert len(book) >= 2 and (book["points"] == book["max_points"]).all(), list(book["feedback"])
-    executed = json.loads((tmp_path / "gradebook_executed" / "teacher--teacher.ipynb").read_text())
+    assert sorted(set(book["notebook"])) == sorted(lessons)
+    assert len(book) >= 2 * len(lessons)
+    short = book[book["points"] != book["max_points"]]
+    assert short.empty, short[["notebook", "grade_id", "status", "feedback"]].to_string()
+    executed = json.loads((tmp_path / "gradebook_executed" / "t00--t00.ipynb").read_text())
     assert any("image/svg+xml" in o.get("data", {}) for c in executed["cells"]
                for o in c.get("outputs", [])), "no static chart was drawn"
+    log = json.loads(out.with_suffix(".log.json").read_text())
+    assert all(isinstance(ref, list) for refs in log["references"].values() for ref in refs.values())
+    probed = [s for s in log["submissions"] if s["probes"].get("entries")]
+    assert probed, "no function exercise was probed by the grader"

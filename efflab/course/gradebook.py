@@ -7,15 +7,20 @@ folder with one NFC-normalised student id are both refused, naming the files):
    large -> zero for every check of the assignment, with the reason;
 2. match it with its instructor notebook (``--source``: one notebook, or a folder matched by
    the assignment name a student version carries, then by file name);
-3. restore every check, locked and ``parameters`` cell from the instructor's version, by cell
-   id (hidden checks come back; a deleted or edited check cell does not help), and inject
+3. restore every code cell that is not a solution cell (set-up, sweeps, checks, the
+   ``parameters`` cell) and every locked cell from the instructor's version, by cell id
+   (hidden checks come back; a deleted or edited check cell does not help), and inject
    ``SMOKE = True``;
 4. run it in a sandbox (:mod:`efflab.course.sandbox`): bubblewrap (refused where it is
    missing, unless ``trusted_class``), its own folder, time, memory and output limits;
 5. recompute every verdict here, in the grader's process, with ``efflab.check.judge`` from
-   the evidence each restored check cell logged. A check cell that logged nothing (say
-   ``efflab.check`` was patched to "pass") earns nothing; evidence logged by other cells, or
-   for exercises the cell does not call, is ignored.
+   the evidence each restored check cell logged — once that evidence is found to rest on the
+   same data as the grader's own reference run of the instructor notebook (made once per
+   class, before the submissions; :mod:`efflab.course.trusted`). A check cell that logged
+   nothing (say ``efflab.check`` was patched to "pass") earns nothing; evidence logged by other
+   cells, or for exercises the cell does not call, is ignored;
+6. call every learner-written function again in a fresh probe sandbox, on seeds drawn from the
+   grader's key, and judge those outputs too.
 
 A check cell is worth its nbgrader ``points``; it earns ``points × the lowest fraction`` its
 checks give (each visible and hidden call must pass, as in nbgrader), zero if it raised, timed
