@@ -3,8 +3,11 @@
 | module           | lesson | holds                                                          |
 |------------------|--------|----------------------------------------------------------------|
 | analysis         | 01–07  | tables and verdicts over measured records (pandas only)        |
+| precision_formats| 02     | the number formats' range and precision, rounding as measured  |
 | compare          | 02, 03 | fast path against reference: same loss, same gradients         |
+| attention_memory | 04     | attention's score memory by sequence length, measured          |
 | kernel_benchmark | 04, 09 | Triton kernels beside their references, declared as data       |
+| quantization     | 05     | each scheme's bytes stored and read per token, its worst SQNR  |
 | fusion           | 09     | operators launched and bytes moved, eager vs compiled          |
 | kv_cache         | 10     | the KV cache's size and a new token's cost with and without it |
 | shapes           | 10     | model shapes that are not presets, trained at equal budgets    |

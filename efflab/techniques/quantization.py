@@ -68,7 +68,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,8 +81,7 @@ from efflab.core.config import (
     Quantization,
     check_choice,
 )
-from efflab.core.weights import load_model
-from efflab.techniques.registry import apply_, register
+from efflab.techniques.registry import register
 from efflab.techniques.surgery import block_linears, swap_module
 
 KERNEL_DTYPE = torch.bfloat16  # activation dtype the weight-only kernels are fast with here
@@ -643,27 +641,5 @@ __all__ = [
     "quantize_int8_per_channel", "quantize_int4_groupwise", "dequantize_int4",
     "quantize_per_token_int8", "pack_int4", "unpack_int4", "kernels_available",
     "model_bytes", "weight_bytes_per_token", "sqnr_db", "layer_sqnr", "block_linear_shapes",
-    "predicted_weight_bytes", "quantization_table",
+    "predicted_weight_bytes",
 ]
-
-
-def quantization_table(preset: str, schemes=("none", "int8-weight", "int4-weight"),
-                       group_size: int = 64, calibration: dict | None = None):
-    """Per scheme, for ``preset``'s shipped weights: model bytes as stored, bytes read per
-    decoded token at batch 1, the bandwidth bound tokens/s ≤ read bandwidth / bytes per token
-    (with this machine's calibrated read bandwidth), and the weakest layer's SQNR."""
-    rows = []
-    for mode in schemes:
-        config = QuantizationConfig(mode, group_size)
-        model = apply_(load_model(preset), config)
-        per_token = weight_bytes_per_token(model)
-        row = {"scheme": mode, "group size": group_size if mode == "int4-weight" else None,
-               "model MB": model_bytes(model) / 1e6, "MB read per token": per_token / 1e6}
-        if calibration is not None:
-            bw = calibration.get("read_bandwidth_bytes_per_s", calibration["bandwidth_bytes_per_s"])
-            row["bound tokens/s"] = bw / per_token
-        if mode != "none":
-            sq = layer_sqnr(load_model(preset), config)
-            row["min layer SQNR dB"] = min(r["sqnr_db"] for r in sq)
-        rows.append(row)
-    return pd.DataFrame(rows)
