@@ -129,3 +129,19 @@ def test_accumulated_gradients_equal_the_big_batch():
     assert torch.allclose(dict(model.named_parameters())[n].grad, 4 * g1[n], rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="divisor"):
         accumulated_gradients(model, x, y, 3)
+
+
+def test_accumulation_verdict_reads_the_measured_peaks():
+    import pandas as pd
+
+    from efflab.studies.finetune_memory import accumulation_verdict
+
+    mib = 2**20
+    mem = pd.DataFrame({"k": [1, 2, 4], "micro_batch": [8, 4, 2],
+                        "peak_bytes": [42 * mib, 26 * mib, 18 * mib], "activations": [0] * 3})
+    chk = pd.DataFrame({"k": [1, 2, 4], "rel_diff": [0.0, 1e-7, 2e-7]})
+    said = accumulation_verdict(chk, mem)  # peak = 10 MiB + 4 MiB per sequence; budget 30 MiB
+    assert "(within 1e-6)" in said and "does not fit" in said
+    assert "as 2 micro-batches of 4 it fits" in said and "largest batch under this budget is 5" in said
+    worse = accumulation_verdict(chk.assign(rel_diff=[0.0, 1e-3, 1e-3]), mem)
+    assert "OUTSIDE 1e-6" in worse

@@ -372,8 +372,20 @@ def accumulation_verdict(check: pd.DataFrame, mem: pd.DataFrame) -> str:
     if len(mem) < 2 or fits.empty or budget >= first.peak_bytes:
         return head + " (Only one k measured or no saving: no budget to compare under.)"
     best = fits.iloc[0]
+    # peak = fixed + per_seq · micro-batch, fitted to the measured peaks (least squares)
+    import numpy as np
+
+    per_seq, fixed = np.polyfit(mem.micro_batch.astype(float), mem.peak_bytes.astype(float), 1)
+    largest = int((budget - fixed) / per_seq + 1e-9) if per_seq > 0 else 0  # floor; fit rounding
+    tail = ""
+    if largest >= 1:
+        tail = (f" From the measured line (peak ≈ {fixed / 2**20:.2f} MiB + "
+                f"{per_seq / 2**20:.2f} MiB per sequence of the micro-batch), the largest batch "
+                f"under this budget is {largest} without accumulation; with it, k micro-batches of "
+                f"{largest} give an effective batch of k·{largest} at the same peak, for k times "
+                "the forward/backward calls.")
     return (head + f" Under a {budget / 2**20:.2f} MiB budget, the batch of "
             f"{int(first.micro_batch)} in one piece (peak {first.peak_bytes / 2**20:.2f} MiB) does "
             f"not fit; as {int(best.k)} micro-batches of {int(best.micro_batch)} it fits at "
             f"{best.peak_bytes / 2**20:.2f} MiB, the same gradient for {int(best.k)}x the "
-            "forward/backward calls.")
+            "forward/backward calls." + tail)
