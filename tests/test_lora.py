@@ -151,3 +151,20 @@ def test_memory_by_category_is_the_formula_for_full_lora_and_qlora():
     weights = df[df.category == "weights"].set_index(["method", "r"]).measured
     assert weights[("qlora", 8)] < weights[("full", 0)] < weights[("lora", 8)]  # adapters add
     assert "(within 10%)" in memory_verdict(df)
+
+
+def test_dropout_acts_on_the_adapter_input_in_training_only():
+    m = apply_(build_model(CFG, 0), LoRAConfig(r=4, lora_dropout=0.5))
+    _perturb(m)
+    x = _x()
+    m.eval()
+    a, b = m(x)[0], m(x)[0]
+    assert torch.equal(a, b)  # no dropout in eval
+    m.train()
+    torch.manual_seed(0)
+    c = m(x)[0]
+    assert not torch.allclose(a, c)
+    assert "LoRA r=4" in repr(m.h[0].attn.c_attn)
+    plain = apply_(build_model(CFG, 0), LoRAConfig(r=4))  # lora_dropout=0: train == eval
+    _perturb(plain)
+    assert torch.equal(plain.train()(x)[0], plain.eval()(x)[0])
