@@ -173,8 +173,9 @@ def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: 
     and score each (and the untouched base) on the same held-out windows.
 
     Returns ``{"curves": DataFrame {method, step, train_loss}, "quality": {method: heldout},
-    "table": DataFrame {method, trainable, val_loss, ci95, vs_base, vs_full}}``; ``vs_*`` are
-    paired differences (``quality_difference`` verdicts)."""
+    "table": DataFrame {method, trainable, val_loss, ci95, vs_base, vs_full, vs_lora}, "models":
+    {method: the trained model}}``; ``vs_*`` are paired differences (``quality_difference``
+    verdicts; ``vs_lora`` for QLoRA: what the NF4 base costs)."""
     lr = {"full": 3e-4, "lora": 2e-3, "qlora": 2e-3, **(lr or {})}
     corpus = held_apart_corpus()
     ctx = {"corpus": corpus.sha256}
@@ -198,7 +199,9 @@ def finetune_compare(preset: str = "cpu-small", *, steps: int = 60, batch_size: 
                       "ci95": q["val_loss_ci95"],
                       "vs_base": None if m == "base" else quality_difference(rec["base"], rec[m])["verdict"],
                       "vs_full": (quality_difference(rec["full"], rec[m])["verdict"]
-                                  if m not in ("base", "full") and "full" in rec else None)})
+                                  if m not in ("base", "full") and "full" in rec else None),
+                      "vs_lora": (quality_difference(rec["lora"], rec[m])["verdict"]
+                                  if m == "qlora" and "lora" in rec else None)})
     return {"curves": pd.DataFrame(curves), "quality": qual, "table": pd.DataFrame(table),
             "models": models}
 
