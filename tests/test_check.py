@@ -652,3 +652,14 @@ def test_bits_per_byte_of_hidden_seed_and_placeholder(answer_log):
         check.bits_per_byte_of(placeholder)
     (entry,) = check.read_answers(answer_log)
     assert check.judge("bits_per_byte_of", entry["evidence"]).status == "unanswered"
+
+
+@pytest.mark.parametrize("none_ms, blocks_ms", [
+    (4000.0, 5300.0),   # a slow laptop: seconds per step, a third slower with checkpointing
+    (1.9, 2.45),        # a GPU-like machine: milliseconds, recompute a larger share
+    (12.0, 12.1)])      # a machine where recompute hides almost entirely
+def test_recompute_overhead_honest_learners_on_other_machines_pass(none_ms, blocks_ms):
+    df = _two_modes(none_ms, blocks_ms)
+    lat = df.set_index("knobs.checkpointing")["latency_ms.median"]
+    assert check.recompute_overhead(lat["blocks"] / lat["none"] - 1, df=df)
+    assert not check.recompute_overhead((lat["blocks"] - lat["none"]) / lat["blocks"], df=df)
