@@ -198,9 +198,38 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+AUTO = "auto"
+LARGE_GPU_BYTES = 40 * 2**30  # a GPU this large holds gpu-gpt2's training sweeps
+
+
+def default_preset(device: str | None = None) -> str:
+    """The preset ``"auto"`` stands for on this machine: ``cpu-small`` on a CPU; on a CUDA GPU
+    ``gpu-small``, or ``gpu-gpt2`` where the GPU has at least 40 GiB (A100-40/80, H100, H200).
+
+    ``device``: "cpu" or "cuda" (default: CUDA when torch sees a GPU). A GPU-sized model, not
+    the 0.84 M-parameter CPU one, is what makes batching, precision and fused kernels show on a
+    GPU, where a tiny model is bound by kernel launches."""
+    import torch
+
+    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    if not use_cuda:
+        return "cpu-small"
+    total = torch.cuda.get_device_properties(0).total_memory
+    return "gpu-gpt2" if total >= LARGE_GPU_BYTES else "gpu-small"
+
+
+def resolve_preset(name: str, device: str | None = None) -> str:
+    """``name`` itself, or what ``"auto"`` means here (:func:`default_preset`); an unknown
+    name raises ConfigError listing the presets."""
+    if name == AUTO:
+        return default_preset(device)
+    return check_choice("preset", name, (*PRESETS, AUTO))
+
+
 def get_preset(name: str) -> ModelConfig:
-    """The preset called ``name``; an unknown name raises ConfigError listing the presets."""
-    return PRESETS[check_choice("preset", name, tuple(PRESETS))]
+    """The preset called ``name`` (``"auto"``: :func:`default_preset`); an unknown name raises
+    ConfigError listing the presets."""
+    return PRESETS[resolve_preset(name)]
 
 
 # ----------------------------------------------------------------------------- knobs

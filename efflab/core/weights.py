@@ -15,10 +15,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from efflab.core.config import ModelConfig, get_preset
+from efflab.core.config import ModelConfig, get_preset, resolve_preset
 from efflab.core.model import GPT, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "data" / "weights"
+# checkpoints trained on this machine on first use (GPU presets ship none): the user data folder
+TRAINED_DIR = Path(os.environ.get("EFFLAB_DATA") or Path.home() / ".local" / "share" / "efflab") / "weights"
 
 
 class WeightsError(ValueError):
@@ -101,11 +103,19 @@ def shipped_weights(preset: str) -> Path | None:
     return p if p.exists() else None
 
 
+def trained_weights(preset: str, folder: str | os.PathLike | None = None) -> Path | None:
+    """The checkpoint of ``preset`` trained on this machine on first use, if there is one
+    (``efflab.measurement.training.prepare_checkpoint`` makes it)."""
+    p = Path(folder or TRAINED_DIR) / f"{preset}.safetensors"
+    return p if p.exists() else None
+
+
 def weights_source(preset: str, weights="auto") -> Path | None:
     """Where a preset's weights come from: ``"auto"`` = the shipped weights when there are
-    one; ``None``/``"random"`` = fresh random weights; anything else is a path."""
+    some, else the ones trained here on first use; ``None``/``"random"`` = fresh random
+    weights; anything else is a path."""
     if weights == "auto":
-        return shipped_weights(preset)
+        return shipped_weights(preset) or trained_weights(preset)
     if weights in (None, False, "none", "random"):
         return None
     return Path(weights)
@@ -113,6 +123,7 @@ def weights_source(preset: str, weights="auto") -> Path | None:
 
 def load_model(preset: str = "cpu-small", weights="auto", seed: int = 0, device="cpu") -> GPT:
     """The preset's model: trained weights when ``weights`` finds some, else seeded random."""
+    preset = resolve_preset(preset, device=str(device))
     cfg = get_preset(preset)
     src = weights_source(preset, weights)
     if src is None:
@@ -132,6 +143,7 @@ def read_record(path: str | os.PathLike) -> dict:
 
 
 def training_record(preset: str) -> dict | None:
-    """The training record of the shipped weights of ``preset``, or None if none is shipped."""
-    path = shipped_weights(preset)
+    """The training record of the weights ``"auto"`` finds for ``preset`` (shipped, else
+    trained here on first use), or None if there are none."""
+    path = weights_source(resolve_preset(preset))
     return read_record(path) if path is not None else None

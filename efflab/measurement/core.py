@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from efflab.core.config import ConfigError, Knobs, ModelConfig, get_preset
+from efflab.core.config import ConfigError, Knobs, ModelConfig, get_preset, resolve_preset
 from efflab.core.data import CorpusError, load_corpus
 from efflab.core.model import build_model
 from efflab.core.records import SCHEMA, STATUSES, is_out_of_memory  # noqa: F401  (re-exported)
@@ -120,6 +120,7 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         raise ConfigError("knobs", knobs, "an efflab.Knobs instance")
     if workload is not None:
         knobs = knobs.replace(workload=workload)
+    preset = resolve_preset(preset)  # "auto": the machine's own preset, recorded by name
     cfg = get_preset(preset)
     T = knobs.resolve_seq_len(cfg)  # raises ConfigError naming seq_len / gen_tokens
     if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes <= 0):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from efflab.core.config import ConfigError, Knobs, get_preset
+from efflab.core.config import ConfigError, Knobs, get_preset, resolve_preset
 from efflab.core.store import Store, config_key, to_frame
 from efflab.measurement.context import context_for
 from efflab.measurement.core import measure
@@ -56,6 +56,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     """
     base = base or Knobs()
     configs = grid(base, vary or {})
+    preset = resolve_preset(preset)  # "auto": the machine's own preset, recorded by name
     cfg = get_preset(preset)
     for k in configs:  # refuse a bad grid before any work, naming the field
         k.resolve_seq_len(cfg)

@@ -29,11 +29,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from efflab.core.config import ConfigError, Knobs, get_preset
+from efflab.core import weights as _weights
+from efflab.core.config import ConfigError, Knobs, get_preset, resolve_preset
 from efflab.core.data import load_corpus, random_batch
 from efflab.core.model import GPT, build_model
 from efflab.core.store import Store
-from efflab.core.weights import WEIGHTS_DIR, save_weights
+from efflab.core.weights import (
+    WEIGHTS_DIR,
+    read_record,
+    save_weights,
+    shipped_weights,
+    trained_weights,
+)
 from efflab.measurement.flops import step_flops_estimate
 from efflab.measurement.hardware import calibrate, environment, pick_device
 from efflab.measurement.workloads import eval_loss, make_optimizer, optimizer_step
@@ -263,6 +270,40 @@ def train(preset: str = "cpu-small", steps: int | None = None, minutes: float | 
     record = build_training_record(model, run, data, seed=seed, batch_size=batch_size,
                                    seq_len=T, lr=lr, warmup=warmup, final=final, device=dev)
     return save_trained(model, record, out)
+
+
+FIRST_USE_MINUTES = 3.0  # how long a first-use checkpoint trains (efflab train's recipe)
+
+
+def prepare_checkpoint(preset: str = "auto", device: str | None = None,
+                       minutes: float | None = FIRST_USE_MINUTES, steps: int | None = None,
+                       folder: str | Path | None = None, progress: bool = True,
+                       corpus: str | None = None, **train_kw) -> dict:
+    """The training record of ``preset``'s checkpoint, training one here first if there is
+    none: the shipped weights where they exist (every CPU preset), else a checkpoint trained
+    on this machine (``efflab train``'s recipe for ``minutes``, or ``steps``) and cached in the
+    user data folder (``$EFFLAB_DATA/weights``, default ``~/.local/share/efflab/weights``), where
+    ``load_model(preset)`` finds it. A cached checkpoint trained on another corpus is trained
+    again. Says what it is about to do before it starts; tqdm shows the progress."""
+    name = resolve_preset(preset, device)
+    shipped = shipped_weights(name)
+    if shipped is not None:
+        return {**read_record(shipped), "path": str(shipped)}
+    out = Path(folder or _weights.TRAINED_DIR)
+    data = load_corpus(corpus)
+    cached = trained_weights(name, out)
+    if cached is not None:
+        record = read_record(cached)
+        if record.get("corpus", {}).get("sha256") == data.sha256:
+            return {**record, "path": str(cached)}
+        print(f"the cached {name} checkpoint ({cached}) was trained on another corpus: "
+              "training it again")
+    dev = pick_device(get_preset(name), device)
+    budget = f"{steps} steps" if steps is not None else f"about {minutes:g} minutes"
+    print(f"no checkpoint of {name} on this machine yet: training one on {dev} now ({budget}, "
+          f"efflab train's recipe), once; it is kept in {out}", flush=True)
+    return train(name, steps=steps, minutes=None if steps is not None else minutes,
+                 out=out, device=dev, progress=progress, corpus=corpus, **train_kw)
 
 
 def train_curves(variants: dict, preset: str = "cpu-tiny", steps: int = 100,

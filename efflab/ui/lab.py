@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from efflab.core.config import PRESETS, ConfigError, Knobs, get_preset
+from efflab.core.config import PRESETS, ConfigError, Knobs, resolve_preset
 from efflab.core.records import records_frame
 from efflab.ui.charts import live as _live
 from efflab.ui.charts.frame import axis_label
@@ -138,7 +138,7 @@ class Lab:
                  device: str | None = None, resume: bool = True,
                  calibration: dict | None = None, builder: Callable = dashboard,
                  **knob_defaults):
-        get_preset(preset)  # an unknown preset raises ConfigError listing the presets
+        preset = resolve_preset(preset, device)  # unknown: ConfigError listing the presets
         self._fields = fields_by_name()
         initial = Knobs().replace(workload=workload, **knob_defaults)  # checked, names the field
         check_vary(vary)
