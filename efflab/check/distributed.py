@@ -126,8 +126,9 @@ def _judge_step_time_8(ev: dict) -> Verdict:
                (step_time_at(8, c, G, one_bucket, fit), "every bucket pays the latency α once; "
                 "count the buckets"),
                (truth * 1e3, "give the answer in seconds, not milliseconds")],
-        hint="compute shrinks as 1/N; each bucket costs (N−1)·α + 2(N−1)/N · bytes/β on a ring "
-             "(α, β fitted at N = 2)")
+        hint="at 8 ranks each rank computes a smaller share of the batch, while each bucket's "
+             "ring all-reduce takes more latency steps and moves its bytes in smaller pieces than "
+             "at the 2 ranks your fit was made on")
 
 
 @exercise("zero1_bytes", points=1, topic="distributed")

@@ -96,8 +96,8 @@ def _judge_break_even(ev: dict) -> Verdict:
                (free_draft, "each of the k draft steps costs c target steps"),
                (one_draft, "the draft runs once per draft token: k steps of cost c each"),
                (c, "the break-even is not α = c: solve E[tokens per round] = cost per round")],
-        hint="a round costs k·c + v target steps and yields (1 − α^(k+1)) / (1 − α) tokens on "
-             "average; find the α where the two are equal (bisection works)")
+        hint="find the α at which the tokens a round yields on average equal what the round "
+             "costs in target steps (bisection works)")
 
 
 KV_PROBE_SEED = 10

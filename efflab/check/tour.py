@@ -49,7 +49,8 @@ def _judge_mfu(ev):
                (flops / s / number(ev["fp32_peak_per_s"]),
                 "compare with the peak of the run's own number format (flops.peak_per_s)"),
                (peak * s / flops, "upside down: achieved FLOP/s ÷ peak FLOP/s")],
-        hint="achieved FLOP/s = FLOPs per step ÷ seconds per step; MFU = achieved ÷ peak")
+        hint="MFU sets the FLOP rate this step achieved beside the peak this machine can reach "
+             "in the step's own number format")
 
 
 @exercise("bits_per_byte", points=1, topic="tour")
@@ -70,7 +71,8 @@ def _judge_bits_per_byte(ev):
                (loss * LN2, "to turn nats into bits, divide by ln 2 (there are more bits than nats)"),
                (loss / math.log(10), "that is base 10 (digits); bits are base 2"),
                (loss / LN2 * 8, "the loss is already per byte: no factor 8")],
-        hint="one nat is 1/ln 2 ≈ 1.44 bits")
+        hint="nats and bits measure the same surprise with logarithms of different bases; "
+             "convert from one base to the other")
 
 
 # -- bits per byte from a model's raw output, as code ---------------------------------------
