@@ -120,7 +120,7 @@ def quantize_codebook(x: torch.Tensor, codebook: torch.Tensor, block_size: int):
 def dequantize_codebook(codes: torch.Tensor, absmax: torch.Tensor, codebook: torch.Tensor,
                         shape) -> torch.Tensor:
     """The inverse of :func:`quantize_codebook`: ``codebook[codes] · absmax``, reshaped."""
-    vals = codebook[codes.long()].reshape(absmax.numel(), -1) * absmax[:, None]
+    vals = codebook.index_select(0, codes.long()).reshape(absmax.numel(), -1) * absmax[:, None]
     return vals.reshape(shape)
 
 
