@@ -29,6 +29,18 @@ def test_refusal_is_predicted_from_the_measured_peak():
     assert refusal(PrecisionConfig("fp32"), 10e9, fake_cal(bf16=1e9)) is None
 
 
+def test_a_busy_machine_slows_fp32_but_never_refuses_it():
+    """Calibrated under heavy load, fp32 measured at 2.9 GFLOP/s: a 2.9 GFLOP step is slow,
+    not refused (the baseline has no faster path to offer); a format as slow as fp32 is not
+    refused either, and one crawling at a tenth of it still is."""
+    busy = fake_cal(bf16=2.5e9)
+    busy["matmul"]["float32"]["flops_per_s"] = 2.9e9
+    assert refusal(PrecisionConfig("fp32"), 2.9e9 * 5, busy) is None
+    assert refusal(PrecisionConfig("bf16"), 2.9e9 * 5, busy) is None
+    busy["matmul"]["bfloat16"]["flops_per_s"] = 0.29e9
+    assert "refused" in refusal(PrecisionConfig("bf16"), 2.9e9 * 5, busy)
+
+
 def test_a_catastrophically_slow_format_is_refused_before_work():
     rec = measure(Knobs(precision="fp16", batch_size=32), preset="cpu-small",
                   calibration=fake_cal(fp16=0.3e9))

@@ -26,6 +26,7 @@ from efflab.techniques.registry import register
 
 COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-pure": "bfloat16"}
 MAX_PREDICTED_STEP_S = 1.0  # a step predicted slower than this is refused: a lab point
+SLOW_FRACTION = 0.25  # ... if its format runs under this share of fp32's measured peak
 #                            times ~7 steps, so 1 s a step keeps a point within seconds
 
 
@@ -83,13 +84,17 @@ def refusal(config: PrecisionConfig, flops_per_step: float, calibration: dict,
             limit_s: float = MAX_PREDICTED_STEP_S) -> str | None:
     """Why this machine should not run a step of ``flops_per_step`` in this format (else None).
 
-    The prediction is FLOPs / (this machine's measured matmul peak for the compute format).
+    The prediction is FLOPs / (this machine's measured matmul peak for the compute format). Only
+    a format that crawls beside fp32 here (under ``SLOW_FRACTION`` of fp32's measured peak: bf16
+    and fp16 on an AVX2 CPU) is refused; fp32 itself, and a format about as fast, never are — on
+    a busy or slow machine the baseline is merely slow, and refusing it would leave nothing to
+    run.
     """
     name = COMPUTE_DTYPE[config.precision]
     peak = calibration["matmul"][name]["flops_per_s"]
     fp32 = calibration["matmul"]["float32"]["flops_per_s"]
     predicted = flops_per_step / peak
-    if predicted <= limit_s:
+    if name == "float32" or peak >= SLOW_FRACTION * fp32 or predicted <= limit_s:
         return None
     return (f"precision={config.precision!r} refused on this machine: its {name} matmul was "
             f"measured at {peak / 1e9:.2f} GFLOP/s ({peak / fp32:.1%} of fp32's "
