@@ -31,7 +31,6 @@ _OWNERS = {
     "Knobs": "efflab.core.config",
     "ModelConfig": "efflab.core.config",
     "get_preset": "efflab.core.config",
-    "default_preset": "efflab.core.config",
     "resolve_preset": "efflab.core.config",
     "ConfigError": "efflab.core.config",
     "load_model": "efflab.core.weights",

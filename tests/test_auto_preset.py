@@ -23,9 +23,9 @@ def _fake_gpu(monkeypatch, gib: float) -> None:
 
 
 def test_auto_is_cpu_small_on_a_cpu():
-    assert efflab.default_preset("cpu") == "cpu-small"
+    assert config.default_preset("cpu") == "cpu-small"
     if not torch.cuda.is_available():
-        assert efflab.default_preset() == "cpu-small"
+        assert config.default_preset() == "cpu-small"
         assert efflab.resolve_preset("auto") == "cpu-small"
         assert efflab.get_preset("auto").name == "cpu-small"
     assert efflab.resolve_preset("cpu-tiny") == "cpu-tiny"

@@ -14,6 +14,8 @@
 | compression      | 12     | pruning + distillation + quantization combined, the frontier   |
 | distill          | 12     | knowledge distillation into a small student                    |
 | scaling          | 13     | IsoFLOP sweeps, parabola fits, compute-optimal exponents       |
+| model_parallel   | 15     | TP bytes and all-reduces, the pipeline bubble, ring memory     |
+| finetune_memory  | 16     | LoRA / QLoRA memory by category, low-bit AdamW, accumulation   |
 
 May import core, kernels, techniques, measurement and systems; never ui, check or course.
 """
