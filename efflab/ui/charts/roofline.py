@@ -51,6 +51,20 @@ def roofs_from_calibration(cal: dict, min_fraction: float = 0.25) -> dict:
             "excluded": excluded, "quick": bool(cal.get("quick"))}
 
 
+def compute_roof(roofs: dict, fmt: str = "float32") -> dict:
+    """The compute roof of the number format a step runs in (lesson 00's rule: the peak of the
+    run's own format, never the machine's fastest): ``{"format", "flops_per_s", "runs_well"}``.
+    A format left out of the chart's roofs (it crawls here) still has its measured peak."""
+    for r in roofs["compute"]:
+        if r["format"] == fmt:
+            return {**r, "runs_well": True}
+    for r in roofs["excluded"]:
+        if r["format"] == fmt:
+            return {**r, "runs_well": False}
+    known = sorted(r["format"] for r in (*roofs["compute"], *roofs["excluded"]))
+    raise KeyError(f"no calibrated matmul peak for {fmt!r} (calibrated: {', '.join(known)})")
+
+
 def roofline_chart(points: pd.DataFrame, roofs: dict, *, title: str = "Roofline of one step",
                    width: int = 460, height: int = 320) -> alt.LayerChart:
     """Every operator of ``points`` (``efflab.measurement.profiling.roofline_points``) by intensity and
