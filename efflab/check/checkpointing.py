@@ -10,10 +10,10 @@ from efflab.check.core import (
     close,
     exercise,
     judge_number,
+    judge_probed_numbers,
     miss_band,
     number,
     probe_outputs,
-    probed,
 )
 from efflab.core.config import CHECKPOINTINGS as MODES
 from efflab.techniques.checkpointing import CheckpointingConfig, activation_breakdown
@@ -45,39 +45,32 @@ def kept_activations(fn, seed: int = PROBE_SEED):
     return {"seed": int(seed), "outputs": probe_outputs(fn, kept_probes(seed))}
 
 
+def _kept_slip_hint(got: float, p: dict) -> str:
+    want = reference_kept_bytes(**p)
+    per_layer = got / (p["B"] * p["T"] * p["C"] * p["bytes_per_value"] * p["n_layer"])
+    if got * p["bytes_per_value"] == want:
+        return "that counts values; multiply by the bytes per value"
+    if p["mode"] == "none":
+        return ("a plain block keeps every tensor its backward will read: count them in the "
+                "lesson's table, minding which are as wide as the MLP's hidden layer and that "
+                "attention keeps q, k and v apart")
+    if p["mode"] == "blocks" and abs(per_layer - 17) < 1e-9:
+        return "a checkpointed block keeps only its input; the rest is rebuilt in backward"
+    if p["mode"] == "blocks":
+        return ("a checkpointed block keeps one tensor, its input (the size of the residual "
+                "stream); the rest is rebuilt in backward")
+    return "selective recomputes only the MLP's two 4C-wide hidden tensors (GELU's input and output)"
+
+
 @kept_activations.judge_with
 def _judge_kept(ev: dict) -> Verdict:
-    probes, outs = probed(ev, kept_probes, PROBE_SEED)
-    expected = f"bytes kept for backward, for {len(probes)} shapes in modes {', '.join(MODES)}"
-    for p, o in zip(probes, outs):
-        shape = (f"B={p['B']}, T={p['T']}, C={p['C']}, n_layer={p['n_layer']}, "
-                 f"mode={p['mode']!r}, {p['bytes_per_value']} bytes per value")
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{shape}: your function raised {o['error']}",
-                           hint="it takes B, T, C, n_layer, mode, bytes_per_value")
-        got, want = number(o["out"]), reference_kept_bytes(**p)
-        if got == want:
-            continue
-        n = p["B"] * p["T"] * p["C"]
-        per_layer = got / (n * p["bytes_per_value"] * p["n_layer"])
-        if got * p["bytes_per_value"] == want:
-            hint = "that counts values; multiply by the bytes per value"
-        elif p["mode"] == "none":
-            hint = ("a plain block keeps every tensor its backward will read: count them in the "
-                    "lesson's table, minding which are as wide as the MLP's hidden layer and "
-                    "that attention keeps q, k and v apart")
-        elif p["mode"] == "blocks" and abs(per_layer - 17) < 1e-9:
-            hint = "a checkpointed block keeps only its input; the rest is rebuilt in backward"
-        elif p["mode"] == "blocks":
-            hint = ("a checkpointed block keeps one tensor, its input (the size of the "
-                    "residual stream); the rest is rebuilt in backward")
-        else:
-            hint = ("selective recomputes only the MLP's two 4C-wide hidden tensors "
-                    "(GELU's input and output)")
-        return Verdict(False, expected=expected,
-                       got=f"{shape}: {got:,.0f} bytes ({miss_band(got, want)})",
-                       hint=hint)
-    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+    return judge_probed_numbers(
+        ev, kept_probes, PROBE_SEED, reference_kept_bytes,
+        expected=f"bytes kept for backward, for unseen shapes in modes {', '.join(MODES)}",
+        case=lambda i, p: (f"B={p['B']}, T={p['T']}, C={p['C']}, n_layer={p['n_layer']}, "
+                           f"mode={p['mode']!r}, {p['bytes_per_value']} bytes per value"),
+        takes="it takes B, T, C, n_layer, mode, bytes_per_value",
+        slip_hint=_kept_slip_hint, unit="bytes")
 
 
 def _latency(df, mode: str) -> float:

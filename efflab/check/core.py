@@ -45,7 +45,8 @@ records, orderings, ratios and tolerances.
 Helpers for writing a check: :func:`number` (a float, or EvidenceError), :func:`close`,
 :func:`miss_band` ("too high, within 2x"), :func:`judge_number` (a derived number against its truth
 and the values known slips give, each with its hint), :func:`probe_outputs` (call a learner's
-function on probes, keeping outputs or errors) and :func:`seed_of` (the probe seed of evidence).
+function on probes, keeping outputs or errors), :func:`judge_probed_numbers` (a learner function
+of one number per probe against its reference) and :func:`seed_of` (the probe seed of evidence).
 Test every check with its right answer and at least two plausible wrong ones.
 """
 
@@ -475,6 +476,35 @@ def probed(evidence: dict, make_probes: Callable[[int], list], default_seed: int
     if len(outs) != len(probes):
         raise EvidenceError(f"{len(outs)} outputs for {len(probes)} probes")
     return probes, outs
+
+
+def judge_probed_numbers(ev: dict, make_probes: Callable[[int], list], default_seed: int,
+                         reference: Callable[..., float], *, expected: str,
+                         case: Callable[[int, dict], str], takes: str | Callable[[dict], str],
+                         slip_hint: Callable[[float, dict], str], unit: str = "",
+                         rel: float = 0.0) -> Verdict:
+    """The verdict on a learner function that returns one number per probe: each output must
+    equal ``reference(**probe)`` (exactly, or within ``rel``). The first miss is reported with
+    its probe (``case(i, probe)``), the way it misses in a coarse band, and ``slip_hint(got,
+    probe)``; a raise with ``takes`` (what the function is given). The probes are rebuilt
+    from the evidence's seed (:func:`probed`)."""
+    probes, outs = probed(ev, make_probes, default_seed)
+    for i, (p, o) in enumerate(zip(probes, outs)):
+        where = case(i, p)
+        if "error" in o:
+            return Verdict(False, expected=expected,
+                           got=f"{where}: your function raised {o['error']}",
+                           hint=takes(p) if callable(takes) else takes)
+        got, want = number(o["out"]), reference(**p)
+        if (got == want) if rel == 0 else close(got, want, rel=rel):
+            continue
+        shown = (f"{got:,.0f}" if float(got).is_integer() and abs(got) >= 1000 else f"{got:.6g}") \
+            if math.isfinite(got) else str(got)
+        return Verdict(False, expected=expected,
+                       got=f"{where}: {shown}{' ' + unit if unit else ''} ({miss_band(got, want)})",
+                       hint=slip_hint(got, p))
+    how = "exact" if rel == 0 else f"within {rel:.2%}".replace(".00%", "%")
+    return Verdict(True, expected=expected, got=f"all {len(probes)} {how}")
 
 
 def seed_of(evidence: dict, default: int) -> int:

@@ -13,10 +13,9 @@ from efflab.check.core import (
     close,
     exercise,
     judge_number,
-    miss_band,
+    judge_probed_numbers,
     number,
     probe_outputs,
-    probed,
 )
 from efflab.systems.distributed.comm import AlphaBeta, fit_alpha_beta
 from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
@@ -219,19 +218,13 @@ def _state_slip_hint(got: float, p: dict) -> str:
 
 @state_bytes_per_rank.judge_with
 def _judge_state_bytes(ev: dict) -> Verdict:
-    probes, outs = probed(ev, state_probes, STATE_PROBE_SEED)
-    expected = f"the per-rank training state in bytes, {len(probes)} models, layouts and optimizers"
-    for p, o in zip(probes, outs):
-        case = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}" for k, v in p.items())
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
-                           hint="it takes n_params, world_size, sharding, optimizer_bytes")
-        got, want = number(o["out"]), reference_state_bytes(**p)
-        if close(got, want, rel=1e-6):
-            continue
-        return Verdict(False, expected=expected, got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
-                       hint=_state_slip_hint(got, p))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} within a millionth")
+    return judge_probed_numbers(
+        ev, state_probes, STATE_PROBE_SEED, reference_state_bytes,
+        expected="the per-rank training state in bytes, for unseen models, layouts and optimizers",
+        case=lambda i, p: ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}"
+                                    for k, v in p.items()),
+        takes="it takes n_params, world_size, sharding, optimizer_bytes",
+        slip_hint=_state_slip_hint, unit="bytes", rel=1e-6)
 
 
 __all__ = ["alpha_beta", "step_time_8", "zero1_bytes", "state_bytes_per_rank"]

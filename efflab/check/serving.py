@@ -10,10 +10,9 @@ from efflab.check.core import (
     Verdict,
     exercise,
     judge_number,
-    miss_band,
+    judge_probed_numbers,
     number,
     probe_outputs,
-    probed,
 )
 
 POLICY_ANSWERS = ("static", "continuous", "both", "neither")
@@ -156,22 +155,14 @@ def _waste_slip_hint(got: float, p: dict) -> str:
 
 @kv_waste.judge_with
 def _judge_kv_waste(ev: dict) -> Verdict:
-    probes, outs = probed(ev, waste_probes, WASTE_PROBE_SEED)
-    expected = (f"the reserved but empty bytes of {len(probes)} running batches, paged and "
-                "contiguous")
-    for p, o in zip(probes, outs):
-        case = (f"{p['layout']}, {len(p['lengths'])} sequences, block_size={p['block_size']}, "
-                f"max_len={p['max_len']}, {p['bytes_per_position']} bytes per position")
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
-                           hint="it takes lengths, layout, block_size, max_len, bytes_per_position")
-        got, want = number(o["out"]), reference_waste_bytes(**p)
-        if got == want:
-            continue
-        return Verdict(False, expected=expected,
-                       got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
-                       hint=_waste_slip_hint(got, p))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+    return judge_probed_numbers(
+        ev, waste_probes, WASTE_PROBE_SEED, reference_waste_bytes,
+        expected="the reserved but empty bytes of unseen running batches, paged and contiguous",
+        case=lambda i, p: (f"{p['layout']}, {len(p['lengths'])} sequences, "
+                           f"block_size={p['block_size']}, max_len={p['max_len']}, "
+                           f"{p['bytes_per_position']} bytes per position"),
+        takes="it takes lengths, layout, block_size, max_len, bytes_per_position",
+        slip_hint=_waste_slip_hint, unit="bytes")
 
 
 __all__ = ["paged_waste", "policy_meets_ttft", "policy_verdict", "kv_waste"]

@@ -9,10 +9,9 @@ from efflab.check.core import (
     Verdict,
     exercise,
     judge_number,
-    miss_band,
+    judge_probed_numbers,
     number,
     probe_outputs,
-    probed,
 )
 from efflab.core.config import ModelConfig
 from efflab.systems.speculative import break_even_alpha, expected_speedup
@@ -156,25 +155,14 @@ def _kv_slip_hint(got: float, p: dict) -> str:
 
 @kv_bytes.judge_with
 def _judge_kv_bytes(ev: dict) -> Verdict:
-    probes, outs = probed(ev, kv_probes, KV_PROBE_SEED)
-    expected = f"the KV cache's bytes for {len(probes)} model shapes and workloads"
-    for p, o in zip(probes, outs):
-        shape = ", ".join(f"{k}={v}" for k, v in p.items())
-        if "error" in o:
-            if p["n_kv_head"] is None:
-                hint = "n_kv_head=None means multi-head attention: one key/value head per query head"
-            else:
-                hint = ("it takes n_layer, n_head, n_kv_head, n_embd, context, batch_size, "
-                        "bytes_per_el")
-            return Verdict(False, expected=expected, got=f"{shape}: your function raised {o['error']}",
-                           hint=hint)
-        got, want = number(o["out"]), reference_kv_bytes(**p)
-        if got == want:
-            continue
-        return Verdict(False, expected=expected,
-                       got=f"{shape}: {got:,.0f} bytes ({miss_band(got, want)})",
-                       hint=_kv_slip_hint(got, p))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} exact")
+    return judge_probed_numbers(
+        ev, kv_probes, KV_PROBE_SEED, reference_kv_bytes,
+        expected="the KV cache's bytes for unseen model shapes and workloads",
+        case=lambda i, p: ", ".join(f"{k}={v}" for k, v in p.items()),
+        takes=lambda p: ("n_kv_head=None means multi-head attention: one key/value head per "
+                         "query head") if p["n_kv_head"] is None else
+        "it takes n_layer, n_head, n_kv_head, n_embd, context, batch_size, bytes_per_el",
+        slip_hint=_kv_slip_hint, unit="bytes")
 
 
 __all__ = ["kv_cache_bytes", "break_even_acceptance", "kv_bytes"]

@@ -12,10 +12,9 @@ from efflab.check.core import (
     close,
     exercise,
     judge_number,
-    miss_band,
+    judge_probed_numbers,
     number,
     probe_outputs,
-    probed,
 )
 
 LN2 = math.log(2)
@@ -131,19 +130,9 @@ def _bpb_slip_hint(got: float, p: dict) -> str:
 
 @bits_per_byte_of.judge_with
 def _judge_bpb_of(ev: dict) -> Verdict:
-    probes, outs = probed(ev, bpb_probes, BPB_PROBE_SEED)
-    expected = f"bits per byte of {len(probes)} batches of logits, within 0.01%"
-    for i, (p, o) in enumerate(zip(probes, outs)):
-        B, T, _ = p["logits"].shape
-        case = f"batch {i + 1} (B={B}, T={T})"
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
-                           hint="it takes logits (B, T, 256) and targets (B, T), torch tensors")
-        got, want = number(o["out"]), reference_bpb(**p)
-        if close(got, want, rel=1e-4):
-            continue
-        shown = f"{got:.6g}" if math.isfinite(got) else str(got)
-        return Verdict(False, expected=expected,
-                       got=f"{case}: {shown} bits per byte ({miss_band(got, want)})",
-                       hint=_bpb_slip_hint(got, p))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} within 0.01%")
+    return judge_probed_numbers(
+        ev, bpb_probes, BPB_PROBE_SEED, reference_bpb,
+        expected="bits per byte of unseen batches of logits, within 0.01%",
+        case=lambda i, p: f"batch {i + 1} (B={p['logits'].shape[0]}, T={p['logits'].shape[1]})",
+        takes="it takes logits (B, T, 256) and targets (B, T), torch tensors",
+        slip_hint=_bpb_slip_hint, unit="bits per byte", rel=1e-4)
