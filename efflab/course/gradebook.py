@@ -41,6 +41,7 @@ import dataclasses
 import html
 import json
 import os
+import queue
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -357,6 +358,18 @@ def _html(df: pd.DataFrame, limits: Limits) -> str:
             f"{rows}</table>\n")
 
 
+def cpu_slots(workers: int) -> list[tuple[int, ...]]:
+    """This process's CPUs split into ``workers`` equal groups, one per submission graded at
+    once ([] where affinity cannot be set, or there are fewer CPUs than workers)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    cpus = sorted(os.sched_getaffinity(0))
+    per = len(cpus) // workers
+    if per < 1:
+        return []
+    return [tuple(cpus[i * per:(i + 1) * per]) for i in range(workers)]
+
+
 def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.csv",
           source: str | os.PathLike | None = None, limits: Limits | None = None,
           workers: int = 1, calibration_dir: str | os.PathLike | None = None,
@@ -386,8 +399,10 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
                                           "for a class you trust (no sandbox)")
     sources = load_sources(source if source is not None else NOTEBOOK_DIR)
     limits = limits or Limits()
+    slots = cpu_slots(workers)
     if limits.threads is None:
-        limits = Limits(**{**asdict(limits), "threads": max(1, (os.cpu_count() or 1) // workers)})
+        limits = dataclasses.replace(limits, threads=len(slots[0]) if slots else
+                                     max(1, (os.cpu_count() or 1) // workers))
     if calibration_dir is None:
         calibration_dir = getattr(hardware, "CACHE_DIR", None)
     folder = Path(submissions)
@@ -401,19 +416,29 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
         if progress:
             print(f"reference run of {key} (the instructor's notebook, as every submission "
                   "will run)", flush=True)
-        trust.references[key] = reference_run(sources[key], limits, cal, isolation)
+        # on the CPUs one submission gets: its measurements are the ones to compare with
+        pinned = dataclasses.replace(limits, cpus=slots[0]) if slots else limits
+        trust.references[key] = reference_run(sources[key], pinned, cal, isolation)
         failed = [gid for gid, ref in trust.references[key].items() if isinstance(ref, str)]
         if failed:
             print(f"warning: the instructor notebook {key} failed its own checks "
                   f"{', '.join(failed)} under these limits; those checks are not graded",
                   flush=True)
 
+    free: queue.Queue = queue.Queue()
+    for slot in slots or [None] * workers:
+        free.put(slot)
+
     def one(item):
         (student, path), sub = item
         rel = path.relative_to(folder).as_posix()
-        rows, log = grade_submission(sub, sources, limits, cal, file=rel,
-                                     refused=refusals.get(path), isolation=isolation,
-                                     trust=trust)
+        slot = free.get()  # a worker's own CPUs: side-by-side runs never share a core
+        try:
+            rows, log = grade_submission(
+                sub, sources, dataclasses.replace(limits, cpus=slot) if slot else limits, cal,
+                file=rel, refused=refusals.get(path), isolation=isolation, trust=trust)
+        finally:
+            free.put(slot)
         if progress:
             got = sum(r.points for r in rows)
             print(f"{student} ({rel}): {got:g}/{sum(r.max_points for r in rows):g}", flush=True)

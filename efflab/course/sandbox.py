@@ -94,7 +94,9 @@ class Limits:
     and the resident memory of all of them together; ``file_bytes``: the largest file it may
     write; ``output_bytes``: the outputs one cell may keep; ``processes``: processes of the run
     at once; ``probe_s``: how long an interrupted kernel gets to answer before it counts as
-    hung; ``threads``: math-library threads per kernel.
+    hung; ``threads``: math-library threads per kernel; ``cpus``: the CPUs the whole run is
+    pinned to (its affinity mask, which efflab's measurements read as "every CPU this process
+    may use"), so runs graded side by side never share a core.
     """
 
     cell_s: float = 120.0
@@ -105,6 +107,7 @@ class Limits:
     processes: int = 256
     probe_s: float = 10.0
     threads: int | None = None
+    cpus: tuple[int, ...] | None = None
 
     def __post_init__(self):
         # imported here: the child runs this file as a script and must not import efflab
@@ -125,6 +128,9 @@ class Limits:
             raise ConfigError("processes", self.processes, "an integer >= 8")
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ConfigError("threads", self.threads, "None or an integer >= 1")
+        if self.cpus is not None and not (isinstance(self.cpus, tuple) and self.cpus
+                                          and all(isinstance(c, int) and c >= 0 for c in self.cpus)):
+            raise ConfigError("cpus", self.cpus, "None or a non-empty tuple of CPU numbers")
 
 
 @dataclass
@@ -803,9 +809,15 @@ def _drive(job: dict, limits: Limits, calibration_dir: Path | None, isolation: s
             command, pass_fds = [shutil.which("bwrap"), "--args", str(r), *driver], (r,)
         else:
             command = driver
+        pin = None
+        if limits.cpus and hasattr(os, "sched_setaffinity"):
+            cpus = frozenset(limits.cpus)
+
+            def pin():  # in the child, before bwrap runs: every process of the run inherits it
+                os.sched_setaffinity(0, cpus)
         proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, pass_fds=pass_fds)
+                                start_new_session=True, pass_fds=pass_fds, preexec_fn=pin)
         for fd in pass_fds:
             os.close(fd)
         watch = _Watch(proc, limits)
