@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK ?= notebooks/00_tour.ipynb
 
-.PHONY: setup lab test test-long test-browser report weights benchmarks lint clean
+.PHONY: setup lab test test-long test-browser gpu-check report weights benchmarks lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-long: $(STAMP)
 # every lesson in JupyterLab + Chromium (make test runs two of them)
 test-browser: $(STAMP)
 	EFFLAB_BROWSER_NOTEBOOKS=all $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_browser.py
+
+# on a CUDA machine: the gpu tests, every lesson (SMOKE, PRESET="auto"), the GPU benchmarks;
+# writes benchmarks/results/gpu/<device>.json and .html (without CUDA: says so, exits 0)
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 report: $(STAMP)
 	$(BIN)/efflab report --out reports
