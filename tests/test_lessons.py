@@ -34,7 +34,7 @@ EXPECTED = {
     "06_moe": (4, {"route", "balance_loss"}),
     "07_pareto": (2, {"pareto", "request_latency"}),
     "08_inside_a_step": (4, {"matmul_roofline", "which_roof"}),
-    "09_fusion": (1, {"gelu_bias_bytes", "softmax_row_reduction"}),
+    "09_fusion": (1, {"gelu_bias_bytes", "chain_bytes"}),
     "10_kv_cache_and_speculation": (5, {"kv_bytes", "break_even_acceptance"}),
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),

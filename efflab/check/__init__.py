@@ -29,7 +29,7 @@ lesson check                  the learner ...
 08     matmul_roofline        places a matmul on the roofline from its shapes
 08     which_roof             says which roof bounds each operator of a profiled step
 09     gelu_bias_bytes        counts the bytes a fused bias + GELU saves
-09     softmax_row_reduction  writes the row reduction of a fused softmax
+09     chain_bytes            writes the bytes a chain of elementwise ops moves, eager/fused (code)
 10     kv_bytes               writes a KV cache's bytes for MHA, GQA and MQA shapes (code)
 10     break_even_acceptance  finds the acceptance rate where speculation breaks even
 11     policy_meets_ttft      says which batching policy meets a p99 TTFT target at a load
@@ -54,6 +54,7 @@ lesson check                  the learner ...
 --     paged_waste            the worst waste of a paged KV cache
 --     optimal_loss           the loss a fitted loss law predicts at the optimum
 --     zero1_bytes            per-rank bytes under ZeRO-1
+--     softmax_row_reduction  the row reduction of a fused softmax (lesson 04 teaches it)
 =====  =====================  ==============================================================
 """
 
@@ -76,7 +77,7 @@ from efflab.check.core import (
 from efflab.check.distributed import alpha_beta, state_bytes_per_rank, step_time_8, zero1_bytes
 from efflab.check.finetune import adam8bit_bytes, lora_trainable, nf4_quantize
 from efflab.check.frontier import pareto, request_latency
-from efflab.check.fusion import gelu_bias_bytes, softmax_row_reduction
+from efflab.check.fusion import chain_bytes, gelu_bias_bytes, softmax_row_reduction
 from efflab.check.inside_step import matmul_roofline, which_roof
 from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_rank_bytes, tp_step_comm
 from efflab.check.moe import balance_loss, route
@@ -94,9 +95,10 @@ __all__ = [
     "saturation", "bytes_per_param", "bf16_round", "kept_activations", "recompute_overhead",
     "online_softmax", "score_bytes", "group_quantize", "decode_bound", "route", "balance_loss",
     "pareto", "request_latency", "matmul_roofline", "which_roof", "gelu_bias_bytes",
-    "softmax_row_reduction", "kv_bytes", "break_even_acceptance", "policy_meets_ttft", "kv_waste",
+    "chain_bytes", "kv_bytes", "break_even_acceptance", "policy_meets_ttft", "kv_waste",
     "mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "isoflop_vertex", "alpha_beta",
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
     "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",
+    "softmax_row_reduction",
 ]
