@@ -16,6 +16,7 @@ lesson check                  the learner ...
 01     saturation             finds where training throughput saturates in their sweep
 02     bytes_per_param        gives bytes per parameter by category per precision
 02     bf16_round             writes bf16 rounding (7 stored mantissa bits, ties to even)
+02     fp8_e4m3_round         writes FP8 E4M3 rounding (3 mantissa bits, subnormals, ties to even)
 03     kept_activations       writes the kept-activation bytes with/without checkpointing
 03     recompute_overhead     derives checkpointing's extra step time from their sweep
 04     online_softmax         writes the online-softmax update (large scores, running max)
@@ -81,7 +82,7 @@ from efflab.check.fusion import chain_bytes, gelu_bias_bytes, softmax_row_reduct
 from efflab.check.inside_step import matmul_roofline, which_roof
 from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_rank_bytes, tp_step_comm
 from efflab.check.moe import balance_loss, route
-from efflab.check.precision import bf16_round, bytes_per_param
+from efflab.check.precision import bf16_round, bytes_per_param, fp8_e4m3_round
 from efflab.check.quantization import decode_bound, group_quantize
 from efflab.check.scaling import compute_optimal, isoflop_vertex, optimal_loss
 from efflab.check.serving import kv_waste, paged_waste, policy_meets_ttft
@@ -92,7 +93,7 @@ from efflab.check.tour import bits_per_byte, bits_per_byte_of, mfu
 __all__ = [
     "REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answers_path", "exercise",
     "judge", "latest_answers", "read_answers", "mfu", "bits_per_byte_of", "largest_fitting_batch",
-    "saturation", "bytes_per_param", "bf16_round", "kept_activations", "recompute_overhead",
+    "saturation", "bytes_per_param", "bf16_round", "fp8_e4m3_round", "kept_activations", "recompute_overhead",
     "online_softmax", "score_bytes", "group_quantize", "decode_bound", "route", "balance_loss",
     "pareto", "request_latency", "matmul_roofline", "which_roof", "gelu_bias_bytes",
     "chain_bytes", "kv_bytes", "break_even_acceptance", "policy_meets_ttft", "kv_waste",

@@ -153,3 +153,107 @@ def _judge_bf16_round(ev: dict) -> Verdict:
     return Verdict(False, expected=expected, got=shown,
                    hint="bf16 keeps fp32's 8 exponent bits and 7 of its 23 mantissa bits: the "
                         "spacing between neighbours near x is 2^(floor(log2|x|) - 7)")
+
+
+# ----------------------------------------------------------------------------- FP8 E4M3 rounding
+
+E4M3_PROBE_SEED = 3
+E4M3 = {"mant": 3, "emin": -6, "top": 448.0}  # 4 exponent bits (bias 7), 3 stored mantissa bits
+E5M2 = {"mant": 2, "emin": -14, "top": 57344.0}
+
+
+def round_to_format(x: float, mant: int, emin: int, top: float, mode: str = "even",
+                    subnormals: bool = True) -> float:
+    """``x`` rounded to a float format with ``mant`` stored mantissa bits, smallest normal
+    exponent ``emin`` and largest value ``top`` (saturating, as torch's FP8 casts do).
+
+    ``mode``: "even" (nearest, ties to even), "half_up" (ties away from zero) or "truncate";
+    ``subnormals=False`` flushes everything below the smallest normal to zero."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    _, e = math.frexp(abs(x))  # |x| = m · 2^e, 0.5 <= m < 1: the leading bit is 2^(e-1)
+    e = max(e - 1, emin)  # below the smallest normal the spacing stops shrinking (subnormals)
+    step = 2.0 ** (e - mant)
+    q = abs(x) / step
+    if mode == "truncate":
+        q = math.floor(q)
+    elif mode == "half_up":
+        q = math.floor(q + 0.5)
+    else:
+        q = round(q)  # Python rounds ties to even
+    v = min(q * step, top)
+    if not subnormals and v < 2.0 ** emin:
+        v = 0.0
+    return math.copysign(v, x)
+
+
+def e4m3(x: float) -> float:
+    """The reference: float32 ``x`` rounded to FP8 E4M3 (torch.float8_e4m3fn's cast)."""
+    return round_to_format(x, **E4M3)
+
+
+def e4m3_probes(seed: int = E4M3_PROBE_SEED) -> list[float]:
+    """float32 values within ±448: ordinary ones, exact ties, subnormals (below 2^-6) and
+    values near the largest finite E4M3 value."""
+    rng = random.Random(seed)
+    xs = [1.0, 1.0625, 1.1875, -1.0625, 3.14159265, 0.1, -2.7182818, 17.0, 300.0, 440.0,
+          0.01, 0.003, 2.0 ** -9 * 3]
+    for _ in range(24):
+        xs.append(rng.choice((-1, 1)) * rng.uniform(1, 2) * 2.0 ** rng.randint(-6, 7))
+    for _ in range(6):  # ties: halfway between two E4M3 neighbours
+        m = rng.randint(8, 15)
+        xs.append(rng.choice((-1, 1)) * (m + 0.5) * 2.0 ** rng.randint(-6, 4))
+    for _ in range(5):  # subnormals
+        xs.append(rng.choice((-1, 1)) * rng.uniform(0.05, 0.95) * 2.0 ** -6)
+    return [_f32(x) for x in xs]
+
+
+@exercise("fp8_e4m3_round", points=2, topic="precision", function=True)
+def fp8_e4m3_round(fn, seed: int = E4M3_PROBE_SEED):
+    """``fn(x: float) -> float``: ``x`` rounded to the nearest FP8 E4M3 value (ties to even,
+    subnormals kept), for ``|x| <= 448``."""
+    outs = probe_outputs(lambda x: float(fn(x)), [{"x": x} for x in e4m3_probes(seed)])
+    return {"seed": int(seed), "outputs": outs}
+
+
+@fp8_e4m3_round.judge_with
+def _judge_fp8_e4m3_round(ev: dict) -> Verdict:
+    xs = e4m3_probes(seed_of(ev, E4M3_PROBE_SEED))
+    outs = ev["outputs"]
+    if len(outs) != len(xs):
+        raise ValueError(f"{len(outs)} outputs for {len(xs)} probes")
+    expected = f"the nearest E4M3 value for {len(xs)} numbers (ties to even, subnormals kept)"
+    errors = [o["error"] for o in outs if "error" in o]
+    if errors:
+        return Verdict(False, expected=expected, got=f"your function raised {errors[0]}",
+                       hint="it receives one Python float and returns one float")
+    got = [number(o["out"]) for o in outs]
+    want = [e4m3(x) for x in xs]
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    if not bad:
+        return Verdict(True, expected=expected, got=f"all {len(xs)} exact")
+    i = bad[0]
+    shown = f"{len(bad)} of {len(xs)} differ, e.g. {xs[i]!r} -> {got[i]!r}"
+    candidates = [
+        ([round_to_format(x, **E4M3, mode="truncate") for x in xs], "that chops the extra bits: "
+         "round to the nearest E4M3 value instead"),
+        ([round_to_format(x, **E4M3, mode="half_up") for x in xs], "exact ties (halfway between "
+         "two E4M3 values) go to the neighbour whose last stored bit is 0 (round half to even)"),
+        ([round_to_format(x, **E4M3, subnormals=False) for x in xs], "values below the smallest "
+         "normal are not zero: the format keeps subnormals, evenly spaced down to zero"),
+        ([round_to_format(x, **E5M2) for x in xs], "that is E5M2 (5 exponent bits, 2 mantissa "
+         "bits); E4M3 trades one exponent bit for one more mantissa bit"),
+        ([round_to_format(x, 4, -6, 480.0) for x in xs], "E4M3 stores 3 mantissa bits, not 4"),
+        ([round_to_format(x, 2, -6, 448.0) for x in xs], "E4M3 stores 3 mantissa bits, not 2"),
+        ([round_to_format(x, 3, -7, 240.0) for x in xs], "torch's float8_e4m3fn uses exponent "
+         "bias 7 (the 'fn' variant: no infinities), so its smallest normal is 2^-6"),
+        (xs, "the values came back unchanged: they must be rounded"),
+    ]
+    for values, hint in candidates:  # a known mistake agrees on (nearly) every probe
+        agree = sum(g == v for g, v in zip(got, values))
+        if agree >= 0.9 * len(xs):
+            return Verdict(False, expected=expected, got=shown, hint=hint)
+    return Verdict(False, expected=expected, got=shown,
+                   hint="E4M3 has 4 exponent bits and 3 mantissa bits: the spacing between "
+                        "neighbours depends on the power of two x falls in, and stops shrinking "
+                        "below the smallest normal")
