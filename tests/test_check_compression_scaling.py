@@ -15,17 +15,65 @@ def _answers(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFLAB_ANSWERS", str(tmp_path / "answers.jsonl"))
 
 
-def test_mlp_flops_sparsity_right_and_wrong():
-    assert check.mlp_flops_sparsity(0.5).passed
-    quad = check.mlp_flops_sparsity(1 - 0.5 ** 0.5)
-    assert not quad.passed and "linear" in quad.hint
-    share = check.mlp_flops_sparsity(1 / 3)
-    assert not share.passed and "block's weights" in share.hint
-    per_matrix = check.mlp_flops_sparsity(0.75)
-    assert not per_matrix.passed and "row of c_fc AND its column" in per_matrix.hint
-    # another target: keep a quarter of the FLOPs
-    assert check.mlp_flops_sparsity(0.75, fraction=0.25).passed
-    assert check.mlp_flops_sparsity(None).status == "unanswered"
+def _block_sparsity(n_embd, hidden, context, fraction):
+    C, H, T = n_embd, hidden, context
+    attention = 8 * C * C + 4 * C * T
+    return 1 - (fraction * (attention + 4 * C * H) - attention) / (4 * C * H)
+
+
+def test_block_flops_sparsity_right_passes_on_every_seed():
+    for seed in (120, 1212, 7):
+        fb = check.block_flops_sparsity(_block_sparsity, seed=seed)
+        assert fb.passed and fb.points == fb.max_points, fb
+
+
+def test_block_flops_sparsity_reference_is_the_library_block():
+    from efflab.check.compression import reference_block_sparsity
+    from efflab.techniques.pruning import (
+        attention_flops_per_token,
+        kept_channels,
+        mlp_flops_per_token,
+    )
+
+    s = reference_block_sparsity(128, 512, 128, 0.75)
+    kept = kept_channels(512, s)
+    attn = attention_flops_per_token(128, 4, 32, 128)
+    assert (attn + mlp_flops_per_token(128, kept)) / (attn + mlp_flops_per_token(128, 512)) == 0.75
+
+
+def test_block_flops_sparsity_slips_fail_with_their_hint():
+    mlp_only = check.block_flops_sparsity(lambda n_embd, hidden, context, fraction: 1 - fraction)
+    assert not mlp_only and "whole block" in mlp_only.hint
+    quad = check.block_flops_sparsity(lambda n_embd, hidden, context, fraction: 1 - fraction ** 0.5)
+    assert not quad and "linear" in quad.hint
+
+    def no_context(n_embd, hidden, context, fraction):
+        return _block_sparsity(n_embd, hidden, 0, fraction)
+    fb = check.block_flops_sparsity(no_context)
+    assert not fb and "context's keys" in fb.hint
+
+    def no_projections(n_embd, hidden, context, fraction):
+        a, m = 4 * n_embd * context, 4 * n_embd * hidden
+        return 1 - (fraction * (a + m) - a) / m
+    fb = check.block_flops_sparsity(no_projections)
+    assert not fb and "projections" in fb.hint
+
+    def over_attention(n_embd, hidden, context, fraction):  # divides the cut by the wrong part
+        a, m = 8 * n_embd ** 2 + 4 * n_embd * context, 4 * n_embd * hidden
+        return (1 - fraction) * (a + m) / a
+    fb = check.block_flops_sparsity(over_attention)
+    assert not fb and "MLP's FLOPs" in fb.hint
+    assert check.block_flops_sparsity(None).status == "unanswered"
+    crash = check.block_flops_sparsity(lambda n_embd, hidden, context, fraction: 1 / 0)
+    assert not crash and "fraction" in crash.hint
+
+
+def test_block_flops_sparsity_feedback_never_states_the_sparsity():
+    from efflab.check.compression import reference_block_sparsity, sparsity_probes
+    fb = check.block_flops_sparsity(lambda n_embd, hidden, context, fraction: 0.5)
+    want = reference_block_sparsity(**sparsity_probes()[0])
+    text = f"{fb.expected} {fb.got} {fb.hint}"
+    assert f"{want:.4g}" not in text and f"{want:.3g}" not in text
 
 
 def _right(s, t, tau):
@@ -85,7 +133,7 @@ def test_judges_rerun_from_logged_evidence():
 
     ev = latest_answers()["soft_target_loss"]
     assert judge("soft_target_loss", ev).passed == fb.passed
-    assert {"mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"} <= set(REGISTRY)
+    assert {"block_flops_sparsity", "soft_target_loss", "compute_optimal", "optimal_loss"} <= set(REGISTRY)
 
 
 # -- 13 · code: the vertex of an IsoFLOP curve ----------------------------------------------

@@ -56,7 +56,6 @@ GIVENS = {
                            batch_size=4, bytes_per_el=2),
     "break_even_acceptance": dict(k=3, cost_ratio=0.4),
     "paged_waste": dict(block_size=16, n_sequences=8, bytes_per_position=1024),
-    "mlp_flops_sparsity": dict(),
     "optimal_loss": dict(fit=_FIT, budget=1e13),
     "step_time_8": dict(compute_per_sample_s=0.02, global_batch=16,
                         bucket_bytes=[1 << 20, 1 << 20, 1_300_000], alpha_s=5e-4, bandwidth=4e8),
@@ -118,15 +117,7 @@ def test_every_single_number_exercise_is_attacked():
     assert not missing, f"add givens for {sorted(missing)} to GIVENS (or to NOT_ONE_NUMBER)"
 
 
-# Known plug-ins, owned elsewhere, listed so the attack keeps running on them (strict: the
-# day one is fixed, this list must shrink). 12 Ex 1's target fraction 0.5 is its answer
-# (issue 19: "the answer is 1 − 0.5").
-PLUG_INS = {"mlp_flops_sparsity"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="a plug-in: the reply's own numbers give the answer (issue 19)"))
-    if n in PLUG_INS else n for n in _single_number_exercises() if n in GIVENS])
+@pytest.mark.parametrize("name", [n for n in _single_number_exercises() if n in GIVENS])
 def test_no_single_number_exercise_passes_on_a_number_read_from_its_first_reply(name):
     ex = check.REGISTRY[name]
     base = ex.collect(1.0, **GIVENS[name])

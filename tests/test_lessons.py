@@ -27,7 +27,7 @@ TIMEOUT_S = {"12_compression": 900, "13_scaling_laws": 900}  # the rest: 600 s
 EXPECTED = {
     "00_tour": (2, {"mfu", "bits_per_byte_of"}),
     "01_batching": (3, {"saturation", "largest_fitting_batch"}),
-    "02_precision": (3, {"bytes_per_param", "bf16_round"}),
+    "02_precision": (4, {"bytes_per_param", "bf16_round", "fp8_e4m3_round"}),
     "03_checkpointing": (1, {"kept_activations", "recompute_overhead"}),
     "04_attention": (1, {"online_softmax", "score_bytes"}),
     "05_quantization": (1, {"group_quantize", "decode_bound"}),
@@ -37,7 +37,7 @@ EXPECTED = {
     "09_fusion": (1, {"gelu_bias_bytes", "chain_bytes"}),
     "10_kv_cache_and_speculation": (5, {"kv_bytes", "break_even_acceptance"}),
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
-    "12_compression": (6, {"mlp_flops_sparsity", "soft_target_loss"}),
+    "12_compression": (6, {"block_flops_sparsity", "soft_target_loss"}),
     "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
     "15_model_parallel": (5, {"tp_rank_bytes", "tp_step_comm", "pipeline_bubble", "ring_merge"}),

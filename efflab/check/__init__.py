@@ -35,7 +35,7 @@ lesson check                  the learner ...
 10     break_even_acceptance  finds the acceptance rate where speculation breaks even
 11     policy_meets_ttft      says which batching policy meets a p99 TTFT target at a load
 11     kv_waste               writes the reserved-but-empty bytes of a paged or contiguous cache
-12     mlp_flops_sparsity     finds the structured sparsity that halves the MLP's FLOPs
+12     block_flops_sparsity   writes the MLP sparsity leaving a block a share of its FLOPs (code)
 12     soft_target_loss       writes distillation's soft-target loss
 13     compute_optimal        predicts compute-optimal N and D at 10x the budget
 13     isoflop_vertex         writes the compute-optimal size of one IsoFLOP curve (code)
@@ -62,7 +62,7 @@ lesson check                  the learner ...
 from efflab.check.attention import online_softmax, score_bytes
 from efflab.check.batching import largest_fitting_batch, saturation, throughput
 from efflab.check.checkpointing import kept_activations, recompute_overhead
-from efflab.check.compression import mlp_flops_sparsity, soft_target_loss
+from efflab.check.compression import block_flops_sparsity, soft_target_loss
 from efflab.check.core import (
     REGISTRY,
     EvidenceError,
@@ -97,7 +97,7 @@ __all__ = [
     "online_softmax", "score_bytes", "group_quantize", "decode_bound", "route", "balance_loss",
     "pareto", "request_latency", "matmul_roofline", "which_roof", "gelu_bias_bytes",
     "chain_bytes", "kv_bytes", "break_even_acceptance", "policy_meets_ttft", "kv_waste",
-    "mlp_flops_sparsity", "soft_target_loss", "compute_optimal", "isoflop_vertex", "alpha_beta",
+    "block_flops_sparsity", "soft_target_loss", "compute_optimal", "isoflop_vertex", "alpha_beta",
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
     "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",

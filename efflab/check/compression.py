@@ -1,63 +1,105 @@
-"""Checks for lesson 12 (compression): the structured sparsity that halves the MLP's FLOPs, and
-the soft-target loss of distillation at a temperature."""
+"""Checks for lesson 12 (compression): the structured MLP sparsity that leaves a whole block a
+share of its FLOPs (code), and the soft-target loss of distillation at a temperature (code)."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
 from efflab.check.core import (
     Verdict,
     exercise,
-    judge_number,
+    judge_probed_numbers,
     miss_band,
     number,
     probe_outputs,
     probed,
 )
 from efflab.studies.distill import soft_target_loss as reference_soft_target_loss
-from efflab.techniques.pruning import kept_channels, mlp_flops_per_token
+from efflab.techniques.pruning import attention_flops_per_token, mlp_flops_per_token
 
 PROBE_SEED = 12
 TEMPERATURES = (1.0, 2.0, 4.0, 0.5)
 
 
-@exercise("mlp_flops_sparsity", points=1, topic="compression")
-def mlp_flops_sparsity(answer, n_embd: int = 128, hidden: int = 512, fraction: float = 0.5):
-    """The structured-pruning ``sparsity`` (fraction of the MLP's hidden channels removed) that
-    leaves the MLP ``fraction`` of its forward FLOPs per token."""
-    return {"answer": number(answer), "n_embd": int(n_embd), "hidden": int(hidden),
-            "fraction": float(fraction)}
+# -- the structured sparsity that leaves a block a fraction of its FLOPs, as code ------------
+
+SPARSITY_PROBE_SEED = 120
 
 
-@mlp_flops_sparsity.judge_with
-def _judge_mlp(ev: dict) -> Verdict:
-    C, H, f = int(ev["n_embd"]), int(ev["hidden"]), number(ev["fraction"])
-    if C < 1 or H < 1 or not 0 < f < 1:
-        raise ValueError(f"impossible shape or fraction: C={C}, H={H}, fraction={f}")
-    got = number(ev["answer"])
-    # FLOPs are 4·C·H: linear in the channels kept, so keeping f of them leaves f of the FLOPs
-    truth = 1 - f
-    expected = f"the fraction of the {H} MLP channels to remove so {f:.0%} of the FLOPs remain"
-    if math.isfinite(got) and 0 <= got < 1:
-        kept = kept_channels(H, got)
-        left = mlp_flops_per_token(C, kept) / mlp_flops_per_token(C, H)
-        if abs(left - f) <= 0.01:
-            return Verdict(True, expected=expected, got=f"{got:g}: {kept} channels, {left:.0%} "
-                                                        "of the FLOPs")
-    block_share = (2 * C * H * (1 - f)) / (4 * C * C + 2 * C * H)
-    slips = [
-        (1 - math.sqrt(f), "the MLP's FLOPs are linear in its hidden channels (4·C·H), not "
-                           "quadratic: both matmuls shrink along the same axis"),
-        (block_share, "that is the share of the block's weights removed; the question asks "
-                      "for the fraction of the MLP's channels"),
-        (1 - f / 2, "removing a channel removes its row of c_fc AND its column of c_proj at "
-                    "once — count FLOPs per channel, not per matrix"),
-    ]
-    return judge_number(got, truth, expected=expected, slips=slips, rel=0.02,
-                        hint="write the MLP's FLOPs per token as a function of its hidden "
-                             "width H and solve FLOPs(H·(1−s)) = fraction · FLOPs(H)")
+def sparsity_probes(seed: int = SPARSITY_PROBE_SEED) -> list[dict]:
+    """Seeded block shapes (width C, MLP hidden channels H, context T) and a target share of
+    the block's forward FLOPs per token, always above what attention alone costs (so a
+    sparsity in [0, 1) reaches it). cpu-small's shape (128, 512, 128) is not among them."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(8):
+        c = rng.choice((64, 96, 192, 256, 384, 768))
+        h = c * rng.choice((4, 4, 2, 8, 3))
+        t = rng.choice((64, 256, 512, 1024, 2048))
+        floor = _attention(c, t) / (_attention(c, t) + mlp_flops_per_token(c, h))
+        f = round(floor + (1 - floor) * rng.uniform(0.15, 0.85), 3)
+        out.append({"n_embd": c, "hidden": h, "context": t, "fraction": f})
+    return out
+
+
+def _attention(c: int, t: int) -> int:
+    """Every head kept (heads · head size = C): projections and scores over T keys."""
+    return attention_flops_per_token(c, 1, c, t)
+
+
+def reference_block_sparsity(n_embd: int, hidden: int, context: int, fraction: float) -> float:
+    """The sparsity s of the MLP's channels with attention(C, T) + 4·C·H·(1 − s) = fraction ·
+    (attention(C, T) + 4·C·H): only the MLP shrinks, so its share carries the whole cut."""
+    attn, mlp = _attention(n_embd, context), mlp_flops_per_token(n_embd, hidden)
+    return 1 - (fraction * (attn + mlp) - attn) / mlp
+
+
+@exercise("block_flops_sparsity", points=2, topic="compression", function=True)
+def block_flops_sparsity(fn, seed: int = SPARSITY_PROBE_SEED):
+    """``fn(n_embd, hidden, context, fraction) -> sparsity``: the fraction of the MLP's hidden
+    channels structured pruning must remove so that one transformer block (attention with every
+    head kept, over ``context`` keys, and the MLP) keeps ``fraction`` of its forward FLOPs per
+    token."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, sparsity_probes(seed))}
+
+
+def _sparsity_slip_hint(got: float, p: dict) -> str:
+    c, h, t, f = p["n_embd"], p["hidden"], p["context"], p["fraction"]
+    mlp = mlp_flops_per_token(c, h)
+
+    def solve(attn):
+        return 1 - (f * (attn + mlp) - attn) / mlp
+
+    for value, hint in [
+            (1 - f, "that leaves the MLP the fraction; the question is the whole block, whose "
+                    "attention is not pruned"),
+            (1 - math.sqrt(f), "the MLP's FLOPs are linear in its hidden channels: both matmuls "
+                               "shrink along the same axis"),
+            (solve(8 * c * c), "attention also scores and mixes every one of the context's keys"),
+            (solve(4 * c * t), "attention also runs its four C×C projections (q, k, v and out)"),
+            (solve(2 * c * t + 8 * c * c), "scores and mixing are two matmuls over the context, "
+                                           "2 FLOPs a multiply-add each"),
+            ((1 - f) * (_attention(c, t) + mlp) / _attention(c, t),
+             "the channels removed are the MLP's: divide the FLOPs to cut by the MLP's FLOPs")]:
+        if math.isfinite(got) and math.isclose(got, value, rel_tol=1e-6):
+            return hint
+    return ("write the block's FLOPs per token as attention's plus the MLP's, the MLP's as a "
+            "function of the channels kept, and solve for the share of channels removed")
+
+
+@block_flops_sparsity.judge_with
+def _judge_block_sparsity(ev: dict) -> Verdict:
+    return judge_probed_numbers(
+        ev, sparsity_probes, SPARSITY_PROBE_SEED, reference_block_sparsity,
+        expected="the MLP sparsity that leaves unseen blocks their target share of FLOPs, "
+                 "within 0.01%",
+        case=lambda i, p: (f"block {i + 1} (C={p['n_embd']}, H={p['hidden']}, T={p['context']}, "
+                           f"{p['fraction']:.1%} of the FLOPs)"),
+        takes="it takes n_embd, hidden, context (ints) and fraction (a float in (0, 1))",
+        slip_hint=_sparsity_slip_hint, rel=1e-4)
 
 
 def soft_probes(seed: int = PROBE_SEED) -> list[dict]:
