@@ -16,6 +16,7 @@ from efflab.techniques import (
     NF4Config,
     PrecisionConfig,
     PruningConfig,
+    QATConfig,
     QuantizationConfig,
     apply_,
     apply_techniques,
@@ -26,7 +27,7 @@ from efflab.techniques.surgery import block_linears, swap_module
 
 TINY = get_preset("cpu-tiny")
 CONFIGS = [PrecisionConfig, AttentionConfig, CheckpointingConfig, QuantizationConfig, MoEConfig,
-           CompileConfig, PruningConfig, LoRAConfig, NF4Config]
+           CompileConfig, PruningConfig, LoRAConfig, NF4Config, QATConfig]
 
 
 def test_every_technique_config_has_a_handler():

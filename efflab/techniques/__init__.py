@@ -13,6 +13,7 @@ config's type, transforms ``model`` in place and returns it.
 | pruning         | PruningConfig       | masks block Linears, or removes channels and heads   |
 | lora            | LoRAConfig          | freezes the model, adds rank-r adapters to target Linears |
 | nf4             | NF4Config           | stores block Linears in NF4, frozen (QLoRA's base)   |
+| qat             | QATConfig           | block Linears compute with int4-rounded weights (STE); ``convert_qat_`` makes them real int4 |
 
 ``lowbit_optim`` is not a model transform: AdamW with 8- or 4-bit moments, for a run.
 
@@ -44,6 +45,7 @@ from efflab.techniques.moe import MoEConfig
 from efflab.techniques.nf4 import NF4Config
 from efflab.techniques.precision import PrecisionConfig
 from efflab.techniques.pruning import PruningConfig
+from efflab.techniques.qat import QATConfig
 from efflab.techniques.quantization import QuantizationConfig, check_fits
 from efflab.techniques.registry import apply_
 
@@ -111,5 +113,5 @@ def auxiliary_loss(model) -> torch.Tensor | None:
 
 __all__ = ["apply_", "PrecisionConfig", "AttentionConfig", "CheckpointingConfig",
            "QuantizationConfig", "MoEConfig", "CompileConfig", "PruningConfig", "LoRAConfig",
-           "NF4Config",
+           "NF4Config", "QATConfig",
            "TechniqueConfigs", "technique_configs", "apply_techniques", "build", "auxiliary_loss"]
