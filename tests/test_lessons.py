@@ -27,7 +27,7 @@ TIMEOUT_S = {"12_compression": 900, "13_scaling_laws": 900}  # the rest: 600 s
 EXPECTED = {
     "00_tour": (2, {"mfu", "bits_per_byte_of"}),
     "01_batching": (3, {"saturation", "largest_fitting_batch"}),
-    "02_precision": (3, {"bytes_per_param", "bf16_round"}),
+    "02_precision": (4, {"bytes_per_param", "bf16_round", "fp8_e4m3_round"}),
     "03_checkpointing": (1, {"kept_activations", "recompute_overhead"}),
     "04_attention": (1, {"online_softmax", "score_bytes"}),
     "05_quantization": (1, {"group_quantize", "decode_bound"}),

@@ -97,3 +97,18 @@ def test_fp8_speed_is_refused_without_fp8_units(cal, cap, refused, word):
     assert (why is not None) == refused
     if refused:
         assert word in why and "8.9" in why
+
+
+def test_fp8_speed_summary_says_whether_fp8_was_faster():
+    d = {"n": 4096, "bf16 s": 2e-3, "fp8 e4m3 s": 1e-3, "bf16 TFLOP/s": 69.0,
+         "fp8 e4m3 TFLOP/s": 137.0, "fp8 relative error": 0.03}
+    assert "2.00× (faster)" in pf.fp8_speed_summary(d)
+    assert "not faster" in pf.fp8_speed_summary({**d, "fp8 e4m3 s": 3e-3})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() < pf.FP8_MIN_CAPABILITY,
+                    reason="needs a GPU with FP8 units")
+def test_fp8_speed_on_a_gpu_with_fp8_units():
+    d = pf.fp8_speed(n=2048, repeats=5)
+    assert d["fp8 e4m3 TFLOP/s"] > 0 and d["fp8 relative error"] < 0.1

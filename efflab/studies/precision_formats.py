@@ -61,17 +61,18 @@ def _batch(preset: str, batch_size: int, seq_len: int, seed: int):
 
 
 def model_gradients(preset: str = "cpu-small", *, batch_size: int = 8, seq_len: int = 128,
-                    seed: int = 0) -> torch.Tensor:
+                    seed: int = 0, device: str = "cpu") -> torch.Tensor:
     """Every weight gradient of the shipped ``preset`` model on one training batch, computed in
     fp32, flattened into one tensor (the values a fp16 gradient would have to hold)."""
     from efflab.core.weights import load_model
 
-    model = load_model(preset, "auto")
+    model = load_model(preset, "auto", device=device)
     model.train()
     x, y = _batch(preset, batch_size, seq_len, seed)
-    _, loss = model(x, y)
+    _, loss = model(x.to(device), y.to(device))
     loss.backward()
-    return torch.cat([p.grad.detach().flatten() for p in model.parameters() if p.grad is not None])
+    return torch.cat([p.grad.detach().flatten() for p in model.parameters()
+                      if p.grad is not None]).cpu()
 
 
 def underflow_table(grads: torch.Tensor, scales=(1.0, 2.0 ** 8, 2.0 ** 16, 2.0 ** 24),
@@ -255,12 +256,12 @@ def fp8_matmul_table(a: torch.Tensor, b: torch.Tensor, small: float = 1e-4) -> p
 
 
 def layer_operands(preset: str = "cpu-small", *, batch_size: int = 4, seq_len: int = 64,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """A real matmul of the shipped model: the input of block 0's MLP up-projection on a batch
     (M × K) and its weight transposed (K × N)."""
     from efflab.core.weights import load_model
 
-    model = load_model(preset, "auto")
+    model = load_model(preset, "auto", device=device)
     seen = {}
 
     def keep(module, inputs, output):
@@ -269,9 +270,10 @@ def layer_operands(preset: str = "cpu-small", *, batch_size: int = 4, seq_len: i
     hook = model.h[0].mlp.c_fc.register_forward_hook(keep)
     x, y = _batch(preset, batch_size, seq_len, seed)
     with torch.no_grad():
-        model(x, y)
+        model(x.to(device), y.to(device))
     hook.remove()
-    return seen["x"].reshape(-1, seen["x"].size(-1)), model.h[0].mlp.c_fc.weight.detach().t()
+    x = seen["x"].reshape(-1, seen["x"].size(-1)).cpu()
+    return x, model.h[0].mlp.c_fc.weight.detach().t().cpu()
 
 
 def fp8_verdict(df: pd.DataFrame) -> str:
@@ -311,3 +313,47 @@ def fp8_speed_refusal(calibration: dict, capability: tuple[int, int] | None = No
                 f"{capability[0]}.{capability[1]}, below the {FP8_MIN_CAPABILITY[0]}."
                 f"{FP8_MIN_CAPABILITY[1]} that FP8 tensor cores (torch._scaled_mm) need.")
     return None
+
+
+def fp8_speed(n: int = 4096, repeats: int = 20, device: str = "cuda") -> dict:
+    """Time an n×n×n matmul in bf16 and in FP8 E4M3 (``torch._scaled_mm``, per-tensor scales,
+    bf16 output) on a GPU with FP8 units (see :func:`fp8_speed_refusal`): median seconds of
+    ``repeats`` runs each, timed with CUDA events, and the TFLOP/s both reach."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g)
+    b = torch.randn(n, n, device=device, generator=g)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    a8, sa = to_fp8(a)
+    b8, sb = to_fp8(b)
+    b8 = b8.t().contiguous().t()  # _scaled_mm wants its second operand column-major
+    inv_a = torch.tensor(1 / sa, device=device)
+    inv_b = torch.tensor(1 / sb, device=device)
+    runs = {"bf16": lambda: a16 @ b16,
+            "fp8 e4m3": lambda: torch._scaled_mm(a8, b8, scale_a=inv_a, scale_b=inv_b,
+                                                 out_dtype=torch.bfloat16)}
+    out = {"n": n}
+    for name, fn in runs.items():
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        sec = sorted(times)[len(times) // 2]
+        out[f"{name} s"] = sec
+        out[f"{name} TFLOP/s"] = 2 * n ** 3 / sec / 1e12
+    err = _rel_err(runs["fp8 e4m3"]().float().cpu(), (a.double() @ b.double()).cpu())
+    out["fp8 relative error"] = err
+    return out
+
+
+def fp8_speed_summary(d: dict) -> str:
+    x = d["bf16 s"] / d["fp8 e4m3 s"]
+    return (f"On this GPU an {d['n']}³ matmul runs at {d['fp8 e4m3 TFLOP/s']:.0f} TFLOP/s in FP8 "
+            f"E4M3 against {d['bf16 TFLOP/s']:.0f} in bf16: {x:.2f}× "
+            f"({'faster' if x > 1 else 'not faster'}), at a relative error of "
+            f"{d['fp8 relative error']:.2%}.")
