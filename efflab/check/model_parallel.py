@@ -13,6 +13,7 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
+    judge_probed_numbers,
     miss_band,
     number,
     probe_outputs,
@@ -64,20 +65,14 @@ def pipeline_bubble(fn, seed: int = BUBBLE_SEED):
 
 @pipeline_bubble.judge_with
 def _judge_bubble(ev: dict) -> Verdict:
-    probes, outs = probed(ev, bubble_probes, BUBBLE_SEED)
-    expected = f"the idle share of a stage for {len(probes)} pipelines, as a fraction of the step"
-    for pr, o in zip(probes, outs):
-        p, m = pr["stages"], pr["micro_batches"]
-        case = f"stages={p}, micro_batches={m}"
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
-                           hint="it takes stages and micro_batches")
-        got, want = number(o["out"]), bubble_fraction(p, m)
-        if close(got, want, rel=1e-9, abs_=1e-12):
-            continue
-        return Verdict(False, expected=expected, got=f"{case}: {got:.4g} ({miss_band(got, want)})",
-                       hint=_bubble_slip_hint(got, p, m))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} pipelines")
+    return judge_probed_numbers(
+        ev, bubble_probes, BUBBLE_SEED,
+        lambda stages, micro_batches: bubble_fraction(stages, micro_batches),
+        expected="the idle share of a stage for unseen pipelines, as a fraction of the step",
+        case=lambda i, p: f"stages={p['stages']}, micro_batches={p['micro_batches']}",
+        takes="it takes stages and micro_batches",
+        slip_hint=lambda got, p: _bubble_slip_hint(got, p["stages"], p["micro_batches"]),
+        rel=1e-9)
 
 
 TP_SEED = 21
@@ -133,20 +128,12 @@ def tp_rank_bytes(fn, seed: int = TP_SEED):
 
 @tp_rank_bytes.judge_with
 def _judge_tp_bytes(ev: dict) -> Verdict:
-    probes, outs = probed(ev, tp_probes, TP_SEED)
-    expected = f"the parameter bytes of one TP rank, {len(probes)} model shapes and TP degrees"
-    for p, o in zip(probes, outs):
-        case = ", ".join(f"{k}={v:,}" for k, v in p.items())
-        if "error" in o:
-            return Verdict(False, expected=expected, got=f"{case}: your function raised {o['error']}",
-                           hint="it takes n_layer, n_embd, vocab_size, block_size, tp")
-        got, want = number(o["out"]), reference_tp_bytes(**p)
-        if close(got, want, rel=1e-6):
-            continue
-        return Verdict(False, expected=expected,
-                       got=f"{case}: {got:,.0f} bytes ({miss_band(got, want)})",
-                       hint=_tp_slip_hint(got, p))
-    return Verdict(True, expected=expected, got=f"all {len(probes)} within a millionth")
+    return judge_probed_numbers(
+        ev, tp_probes, TP_SEED, reference_tp_bytes,
+        expected="the parameter bytes of one TP rank, for unseen model shapes and TP degrees",
+        case=lambda i, p: ", ".join(f"{k}={v:,}" for k, v in p.items()),
+        takes="it takes n_layer, n_embd, vocab_size, block_size, tp",
+        slip_hint=_tp_slip_hint, unit="bytes", rel=1e-6)
 
 
 COMM_SEED = 4
