@@ -60,14 +60,7 @@ def check_int(field: str, value, lo: int | None = None, hi: int | None = None, *
     ok = isinstance(value, int) and not isinstance(value, bool)
     if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
         return value
-    if lo is not None and hi is not None:
-        span = f"an integer in [{lo}, {hi}]"
-    elif lo is not None:
-        span = f"an integer >= {lo}"
-    elif hi is not None:
-        span = f"an integer <= {hi}"
-    else:
-        span = "an integer"
+    span = _span(lo, hi, "an integer in", "an integer")
     raise ConfigError(field, value, ("None or " if optional else "") + span
                       + (f" ({note})" if note else ""))
 
@@ -86,15 +79,20 @@ def check_real(field: str, value, lo: float | None = None, hi: float | None = No
         ok = value < hi if hi_open else value <= hi
     if ok:
         return value
-    if lo is not None and hi is not None:
-        span = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    elif lo is not None:
-        span = f"a finite number {'>' if lo_open else '>='} {lo}"
-    elif hi is not None:
-        span = f"a finite number {'<' if hi_open else '<='} {hi}"
-    else:
-        span = "a finite number"
+    span = _span(lo, hi, "a number in", "a finite number", lo_open, hi_open)
     raise ConfigError(field, value, span + (f" ({note})" if note else ""))
+
+
+def _span(lo, hi, both: str, one: str, lo_open: bool = False, hi_open: bool = False) -> str:
+    """The allowed range in words: ``<both> [lo, hi]`` (brackets open or closed), ``<one> >= lo``,
+    ``<one> < hi`` ... or ``<one>`` alone."""
+    if lo is not None and hi is not None:
+        return f"{both} {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{one} {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{one} {'<' if hi_open else '<='} {hi}"
+    return one
 
 
 def check_choice(field: str, value, allowed):
