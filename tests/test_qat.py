@@ -90,3 +90,29 @@ def test_training_through_fake_quant_lowers_the_int4_loss():
     with torch.no_grad():
         _, after = model(x, y)
     assert float(after) < first - 0.1
+
+
+def test_recovered_share_is_the_paired_ratio_with_an_interval():
+    from efflab.studies.qat_recovery import recovered_share
+
+    g = torch.Generator().manual_seed(0)
+    control = (1 + 0.1 * torch.rand(200, generator=g)).tolist()
+    ptq = [c + 0.02 for c in control]
+    noise = (0.004 * torch.randn(200, generator=g)).tolist()
+    qat = [c + 0.005 + e for c, e in zip(control, noise)]
+    r = recovered_share(control, ptq, qat)
+    lo, hi = r["ci95"]
+    assert lo < r["share"] < hi and lo < 0.75 < hi and hi - lo < 0.2
+    assert r["int4_loss"] == pytest.approx(0.02)
+    assert recovered_share(control, ptq, ptq)["share"] == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        recovered_share(control, ptq, qat[:10])
+
+
+def test_qat_recovery_scores_every_variant_on_the_same_windows():
+    from efflab.studies.qat_recovery import VARIANTS, qat_recovery
+
+    r = qat_recovery("cpu-small", steps=2, batch_size=2, seq_len=32, windows=8)
+    assert list(r["table"]["variant"]) == list(VARIANTS)
+    assert r["table"]["vs_control"].str.contains("paired").sum() == len(VARIANTS) - 1
+    assert "recovered" in r["verdict"] or "nothing measurable" in r["verdict"]
