@@ -3,7 +3,8 @@
 Parts, each in its own process under its own timeout, the run going on past a failing part:
 
 1. ``calibrate``: the GPU's measured matmul peaks and bandwidths (efflab.calibrate, cached).
-2. ``gpu_tests``: the tests marked ``gpu`` (``pytest -m gpu``).
+2. ``gpu_tests``: the tests marked ``gpu`` (``pytest -m gpu``), and beside them ``checkpoint``:
+   the GPU preset's first-use checkpoint (``efflab.prepare_checkpoint("auto")``, cached).
 3. ``bench:<part>``: the GPU benchmarks of ``benchmarks/gpu_bench.py`` (FlashAttention vs SDPA,
    bf16 vs fp32 with MFU, int8/int4 decode, compile vs eager, a real OOM).
 4. ``lesson:<name>``: every lesson under papermill with ``SMOKE = True`` and
@@ -34,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
-BENCH_PARTS = {"flash": 90, "precision": 60, "quant_decode": 60, "compile": 90, "oom": 45}
+BENCH_PARTS = {"flash": 90, "precision": 60, "quant_decode": 60, "compile": 150, "oom": 45}
 NO_CUDA = ("make gpu-check needs a CUDA GPU, and torch sees none on this machine; nothing was "
            "run. Run it on a machine with an NVIDIA GPU.")
 
@@ -83,6 +84,12 @@ def _skipped(name: str) -> dict:
             "tail": "the run's time budget was spent before this part could start"}
 
 
+CHECKPOINT_CODE = """
+import efflab
+rec = efflab.prepare_checkpoint("auto", progress=False)
+print(rec.get("path"), rec.get("steps"), rec.get("final"))
+"""
+
 LESSON_CODE = """
 import sys
 from efflab.course.report import run_notebook
@@ -105,8 +112,17 @@ def run_all(budget_s: float, lesson_timeout_s: float, workers: int, out_dir: Pat
 
     step("calibrate", [py, "-c", "import efflab, json; c = efflab.calibrate('cuda'); "
                                  "print(json.dumps(c['matmul']))"], 90)
-    step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                       "tests"], 120)
+    # the GPU preset's first-use checkpoint (what lesson 05 reads), trained once and cached, as a
+    # learner's first run would; alongside the gpu tests, which check correctness, not speed
+    ckpt_t = budget.cut(300)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        ckpt = side.submit(run_part, "checkpoint", [py, "-c", CHECKPOINT_CODE], ckpt_t) \
+            if ckpt_t else None
+        step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "tests"], 120)
+        part = ckpt.result() if ckpt else _skipped("checkpoint")
+    print(f"[gpu-check] checkpoint: {part['status']} ({part['seconds']:.0f} s)", flush=True)
+    parts.append(part)
     bench = {}
     for name, want in BENCH_PARTS.items():
         path = out_dir / f"bench-{name}.json"

@@ -663,3 +663,58 @@ def test_recompute_overhead_honest_learners_on_other_machines_pass(none_ms, bloc
     lat = df.set_index("knobs.checkpointing")["latency_ms.median"]
     assert check.recompute_overhead(lat["blocks"] / lat["none"] - 1, df=df)
     assert not check.recompute_overhead((lat["blocks"] - lat["none"]) / lat["blocks"], df=df)
+
+
+# -- 00 · code: MFU from a record and a calibration -----------------------------------------
+
+_DT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-pure": "bfloat16"}
+
+
+def _mfu_of(record, calibration):
+    peak = calibration["matmul"][_DT[record["knobs"]["precision"]]]["flops_per_s"]
+    return record["flops"]["per_step"] / (record["latency_ms"]["median"] / 1e3) / peak
+
+
+def test_mfu_of_right_passes_on_every_seed_and_matches_measure():
+    for seed in (4, 400, 9):
+        fb = check.mfu_of(_mfu_of, seed=seed)
+        assert fb.passed and fb.points == fb.max_points, fb
+    from efflab.check.tour import reference_mfu  # what efflab.measure computes, same inputs
+    rec = {"knobs": {"precision": "bf16"}, "latency_ms": {"median": 25.0},
+           "flops": {"per_step": 3e9}}
+    cal = {"matmul": {"bfloat16": {"flops_per_s": 400e9}, "float32": {"flops_per_s": 1e9}}}
+    assert math.isclose(reference_mfu(rec, cal), 0.3)
+
+
+def _fp32_peak(record, calibration):
+    return record["flops"]["per_step"] / (record["latency_ms"]["median"] / 1e3) / \
+        calibration["matmul"]["float32"]["flops_per_s"]
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda record, calibration: 100 * _mfu_of(record, calibration), "percentage"),
+    (lambda record, calibration: _mfu_of(record, calibration) / 1e3, "milliseconds"),
+    (_fp32_peak, "own number format"),
+    (lambda record, calibration: _mfu_of(record, calibration) * record["flops"]["estimate_6n"]
+     / record["flops"]["per_step"], "6·N"),
+    (lambda record, calibration: _mfu_of(record, calibration) * record["latency_ms"]["median"]
+     / record["latency_ms"]["mean"], "median"),
+    (lambda record, calibration: 1 / _mfu_of(record, calibration), "upside down"),
+])
+def test_mfu_of_rejects_slips_with_their_hint(fn, hint):
+    fb = check.mfu_of(fn)
+    assert not fb.passed and hint in fb.hint, fb
+
+
+def test_mfu_of_reading_the_peak_from_the_record_fails_with_the_reason():
+    fb = check.mfu_of(lambda record, calibration: record["flops"]["mfu"])
+    assert not fb.passed and "KeyError" in fb.got and "look inside" in fb.hint
+    assert check.mfu_of(None).status == "unanswered"
+
+
+def test_mfu_of_feedback_never_states_the_mfu():
+    from efflab.check.tour import mfu_probes, reference_mfu
+    fb = check.mfu_of(lambda record, calibration: 0.5)
+    want = reference_mfu(**mfu_probes()[0])
+    text = f"{fb.expected} {fb.got} {fb.hint}"
+    assert f"{want:.3g}" not in text and f"{want:.2%}" not in text

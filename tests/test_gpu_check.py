@@ -100,3 +100,29 @@ def test_flash_part_runs_on_cuda(tmp_path):
     out = bench.bench_flash()
     assert {r["status"] for r in out["rows"]} == {"ok"}
     assert "fwd@1024" in out["ratios_triton_over_sdpa"]
+
+
+def test_run_all_runs_every_part_in_order_past_failures(monkeypatch, tmp_path):
+    calls = []
+
+    def fake(name, cmd, timeout_s, env=None):
+        calls.append(name)
+        status = "failed" if name in ("gpu_tests", "bench:flash") else "ok"
+        return {"part": name, "status": status, "rc": 0 if status == "ok" else 1,
+                "seconds": 0.0, "tail": ""}
+
+    monkeypatch.setattr(gpu_check, "run_part", fake)
+    result = gpu_check.run_all(600, 60, 2, tmp_path)
+    names = [p["part"] for p in result["parts"]]
+    lessons = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(lessons) >= 17
+    assert names[:3] == ["calibrate", "gpu_tests", "checkpoint"]
+    assert names[3:3 + len(gpu_check.BENCH_PARTS)] == [f"bench:{b}" for b in gpu_check.BENCH_PARTS]
+    assert names[3 + len(gpu_check.BENCH_PARTS):] == [f"lesson:{s}" for s in lessons]
+    assert sorted(calls) == sorted(names)  # every part ran, the failing ones too
+
+
+def test_run_all_skips_what_the_budget_cannot_hold(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "run_part", lambda name, *a, **k: pytest.fail(name))
+    result = gpu_check.run_all(1, 60, 2, tmp_path)
+    assert {p["status"] for p in result["parts"]} == {"skipped"}

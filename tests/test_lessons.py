@@ -25,7 +25,7 @@ TIMEOUT_S = {"12_compression": 900, "13_scaling_laws": 900}  # the rest: 600 s
 
 # lesson -> (charts it must draw at least, the exercises it must log)
 EXPECTED = {
-    "00_tour": (2, {"mfu", "bits_per_byte_of"}),
+    "00_tour": (2, {"mfu_of", "bits_per_byte_of"}),
     "01_batching": (3, {"saturation", "largest_fitting_batch"}),
     "02_precision": (4, {"bytes_per_param", "bf16_round", "fp8_e4m3_round"}),
     "03_checkpointing": (1, {"kept_activations", "recompute_overhead"}),
@@ -179,6 +179,8 @@ def claims_00_tour(run: Run):
     ok = [r for r in run.records if r["status"] == "ok"]
     assert {r["workload"] for r in ok} == {"train"}
     assert {r["knobs"]["batch_size"] for r in ok} >= {1, 2, 4}  # the single point + the lab sweep
+    # the learner's MFU function agrees with the MFU efflab.measure computed for the same step
+    assert "(the same)" in cell_text(run.nb, "ex00-mfu-use")
 
 
 def claims_01_batching(run: Run):

@@ -10,7 +10,7 @@ and for courses built on them.
 =====  =====================  ==============================================================
 lesson check                  the learner ...
 =====  =====================  ==============================================================
-00     mfu                    reads MFU from a record (peak of the run's own format)
+00     mfu_of                 writes MFU from a record and the machine's calibration (code)
 00     bits_per_byte_of       writes bits per byte from a model's raw logits (code)
 01     largest_fitting_batch  writes the largest batch a memory budget holds (code)
 01     saturation             finds where training throughput saturates in their sweep
@@ -55,6 +55,7 @@ lesson check                  the learner ...
 --     paged_waste            the worst waste of a paged KV cache
 --     optimal_loss           the loss a fitted loss law predicts at the optimum
 --     zero1_bytes            per-rank bytes under ZeRO-1
+--     mfu                    MFU read from a record (peak of the run's own format)
 --     softmax_row_reduction  the row reduction of a fused softmax (lesson 04 teaches it)
 =====  =====================  ==============================================================
 """
@@ -87,12 +88,12 @@ from efflab.check.quantization import decode_bound, group_quantize
 from efflab.check.scaling import compute_optimal, isoflop_vertex, optimal_loss
 from efflab.check.serving import kv_waste, paged_waste, policy_meets_ttft
 from efflab.check.speculation import break_even_acceptance, kv_bytes, kv_cache_bytes
-from efflab.check.tour import bits_per_byte, bits_per_byte_of, mfu
+from efflab.check.tour import bits_per_byte, bits_per_byte_of, mfu, mfu_of
 
 # the machinery, then the checks in lesson order (the table above)
 __all__ = [
     "REGISTRY", "EvidenceError", "Exercise", "Feedback", "Verdict", "answers_path", "exercise",
-    "judge", "latest_answers", "read_answers", "mfu", "bits_per_byte_of", "largest_fitting_batch",
+    "judge", "latest_answers", "read_answers", "mfu_of", "bits_per_byte_of", "largest_fitting_batch",
     "saturation", "bytes_per_param", "bf16_round", "fp8_e4m3_round", "kept_activations", "recompute_overhead",
     "online_softmax", "score_bytes", "group_quantize", "decode_bound", "route", "balance_loss",
     "pareto", "request_latency", "matmul_roofline", "which_roof", "gelu_bias_bytes",
@@ -101,5 +102,5 @@ __all__ = [
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
     "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",
-    "softmax_row_reduction",
+    "softmax_row_reduction", "mfu",
 ]

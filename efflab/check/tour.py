@@ -1,9 +1,12 @@
-"""Checks for lesson 00 (the tour): reading MFU and bits per byte from records, and bits per
-byte from a model's raw logits (code)."""
+"""Checks for lesson 00 (the tour): MFU from a record and the machine's calibration (code), bits
+per byte from a model's raw logits (code), and the number-answer versions of both (no longer in
+the lesson)."""
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 
 import torch
 
@@ -136,3 +139,91 @@ def _judge_bpb_of(ev: dict) -> Verdict:
         case=lambda i, p: f"batch {i + 1} (B={p['logits'].shape[0]}, T={p['logits'].shape[1]})",
         takes="it takes logits (B, T, 256) and targets (B, T), torch tensors",
         slip_hint=_bpb_slip_hint, unit="bits per byte", rel=1e-4)
+
+
+# -- MFU from a record and the machine's calibration, as code -------------------------------
+
+MFU_PROBE_SEED = 4
+_PRECISION_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                    "bf16-pure": "bfloat16"}
+
+
+def mfu_probes(seed: int = MFU_PROBE_SEED) -> list[dict]:
+    """Seeded records of training steps shaped as ``efflab.measure`` writes them, less the MFU
+    and the peak it already holds, beside calibrations of other machines: a slow laptop, this
+    kind of CPU, a GPU-like one whose bf16 peak is 15x its fp32 peak. Formats vary; the first
+    probe is fp32, the second bf16."""
+    rng = random.Random(seed)
+    machines = [(2.5e9, 0.9, 1.1), (60e9, 1.8, 2.9), (60e12, 15.0, 15.5)]
+    out = []
+    for i in range(8):
+        fp32, r_bf16, r_fp16 = machines[i % 3]
+        cal = {"matmul": {"float32": {"flops_per_s": fp32 * rng.uniform(0.8, 1.2)},
+                          "bfloat16": {"flops_per_s": fp32 * r_bf16 * rng.uniform(0.8, 1.2)},
+                          "float16": {"flops_per_s": fp32 * r_fp16 * rng.uniform(0.8, 1.2)}},
+               "bandwidth_bytes_per_s": fp32 / rng.uniform(5, 50)}
+        precision = ("fp32", "bf16")[i] if i < 2 else rng.choice(list(_PRECISION_DTYPE))
+        dtype = _PRECISION_DTYPE[precision]
+        per_step = rng.uniform(1e9, 5e11) * (1e3 if i % 3 == 2 else 1)
+        s = per_step / (cal["matmul"][dtype]["flops_per_s"] * rng.uniform(0.05, 0.6))
+        med = s * 1e3
+        record = {"workload": "train",
+                  "knobs": {"precision": precision, "batch_size": rng.choice((1, 4, 8, 16)),
+                            "workload": "train"},
+                  "model": {"compute_dtype": dtype},
+                  "latency_ms": {"median": med, "p25": med * rng.uniform(0.85, 0.98),
+                                 "p75": med * rng.uniform(1.02, 1.2),
+                                 "mean": med * rng.uniform(1.05, 1.3), "n": rng.randint(5, 40)},
+                  "flops": {"per_step": per_step,
+                            "estimate_6n": per_step * rng.uniform(0.7, 0.9)}}
+        out.append({"record": record, "calibration": cal})
+    return out
+
+
+def reference_mfu(record: dict, calibration: dict) -> float:
+    """Counted FLOPs per second of the median step ÷ the calibrated peak of the step's own
+    compute format."""
+    dtype = _PRECISION_DTYPE[record["knobs"]["precision"]]
+    step_s = record["latency_ms"]["median"] / 1e3
+    return record["flops"]["per_step"] / step_s / calibration["matmul"][dtype]["flops_per_s"]
+
+
+@exercise("mfu_of", points=2, topic="tour", function=True)
+def mfu_of(fn, seed: int = MFU_PROBE_SEED):
+    """``fn(record, calibration) -> MFU``: a training step's record (as ``efflab.measure``
+    writes it, less its own MFU and peak) and the calibration of the machine it ran on."""
+    return {"seed": int(seed), "outputs": probe_outputs(
+        lambda record, calibration: fn(copy.deepcopy(record), copy.deepcopy(calibration)),
+        mfu_probes(seed))}
+
+
+def _mfu_slip_hint(got: float, p: dict) -> str:
+    rec, cal = p["record"], p["calibration"]
+    want = reference_mfu(rec, cal)
+    fl, lat = rec["flops"], rec["latency_ms"]
+    fp32 = cal["matmul"]["float32"]["flops_per_s"]
+    for value, hint in [
+            (want * 100, "MFU is a fraction (0.25), not a percentage (25)"),
+            (want / 1e3, "the latency is in milliseconds: convert it to seconds"),
+            (want * 1e3, "the latency is in milliseconds: convert it to seconds"),
+            (want * fl["estimate_6n"] / fl["per_step"],
+             "use the FLOPs the counter measured, not the 6·N estimate"),
+            (want * cal["matmul"][_PRECISION_DTYPE[rec["knobs"]["precision"]]]["flops_per_s"] / fp32,
+             "compare with the peak of the step's own number format (its precision knob)"),
+            (want * lat["median"] / lat["mean"], "the record's latency is its median step"),
+            (1 / want if want else math.nan, "upside down: achieved FLOP/s ÷ peak FLOP/s")]:
+        if value != want and math.isfinite(value) and close(got, value, rel=1e-4):
+            return hint
+    return ("MFU sets the FLOP rate this step achieved beside the peak its machine reaches in "
+            "the step's own number format")
+
+
+@mfu_of.judge_with
+def _judge_mfu_of(ev: dict) -> Verdict:
+    return judge_probed_numbers(
+        ev, mfu_probes, MFU_PROBE_SEED, reference_mfu,
+        expected="the MFU of unseen records on other machines and formats, within 0.01%",
+        case=lambda i, p: (f"record {i + 1} ({p['record']['knobs']['precision']}, fp32 peak "
+                           f"{p['calibration']['matmul']['float32']['flops_per_s']:.2g} FLOP/s)"),
+        takes="it takes a record and a calibration, two dicts (look inside them)",
+        slip_hint=_mfu_slip_hint, rel=1e-4)
