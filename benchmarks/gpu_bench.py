@@ -38,7 +38,7 @@ FLASH_TOKENS = 16384  # B·T per shape: the same work per key position at every 
 FLASH_HEADS, FLASH_HEAD_DIM = 16, 64
 
 
-def _cuda_ms(fn, warmup: int = 3, reps: int = 20, budget_s: float = 4.0) -> float:
+def _cuda_ms(fn, warmup: int = 3, reps: int = 20, budget_s: float = 2.0) -> float:
     """Median milliseconds of ``fn`` on the GPU (CUDA events, L2 not flushed)."""
     for _ in range(warmup):
         fn()
@@ -95,6 +95,7 @@ def bench_flash() -> dict:
                 finally:
                     torch.cuda.empty_cache()
                 rows.append(row)
+                _save_partial("flash", {"rows": rows})
     ratios = {}
     for mode in ("fwd", "fwd_bwd"):
         for T in FLASH_T:
@@ -106,6 +107,14 @@ def bench_flash() -> dict:
     return {"rows": rows, "ratios_triton_over_sdpa": ratios,
             "targets": [_target("triton >= 0.8x SDPA throughput at T >= 4k (worst shape)",
                                 min(long) if long else None, 0.8)]}
+
+
+_PARTIAL: Path | None = None  # where a part's rows so far are kept, should it be killed
+
+
+def _save_partial(part: str, out: dict) -> None:
+    if _PARTIAL is not None:
+        _PARTIAL.write_text(json.dumps({"part": part, "status": "partial", **out}, default=str))
 
 
 def _target(name: str, value, threshold: float) -> dict:
@@ -201,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "message": "needs CUDA"}))
         return 0
     from efflab.measurement.hardware import calibrate, environment
+    global _PARTIAL
+    _PARTIAL = args.out
     t0 = time.perf_counter()
     fn = PARTS[args.part]
     out = fn() if args.part == "flash" else fn(calibrate("cuda"))
