@@ -1,5 +1,7 @@
 """nbgrader itself accepts efflab's assignments: ``nbgrader generate_assignment`` takes every
-lesson as shipped, and ``nbgrader autograde`` grades a submission to full points.
+lesson as shipped, and ``nbgrader autograde`` grades a solved submission to full points and a
+wrong answer to none for its cell (with ``EFFLAB_CHECKS_RAISE=1``, a check that does not pass
+raises, which is what nbgrader counts).
 
 Each test builds a throw-away course folder (nbgrader's layout: source/, release/,
 submitted/, autograded/, gradebook.db). ``generate_assignment`` runs on every lesson in
@@ -62,33 +64,48 @@ def test_generate_assignment_accepts_every_lesson_as_shipped(tmp_path):
         assert grades and all(c.metadata["nbgrader"].get("checksum") for c in grades), name
 
 
-def _autograde(tmp_path: Path, sources: list[Path]) -> dict[str, tuple[float, float]]:
-    """Generate, submit each instructor notebook as ``alice`` (SMOKE injected, as papermill
-    would), autograde: {notebook: (score, max score)} from nbgrader's own gradebook."""
+def _autograde(tmp_path: Path, sources: list[Path],
+               students: dict[str, dict[str, nbformat.NotebookNode]] | None = None
+               ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Generate, submit (each instructor notebook as ``alice``, SMOKE injected as papermill
+    would, plus ``students``: name -> {file name: notebook}), autograde with
+    ``EFFLAB_CHECKS_RAISE=1``: {student: {notebook: (score, max score)}} from nbgrader's own
+    gradebook."""
     from nbgrader.api import Gradebook
 
     course = _course(tmp_path, "ps", sources)
     _nbgrader(course, "generate_assignment", "ps", "--create")
-    target = course / "submitted" / "alice" / "ps"
-    target.mkdir(parents=True)
-    for p in sources:
-        nb = C.set_parameters(nbformat.read(str(p), as_version=4), SMOKE=True)
-        nbformat.write(nb, str(target / p.name))
-    _nbgrader(course, "autograde", "ps", "--create")
+    handed = {"alice": {p.name: nbformat.read(str(p), as_version=4) for p in sources},
+              **(students or {})}
+    for student, nbs in handed.items():
+        target = course / "submitted" / student / "ps"
+        target.mkdir(parents=True)
+        for name, nb in nbs.items():
+            nbformat.write(C.set_parameters(nb, SMOKE=True), str(target / name))
+    os.environ["EFFLAB_CHECKS_RAISE"] = "1"  # a check that does not pass raises: nbgrader's rule
+    try:
+        _nbgrader(course, "autograde", "ps", "--create")
+    finally:
+        os.environ.pop("EFFLAB_CHECKS_RAISE", None)
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        sub = gb.find_submission("ps", "alice")
-        return {nb.name: (nb.score, nb.max_score) for nb in sub.notebooks}
+        return {s: {nb.name: (nb.score, nb.max_score) for nb in gb.find_submission("ps", s).notebooks}
+                for s in handed}
 
 
-def test_autograde_gives_the_fixture_assignments_solution_full_points(tmp_path):
-    scores = _autograde(tmp_path, [FIXTURE])
-    assert scores == {"assignment": (3.0, 3.0)}, scores
+def test_autograde_gives_the_fixture_assignments_solution_full_points_and_a_slip_none(tmp_path):
+    sys.path.insert(0, str(FIXTURE.parent))
+    import make_class
+
+    slip = make_class.student_notebook({**make_class.RIGHT, "ex1-answer": make_class.TOKENS_MS_SLIP})
+    scores = _autograde(tmp_path, [FIXTURE], {"bob": {FIXTURE.name: slip}})
+    assert scores["alice"] == {"assignment": (3.0, 3.0)}, scores
+    assert scores["bob"] == {"assignment": (2.0, 3.0)}, scores  # the wrong tokens/s earns nothing
 
 
 @pytest.mark.long
 def test_autograde_gives_every_lessons_solution_full_points(tmp_path):
     lessons = notebooks()
-    scores = _autograde(tmp_path, lessons)
+    scores = _autograde(tmp_path, lessons)["alice"]
     assert set(scores) == {p.stem for p in lessons}
     short = {k: v for k, v in scores.items() if v[0] != v[1] or v[1] <= 0}
     assert not short, short

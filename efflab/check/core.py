@@ -35,7 +35,9 @@ Registering one::
 4. the evidence, as read back from JSON, is judged — the same input the grader sees;
 5. the :class:`Feedback` is shown (printed; rich HTML in Jupyter) and returned.
 
-A wrong, missing or crashing answer never raises. A hidden check calls the same exercise
+A wrong, missing or crashing answer never raises, unless ``$EFFLAB_CHECKS_RAISE`` is "1": then a
+check that does not pass raises AssertionError with its feedback, as ``nbgrader autograde``
+needs (it passes every cell that does not raise). A hidden check calls the same exercise
 again with other givens (a function check takes ``seed=``), logging a second line under the same
 name; a grader judges every logged line. :func:`judge` is what a grader calls:
 an unknown exercise or malformed evidence gives a zero :class:`Feedback` with the reason.
@@ -64,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 ANSWERS_ENV = "EFFLAB_ANSWERS"
+RAISE_ENV = "EFFLAB_CHECKS_RAISE"  # "1": a check that does not pass raises AssertionError
 DEFAULT_ANSWERS = "efflab_answers.jsonl"
 
 NO_ANSWER = "no answer yet"
@@ -367,6 +370,9 @@ class Exercise:
             # a student version's placeholder ran (nbgrader's NotImplementedError): stop here,
             # as the placeholder of an answer cell does, with its message
             raise NotImplementedError(evidence["placeholder"])
+        if not fb.passed and os.environ.get(RAISE_ENV) == "1":
+            # for graders that pass a cell that does not raise (nbgrader autograde)
+            raise AssertionError(str(fb))
         return fb
 
     def __repr__(self) -> str:
