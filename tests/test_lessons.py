@@ -209,11 +209,17 @@ def claims_02_precision(run: Run):
 
 
 def claims_03_checkpointing(run: Run):
-    sweep = {r["knobs"]["checkpointing"]: r for r in run.records
-             if r["status"] == "ok" and r["budget_bytes"] is None}
+    sweep = {r["knobs"]["checkpointing"]: r for r in run.records if r["status"] == "ok"
+             and r["budget_bytes"] is None and r["knobs"].get("checkpointing_every", 1) == 1}
     assert set(sweep) == {"none", "selective", "blocks"}
     assert (sweep["blocks"]["memory"]["peak_bytes"] < sweep["selective"]["memory"]["peak_bytes"]
             < sweep["none"]["memory"]["peak_bytes"])
+    # every 2nd block: activations between every block's and none's, as the lesson's verdict says
+    every2 = [r for r in run.records if r["status"] == "ok" and r["knobs"].get("checkpointing_every") == 2]
+    acts = {m: r["memory"]["by_category"]["activations"] for m, r in sweep.items()}
+    assert len(every2) == 1
+    assert acts["blocks"] < every2[0]["memory"]["by_category"]["activations"] < acts["none"]
+    assert "between" in cell_text(run.nb, "ex03-every-k")
     budgeted = [r for r in run.records if r["budget_bytes"] is not None]
     assert {r["status"] for r in budgeted} == {"ok", "refused"}  # fits with it, refused without
 
