@@ -185,3 +185,47 @@ def test_isoflop_vertex_hidden_seed_and_placeholder(tmp_path):
         check.isoflop_vertex(placeholder)
     (entry,) = check.read_answers(tmp_path / "answers.jsonl")
     assert check.judge("isoflop_vertex", entry["evidence"]).status == "unanswered"
+
+
+# -- 13 · code: tokens per parameter at the optimum of a law ---------------------------------
+
+def _ratio(prefactor, exponent, budget):
+    n = prefactor * budget ** exponent
+    return budget / (6 * n) / n
+
+
+def test_tokens_per_param_right_passes_on_every_seed():
+    for seed in (1300, 1313, 5):
+        fb = check.tokens_per_param(_ratio, seed=seed)
+        assert fb.passed and fb.points == fb.max_points, fb
+
+
+def test_tokens_per_param_reference_agrees_with_the_compute_optimal_judge():
+    from efflab.check.scaling import reference_tokens_per_param
+    n = 0.02 * 1e13 ** 0.6
+    d = 1e13 / (6 * n)
+    fit = {"n_law": {"prefactor": 0.02, "exponent": 0.6},
+           "budgets": pd.DataFrame({"budget": [1e10, 1e12]})}
+    assert check.compute_optimal((n, d), fit=fit, budget=1e13).passed
+    assert math.isclose(reference_tokens_per_param(0.02, 0.6, 1e13), d / n)
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda prefactor, exponent, budget: budget / (6 * prefactor * budget ** exponent), "D_opt"),
+    (lambda prefactor, exponent, budget: 1 / _ratio(prefactor, exponent, budget), "upside down"),
+    (lambda prefactor, exponent, budget: 6 * _ratio(prefactor, exponent, budget), "6 FLOPs"),
+    (lambda prefactor, exponent, budget: 20.0, "Chinchilla"),
+    (lambda prefactor, exponent, budget: budget ** (1 - 2 * exponent) / 6, "prefactor"),
+])
+def test_tokens_per_param_rejects_slips_with_their_hint(fn, hint):
+    fb = check.tokens_per_param(fn)
+    assert not fb.passed and hint in fb.hint, fb
+
+
+def test_tokens_per_param_feedback_never_states_the_ratio():
+    from efflab.check.scaling import ratio_probes, reference_tokens_per_param
+    fb = check.tokens_per_param(lambda prefactor, exponent, budget: 1.0)
+    want = reference_tokens_per_param(**ratio_probes()[0])
+    text = f"{fb.expected} {fb.got} {fb.hint}"
+    assert f"{want:.3g}" not in text and f"{want:.4g}" not in text
+    assert check.tokens_per_param(None).status == "unanswered"

@@ -38,7 +38,7 @@ EXPECTED = {
     "10_kv_cache_and_speculation": (5, {"kv_bytes", "break_even_acceptance"}),
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"block_flops_sparsity", "soft_target_loss"}),
-    "13_scaling_laws": (4, {"isoflop_vertex", "compute_optimal"}),
+    "13_scaling_laws": (4, {"isoflop_vertex", "tokens_per_param"}),
     "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
     "15_model_parallel": (5, {"tp_rank_bytes", "tp_step_comm", "pipeline_bubble", "ring_merge"}),
     "16_finetune_memory": (6, {"lora_trainable", "nf4_quantize", "adam8bit_bytes"}),
@@ -310,6 +310,9 @@ def claims_13_scaling_laws(run: Run):
     for r in rerun.itertuples():
         if (r.budget, r.name) in shipped.index:  # same recipe and seed: the same loss to rounding
             assert abs(r.val_loss - shipped[(r.budget, r.name)]) < 0.02, r.name
+    # the learner's tokens per parameter, applied to the fit, states its verdict beside Chinchilla's
+    ratio = cell_text(run.nb, "c13-ex1-apply")
+    assert "tokens per parameter" in ratio and "Chinchilla's ~20" in ratio
 
 
 def claims_14_distributed(run: Run):

@@ -37,7 +37,7 @@ lesson check                  the learner ...
 11     kv_waste               writes the reserved-but-empty bytes of a paged or contiguous cache
 12     block_flops_sparsity   writes the MLP sparsity leaving a block a share of its FLOPs (code)
 12     soft_target_loss       writes distillation's soft-target loss
-13     compute_optimal        predicts compute-optimal N and D at 10x the budget
+13     tokens_per_param       writes the tokens per parameter at a fitted law's optimum (code)
 13     isoflop_vertex         writes the compute-optimal size of one IsoFLOP curve (code)
 14     alpha_beta             fits the α–β model of an all-reduce
 14     step_time_8            predicts a DDP step at 8 ranks
@@ -56,6 +56,7 @@ lesson check                  the learner ...
 --     optimal_loss           the loss a fitted loss law predicts at the optimum
 --     zero1_bytes            per-rank bytes under ZeRO-1
 --     mfu                    MFU read from a record (peak of the run's own format)
+--     compute_optimal        compute-optimal N and D at a budget from a fitted law
 --     softmax_row_reduction  the row reduction of a fused softmax (lesson 04 teaches it)
 =====  =====================  ==============================================================
 """
@@ -85,7 +86,7 @@ from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_rank_byt
 from efflab.check.moe import balance_loss, route
 from efflab.check.precision import bf16_round, bytes_per_param, fp8_e4m3_round
 from efflab.check.quantization import decode_bound, group_quantize
-from efflab.check.scaling import compute_optimal, isoflop_vertex, optimal_loss
+from efflab.check.scaling import compute_optimal, isoflop_vertex, optimal_loss, tokens_per_param
 from efflab.check.serving import kv_waste, paged_waste, policy_meets_ttft
 from efflab.check.speculation import break_even_acceptance, kv_bytes, kv_cache_bytes
 from efflab.check.tour import bits_per_byte, bits_per_byte_of, mfu, mfu_of
@@ -98,9 +99,9 @@ __all__ = [
     "online_softmax", "score_bytes", "group_quantize", "decode_bound", "route", "balance_loss",
     "pareto", "request_latency", "matmul_roofline", "which_roof", "gelu_bias_bytes",
     "chain_bytes", "kv_bytes", "break_even_acceptance", "policy_meets_ttft", "kv_waste",
-    "block_flops_sparsity", "soft_target_loss", "compute_optimal", "isoflop_vertex", "alpha_beta",
+    "block_flops_sparsity", "soft_target_loss", "tokens_per_param", "isoflop_vertex", "alpha_beta",
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
     "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",
-    "softmax_row_reduction", "mfu",
+    "softmax_row_reduction", "mfu", "compute_optimal",
 ]

@@ -1,5 +1,6 @@
-"""Checks for lesson 13 (scaling laws): the compute-optimal size and tokens for a budget 10x
-larger, and the loss the fit predicts there — both from the learner's own fit."""
+"""Checks for lesson 13 (scaling laws): the vertex of an IsoFLOP curve (code), the tokens per
+parameter at the optimum of a fitted law (code), and the number-answer checks of the size and
+tokens for a budget 10x larger and of the loss the fit predicts there (no longer in the lesson)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
+    judge_probed_numbers,
     miss_band,
     number,
     probe_outputs,
@@ -184,4 +186,66 @@ def _judge_isoflop_vertex(ev: dict) -> Verdict:
     return Verdict(True, expected=expected, got=f"all {len(probes)} within 0.01%")
 
 
-__all__ = ["compute_optimal", "optimal_loss", "isoflop_vertex"]
+# -- tokens per parameter at the optimum of a fitted law, as code ---------------------------
+
+RATIO_PROBE_SEED = 1300
+
+
+def ratio_probes(seed: int = RATIO_PROBE_SEED) -> list[dict]:
+    """Seeded laws N_opt = prefactor · C^exponent (exponents from 0.35 to Kaplan-like 0.73)
+    and budgets in FLOPs from a CPU's 1e10 to a cluster's 1e24, each law placing the optimum
+    at 1 to 1,000 tokens per parameter there."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(8):
+        a = rng.uniform(0.35, 0.75)
+        c = 10 ** rng.uniform(10, 24)
+        n = math.sqrt(c / (6 * 10 ** rng.uniform(0, 3)))   # the optimum of that law at c
+        out.append({"prefactor": n / c ** a, "exponent": a, "budget": c})
+    return out
+
+
+def reference_tokens_per_param(prefactor: float, exponent: float, budget: float) -> float:
+    """D_opt / N_opt at ``budget``: the law gives N_opt, the budget spent exactly (C = 6·N·D)
+    gives D_opt."""
+    n = prefactor * budget ** exponent
+    return budget / (6 * n) / n
+
+
+@exercise("tokens_per_param", points=2, topic="scaling", function=True)
+def tokens_per_param(fn, seed: int = RATIO_PROBE_SEED):
+    """``fn(prefactor, exponent, budget) -> D_opt / N_opt``: the training tokens per parameter of
+    the compute-optimal model at ``budget`` FLOPs under the fitted law N_opt = prefactor ·
+    budget^exponent."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, ratio_probes(seed))}
+
+
+def _ratio_slip_hint(got: float, p: dict) -> str:
+    k, a, c = p["prefactor"], p["exponent"], p["budget"]
+    n = k * c ** a
+    d = c / (6 * n)
+    for value, hint in [
+            (d, "that is D_opt itself; the question is tokens per parameter"),
+            (n / d, "upside down: tokens divided by parameters"),
+            (c / n / n, "each token costs 6 FLOPs per parameter (forward and backward)"),
+            (20.0, "20 is Chinchilla's rule; the law you are given sets the ratio"),
+            (c ** (1 - 2 * a) / 6, "the prefactor belongs in N_opt (and so twice in the ratio)"),
+            (c / (6 * k * c ** a), "that is D_opt; divide it by N_opt")]:
+        if math.isfinite(value) and close(got, value, rel=1e-4):
+            return hint
+    return ("get the optimal size from the law at this budget, then the tokens the budget buys "
+            "that size, then their ratio")
+
+
+@tokens_per_param.judge_with
+def _judge_tokens_per_param(ev: dict) -> Verdict:
+    return judge_probed_numbers(
+        ev, ratio_probes, RATIO_PROBE_SEED, reference_tokens_per_param,
+        expected="tokens per parameter at the optimum of unseen laws and budgets, within 0.01%",
+        case=lambda i, p: (f"law {i + 1} (exponent {p['exponent']:.3f}, C = "
+                           f"{p['budget']:.2g} FLOPs)"),
+        takes="it takes prefactor, exponent and budget, three floats",
+        slip_hint=_ratio_slip_hint, rel=1e-4)
+
+
+__all__ = ["compute_optimal", "optimal_loss", "isoflop_vertex", "tokens_per_param"]
