@@ -64,9 +64,6 @@ def test_the_roofline_uses_the_steps_own_format(name):
 
 
 @pytest.mark.parametrize("name", GPUS)
-@pytest.mark.xfail(strict=True, reason="roofs_from_calibration drops a format under a quarter of "
-                   "the fastest one: on a GPU that is fp32 beside the tensor cores, so the fp32 "
-                   "step of lesson 08 is drawn without its own roof (compute_roof still finds it)")
 def test_the_fp32_roof_is_drawn_on_a_gpu(name):
     roofs = roofs_from_calibration(profile(name))
     assert "float32" in {r["format"] for r in roofs["compute"]}

@@ -37,13 +37,17 @@ def roofs_from_calibration(cal: dict, min_fraction: float = 0.25) -> dict:
     A number format gets a compute roof when its measured matmul peak is at least
     ``min_fraction`` of the fastest format's; the others are listed under ``excluded`` with
     their measured peak (on an AVX2 CPU, bf16 and fp16 run at ~1 GFLOP/s: a roof 100× below
-    fp32 would only mislead). Bandwidth roofs: the read and the copy bandwidth."""
+    fp32 would only mislead). fp32 keeps its roof whatever the fastest format is (on a GPU it
+    sits far below the tensor cores, and it is the roof of the lessons' fp32 steps). Bandwidth
+    roofs: the read and the copy bandwidth."""
     peaks = {k: v["flops_per_s"] for k, v in cal["matmul"].items() if v.get("flops_per_s")}
     best = max(peaks.values())
-    compute = [{"format": k, "flops_per_s": v} for k, v in peaks.items()
-               if v >= min_fraction * best]
-    excluded = [{"format": k, "flops_per_s": v} for k, v in peaks.items()
-                if v < min_fraction * best]
+
+    def drawn(fmt, v):  # fp32, the format of the lessons' steps, always has its roof
+        return v >= min_fraction * best or fmt == "float32"
+
+    compute = [{"format": k, "flops_per_s": v} for k, v in peaks.items() if drawn(k, v)]
+    excluded = [{"format": k, "flops_per_s": v} for k, v in peaks.items() if not drawn(k, v)]
     bandwidth = [{"name": "copy", "bytes_per_s": cal["bandwidth_bytes_per_s"]}]
     if cal.get("read_bandwidth_bytes_per_s"):
         bandwidth.insert(0, {"name": "read", "bytes_per_s": cal["read_bandwidth_bytes_per_s"]})
