@@ -240,7 +240,12 @@ def claims_05_quantization(run: Run):
 
 
 def claims_06_moe(run: Run):
-    pass  # its claims are the four charts (live curves, load histogram, loss per FLOP and per s)
+    # besides the four charts (live curves, load histogram, loss per FLOP and per s): top-1 and
+    # top-2 each set against dense, and the collapse verdict, computed from the run's own counts
+    gaps = cell_text(run.nb, "f6fb6e24")
+    for k in (1, 2):
+        assert re.search(rf"top-{k}: last held-out loss [\d.]+ against dense", gaps), gaps
+    assert re.search(r"routing (more|not more) concentrated", cell_text(run.nb, "649c0815"))
 
 
 def claims_07_pareto(run: Run):
