@@ -114,13 +114,15 @@ def test_the_probe_program_is_the_solution_cells_the_function_needs_and_the_impo
         _cell("import math\nimport torch as th\nrows = load_a_big_sweep()", "setup"),
         _cell("def helper(x):\n    return math.sqrt(x)", "helper", solution=True),
         _cell("while True:\n    pass", "other-answer", solution=True),  # not needed: not run
-        _cell("%timeit 1\ndef f(x):\n    return helper(x) + 1", "answer", solution=True),
+        _cell("%timeit 1\ndef f(x, fused=1):\n    return helper(x) + fused", "answer", solution=True),
         _cell("scratch = 1/0", "scratch"),
         _cell("efflab.check.score_bytes(f)", "check"),
     ]
-    code = T.probe_program(nb, nb, 5, ["f"])
+    nb.cells.insert(3, _cell("fused = 2 * numel  # a total of the lesson's, not the function's",
+                             "totals", solution=True))
+    code = T.probe_program(nb, nb, 6, ["f"])  # f's parameter "fused" is not a free name
     assert code == ["import math\nimport torch as th", "def helper(x):\n    return math.sqrt(x)",
-                    "\ndef f(x):\n    return helper(x) + 1"]
+                    "\ndef f(x, fused=1):\n    return helper(x) + fused"]
     assert T.function_calls("efflab.check.score_bytes(f)\nefflab.check.score_bytes(f, seed=4)\n"
                             "efflab.check.throughput(f(1), df=d, batch_size=4)") == [
         ("score_bytes", "f")]
@@ -155,3 +157,23 @@ def test_a_lessons_own_solution_passes_the_graders_probes(stem, grade_id):
             assert fb.passed, (stem, name, seed, str(fb))
         wrong = REGISTRY[name].collect(lambda *a, **k: 0, seed=seed)
         assert not check.judge(name, wrong).passed, (stem, name)
+
+
+def test_a_probe_run_defines_the_function_past_a_line_that_needs_the_notebook():
+    """The probe run executes a solution cell statement by statement: a line that reads the
+    lesson's data (absent there) fails alone, the function after it is still defined, called on
+    the grader's seeds, and only its outputs come back; a learner's print goes nowhere."""
+    from efflab.course.sandbox import Limits, run_probes
+
+    cell = ("ratio = sweep_table['latency'].max()  # the lesson's data: not in a probe run\n"
+            "print('@@efflab-probe {\"forged\": true}')\n"
+            "def score(B, h, T, bytes_per_value):\n"
+            "    return B * h * T * T * bytes_per_value\n")
+    seeds = T.probe_seeds(b"k", "score_bytes")
+    result = run_probes([cell], [{"grade_id": "g", "exercise": "score_bytes", "expr": "score",
+                                  "seeds": seeds}], Limits(cell_s=60, notebook_s=60),
+                        isolation="process")
+    assert [e["seed"] for e in result.entries] == seeds and result.note == ""
+    assert all(check.judge("score_bytes", e["evidence"]).passed for e in result.entries)
+    assert "NameError" in result.entries[0]["problems"][0]
+    assert not any("forged" in e for e in result.entries)

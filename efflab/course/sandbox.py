@@ -373,7 +373,7 @@ def _run_probes(job: dict) -> None:
         raise TimeoutError("over its share of the probe run's time")
 
     signal.signal(signal.SIGALRM, late)
-    steps = len(job["cells"]) + sum(len(c["seeds"]) for c in job["calls"])
+    steps = len(job["cells"]) + sum(len(c["seeds"]) for c in job["calls"])  # a cell's share
     share = max(1.0, 0.8 * float(job["limits"].get("cell_s", 60)) / max(1, steps))
 
     def timed(fn):
@@ -385,12 +385,20 @@ def _run_probes(job: dict) -> None:
 
     namespace: dict = {"__name__": "__main__"}
     problems = []
+    import ast
+
     for i, code in enumerate(job["cells"]):
-        try:
-            timed(lambda code=code, i=i: exec(compile(code, f"<solution cell {i}>", "exec"),  # noqa: S102
-                                                namespace))
-        except BaseException as e:  # noqa: BLE001 - the learner's code: keep going, say why
-            problems.append(f"{type(e).__name__}: {str(e)[:200]}")
+        try:  # statement by statement: a line needing the notebook's data does not stop a def
+            statements = [ast.Module([node], []) for node in ast.parse(code).body]
+        except SyntaxError as e:
+            problems.append(f"SyntaxError: {str(e)[:200]}")
+            continue
+        for tree in statements:
+            try:
+                timed(lambda tree=tree, i=i: exec(  # noqa: S102
+                    compile(tree, f"<solution cell {i}>", "exec"), namespace))
+            except BaseException as e:  # noqa: BLE001 - the learner's code: go on, say why
+                problems.append(f"{type(e).__name__}: {str(e)[:200]}")
     for call in job["calls"]:
         ex = REGISTRY.get(call["exercise"])
         for seed in call["seeds"]:

@@ -221,7 +221,15 @@ def _defined(tree: ast.Module) -> set[str]:
 
 
 def _used(tree: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    """Names a tree reads, less the parameters of the functions it defines (a rough set of its
+    free names: enough to find which cells define what a function needs)."""
+    loads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    params = {a.arg for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                              ast.Lambda))
+              for a in (*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs,
+                        *([n.args.vararg] if n.args.vararg else []),
+                        *([n.args.kwarg] if n.args.kwarg else []))}
+    return loads - params
 
 
 def probe_program(submission, instructor, check_index: int, exprs: list[str]) -> list[str]:
