@@ -78,9 +78,14 @@ def main() -> int:
         ours = _timed([str(BIN / "efflab"), "grade", str(subs), "--source", str(source),
                        "--out", str(tmp / "out" / "gradebook.csv"),
                        "--workers", str(args.workers)], tmp)
-        book = (tmp / "out" / "gradebook.csv").read_text().splitlines()[1:]
-        ours["points"] = sum(float(r.split(",")[5]) for r in book)
-        ours["max_points"] = sum(float(r.split(",")[6]) for r in book)
+        import pandas as pd
+
+        book = pd.read_csv(tmp / "out" / "gradebook.csv")
+        ours["points"] = float(book["points"].sum())
+        ours["max_points"] = float(book["max_points"].sum())
+        ours["statuses"] = book["status"].value_counts().to_dict()
+        ours["feedback_not_correct"] = sorted(set(book.loc[book["status"] != "correct",
+                                                            "feedback"]))[:5]
 
         course = tmp / "course"
         (course / "source" / "ps").mkdir(parents=True)

@@ -509,7 +509,7 @@ def judge_probed_numbers(ev: dict, make_probes: Callable[[int], list], default_s
         return Verdict(False, expected=expected,
                        got=f"{where}: {shown}{' ' + unit if unit else ''} ({miss_band(got, want)})",
                        hint=slip_hint(got, p))
-    how = "exact" if rel == 0 else f"within {rel:.2%}".replace(".00%", "%")
+    how = "exact" if rel == 0 else f"within {100 * rel:.3g}%"
     return Verdict(True, expected=expected, got=f"all {len(probes)} {how}")
 
 
