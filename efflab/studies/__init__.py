@@ -8,6 +8,7 @@
 | attention_memory | 04     | attention's score memory by sequence length, measured          |
 | kernel_benchmark | 04, 09 | Triton kernels beside their references, declared as data       |
 | quantization     | 05     | each scheme's bytes stored and read per token, its worst SQNR  |
+| qat_recovery     | 05     | the share of int4's loss quantization-aware training recovers  |
 | fusion           | 09     | operators launched and bytes moved, eager vs compiled          |
 | kv_cache         | 10     | the KV cache's size and a new token's cost with and without it |
 | shapes           | 10     | model shapes that are not presets, trained at equal budgets    |
