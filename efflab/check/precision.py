@@ -119,40 +119,47 @@ def bf16_round(fn, seed: int = PROBE_SEED):
 
 @bf16_round.judge_with
 def _judge_bf16_round(ev: dict) -> Verdict:
-    xs = bf16_probes(seed_of(ev, PROBE_SEED))
+    return _judge_rounding(
+        ev, bf16_probes, PROBE_SEED, bf16,
+        expected="the nearest bf16 value for {n} numbers (ties to even)",
+        slips=[(lambda x: _round_bits(x, 7, "truncate"), "that chops the extra bits: round to the "
+                "nearest bf16 value instead"),
+               (lambda x: _round_bits(x, 7, "half_up"), "exact ties (halfway between two bf16 "
+                "values) go to the neighbour whose last stored bit is 0 (round half to even)"),
+               (lambda x: _round_bits(x, 8), "bf16 stores 7 mantissa bits (8 significant with "
+                "the implicit leading 1), not 8"),
+               (lambda x: _round_bits(x, 6), "bf16 stores 7 mantissa bits, not 6"),
+               (lambda x: _round_bits(x, 10), "that is fp16's 10 mantissa bits; bf16 keeps 7"),
+               (lambda x: x, "the values came back unchanged: they must be rounded")],
+        hint="bf16 keeps fp32's 8 exponent bits and 7 of its 23 mantissa bits: the spacing "
+             "between neighbours near x is 2^(floor(log2|x|) - 7)")
+
+
+def _judge_rounding(ev: dict, make_probes, default_seed: int, reference, *, expected: str,
+                    slips: list, hint: str) -> Verdict:
+    """The verdict on a learner's rounding function: every probe rounded exactly as
+    ``reference`` rounds it; otherwise the first known slip (a function and its hint) that
+    agrees on at least 90% of the probes names the mistake, else ``hint``."""
+    xs = make_probes(seed_of(ev, default_seed))
     outs = ev["outputs"]
     if len(outs) != len(xs):
         raise ValueError(f"{len(outs)} outputs for {len(xs)} probes")
-    expected = f"the nearest bf16 value for {len(xs)} numbers (ties to even)"
+    expected = expected.format(n=len(xs))
     errors = [o["error"] for o in outs if "error" in o]
     if errors:
         return Verdict(False, expected=expected, got=f"your function raised {errors[0]}",
                        hint="it receives one Python float and returns one float")
     got = [number(o["out"]) for o in outs]
-    want = [bf16(x) for x in xs]
-    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    bad = [i for i, (g, x) in enumerate(zip(got, xs)) if g != reference(x)]
     if not bad:
         return Verdict(True, expected=expected, got=f"all {len(xs)} exact")
-    i = bad[0]
-    shown = f"{len(bad)} of {len(xs)} differ, e.g. {xs[i]!r} -> {got[i]!r}"
-    candidates = [
-        ([_round_bits(x, 7, "truncate") for x in xs], "that chops the extra bits: round to the "
-         "nearest bf16 value instead"),
-        ([_round_bits(x, 7, "half_up") for x in xs], "exact ties (halfway between two bf16 "
-         "values) go to the neighbour whose last stored bit is 0 (round half to even)"),
-        ([_round_bits(x, 8) for x in xs], "bf16 stores 7 mantissa bits (8 significant with the "
-         "implicit leading 1), not 8"),
-        ([_round_bits(x, 6) for x in xs], "bf16 stores 7 mantissa bits, not 6"),
-        ([_round_bits(x, 10) for x in xs], "that is fp16's 10 mantissa bits; bf16 keeps 7"),
-        (xs, "the values came back unchanged: they must be rounded"),
-    ]
-    for values, hint in candidates:  # a known mistake agrees on (nearly) every probe
+    shown = f"{len(bad)} of {len(xs)} differ, e.g. {xs[bad[0]]!r} -> {got[bad[0]]!r}"
+    for slip, slip_hint in slips:  # a known mistake agrees on (nearly) every probe
+        values = [slip(x) for x in xs]
         agree = sum(g == v or (math.isnan(g) and math.isnan(v)) for g, v in zip(got, values))
         if agree >= 0.9 * len(xs):
-            return Verdict(False, expected=expected, got=shown, hint=hint)
-    return Verdict(False, expected=expected, got=shown,
-                   hint="bf16 keeps fp32's 8 exponent bits and 7 of its 23 mantissa bits: the "
-                        "spacing between neighbours near x is 2^(floor(log2|x|) - 7)")
+            return Verdict(False, expected=expected, got=shown, hint=slip_hint)
+    return Verdict(False, expected=expected, got=shown, hint=hint)
 
 
 # ----------------------------------------------------------------------------- FP8 E4M3 rounding
@@ -218,42 +225,24 @@ def fp8_e4m3_round(fn, seed: int = E4M3_PROBE_SEED):
 
 @fp8_e4m3_round.judge_with
 def _judge_fp8_e4m3_round(ev: dict) -> Verdict:
-    xs = e4m3_probes(seed_of(ev, E4M3_PROBE_SEED))
-    outs = ev["outputs"]
-    if len(outs) != len(xs):
-        raise ValueError(f"{len(outs)} outputs for {len(xs)} probes")
-    expected = f"the nearest E4M3 value for {len(xs)} numbers (ties to even, subnormals kept)"
-    errors = [o["error"] for o in outs if "error" in o]
-    if errors:
-        return Verdict(False, expected=expected, got=f"your function raised {errors[0]}",
-                       hint="it receives one Python float and returns one float")
-    got = [number(o["out"]) for o in outs]
-    want = [e4m3(x) for x in xs]
-    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
-    if not bad:
-        return Verdict(True, expected=expected, got=f"all {len(xs)} exact")
-    i = bad[0]
-    shown = f"{len(bad)} of {len(xs)} differ, e.g. {xs[i]!r} -> {got[i]!r}"
-    candidates = [
-        ([round_to_format(x, **E4M3, mode="truncate") for x in xs], "that chops the extra bits: "
-         "round to the nearest E4M3 value instead"),
-        ([round_to_format(x, **E4M3, mode="half_up") for x in xs], "exact ties (halfway between "
-         "two E4M3 values) go to the neighbour whose last stored bit is 0 (round half to even)"),
-        ([round_to_format(x, **E4M3, subnormals=False) for x in xs], "values below the smallest "
-         "normal are not zero: the format keeps subnormals, evenly spaced down to zero"),
-        ([round_to_format(x, **E5M2) for x in xs], "that is E5M2 (5 exponent bits, 2 mantissa "
-         "bits); E4M3 trades one exponent bit for one more mantissa bit"),
-        ([round_to_format(x, 4, -6, 480.0) for x in xs], "E4M3 stores 3 mantissa bits, not 4"),
-        ([round_to_format(x, 2, -6, 448.0) for x in xs], "E4M3 stores 3 mantissa bits, not 2"),
-        ([round_to_format(x, 3, -7, 240.0) for x in xs], "torch's float8_e4m3fn uses exponent "
-         "bias 7 (the 'fn' variant: no infinities), so its smallest normal is 2^-6"),
-        (xs, "the values came back unchanged: they must be rounded"),
-    ]
-    for values, hint in candidates:  # a known mistake agrees on (nearly) every probe
-        agree = sum(g == v for g, v in zip(got, values))
-        if agree >= 0.9 * len(xs):
-            return Verdict(False, expected=expected, got=shown, hint=hint)
-    return Verdict(False, expected=expected, got=shown,
-                   hint="E4M3 has 4 exponent bits and 3 mantissa bits: the spacing between "
-                        "neighbours depends on the power of two x falls in, and stops shrinking "
-                        "below the smallest normal")
+    return _judge_rounding(
+        ev, e4m3_probes, E4M3_PROBE_SEED, e4m3,
+        expected="the nearest E4M3 value for {n} numbers (ties to even, subnormals kept)",
+        slips=[(lambda x: round_to_format(x, **E4M3, mode="truncate"), "that chops the extra "
+                "bits: round to the nearest E4M3 value instead"),
+               (lambda x: round_to_format(x, **E4M3, mode="half_up"), "exact ties (halfway "
+                "between two E4M3 values) go to the neighbour whose last stored bit is 0 (round "
+                "half to even)"),
+               (lambda x: round_to_format(x, **E4M3, subnormals=False), "values below the "
+                "smallest normal are not zero: the format keeps subnormals, evenly spaced down "
+                "to zero"),
+               (lambda x: round_to_format(x, **E5M2), "that is E5M2 (5 exponent bits, 2 mantissa "
+                "bits); E4M3 trades one exponent bit for one more mantissa bit"),
+               (lambda x: round_to_format(x, 4, -6, 480.0), "E4M3 stores 3 mantissa bits, not 4"),
+               (lambda x: round_to_format(x, 2, -6, 448.0), "E4M3 stores 3 mantissa bits, not 2"),
+               (lambda x: round_to_format(x, 3, -7, 240.0), "torch's float8_e4m3fn uses exponent "
+                "bias 7 (the 'fn' variant: no infinities), so its smallest normal is 2^-6"),
+               (lambda x: x, "the values came back unchanged: they must be rounded")],
+        hint="E4M3 has 4 exponent bits and 3 mantissa bits: the spacing between neighbours "
+             "depends on the power of two x falls in, and stops shrinking below the smallest "
+             "normal")
