@@ -578,7 +578,7 @@ def test_the_grader_kills_a_run_past_its_memory_or_process_limit():
 
 # make test grades three chart-drawing lessons in one class (each runs twice: the grader's
 # reference run and the submission), make test-long every lesson
-IN_MAKE_TEST = ("00_tour", "01_batching", "04_attention")
+IN_MAKE_TEST = ("00_tour", "01_batching", "11_serving")
 
 
 @pytest.mark.parametrize("lessons", [

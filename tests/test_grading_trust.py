@@ -177,3 +177,17 @@ def test_a_probe_run_defines_the_function_past_a_line_that_needs_the_notebook():
     assert all(check.judge("score_bytes", e["evidence"]).passed for e in result.entries)
     assert "NameError" in result.entries[0]["problems"][0]
     assert not any("forged" in e for e in result.entries)
+
+
+def test_an_exercise_with_noisier_measurements_widens_the_factor_for_itself_only():
+    rows = [{"policy": "static", "rate": 10.0, "ttft_p50": 0.01, "ttft_p99": 0.02,
+             "throughput_tok_s": 500.0},
+            {"policy": "continuous", "rate": 10.0, "ttft_p50": 0.01, "ttft_p99": 0.03,
+             "throughput_tok_s": 600.0}]
+    ev = {"answer": "both", "rate": 10.0, "target_s": 0.05, "rows": rows}
+    queued = copy.deepcopy(ev)
+    queued["rows"][1]["ttft_p99"] = 0.03 * 6  # a queue that built up in one honest run
+    assert T.disagreement("policy_meets_ttft", queued, ev) == ""
+    assert T.disagreement("policy_meets_ttft", {**ev, "rate": 10.0 * 20}, ev) != ""
+    busier = {**THROUGHPUT, "latency_ms": 20.0 * 6}
+    assert T.disagreement("throughput", busier, THROUGHPUT) != ""  # 3x still holds there

@@ -291,6 +291,7 @@ class Exercise:
     answer_keys: tuple[str, ...] = ("answer",)
     measured_keys: tuple[str, ...] = ()
     function: bool = False
+    measured_factor: float | None = None
 
     def __post_init__(self):
         self.__doc__ = self.doc
@@ -383,7 +384,8 @@ REGISTRY: dict[str, Exercise] = {}
 
 
 def exercise(name: str, points: float = 1, *, topic: str = "", answer: tuple[str, ...] = ("answer",),
-             measured: tuple[str, ...] = (), function: bool = False) -> Callable[[Callable], Exercise]:
+             measured: tuple[str, ...] = (), function: bool = False,
+             measured_factor: float | None = None) -> Callable[[Callable], Exercise]:
     """Decorator registering a collect function as the exercise ``name`` (see module doc).
 
     What the grader may trust in the evidence (see :mod:`efflab.course.trusted`):
@@ -394,6 +396,8 @@ def exercise(name: str, points: float = 1, *, topic: str = "", answer: tuple[str
       instructor's notebook must agree with them within a factor;
     - every other key is a given the grader's run must reproduce exactly (sizes, counts,
       configs, seeds);
+    - ``measured_factor``: a wider factor for measurements noisier than a step time (queueing
+      delays near overload); the grader uses the larger of it and its own;
     - ``function=True``: the answer is a learner-written function, collected as
       ``collect(fn, seed=...) -> {"seed", "outputs"}``; the grader calls it again, on probe
       seeds of its own, in a fresh sandboxed process.
@@ -406,7 +410,8 @@ def exercise(name: str, points: float = 1, *, topic: str = "", answer: tuple[str
         ex = Exercise(name=name, max_points=float(points), collect_fn=collect_fn,
                       doc=collect_fn.__doc__ or "", topic=topic or collect_fn.__module__,
                       answer_keys=("outputs",) if function else tuple(answer),
-                      measured_keys=tuple(measured), function=bool(function))
+                      measured_keys=tuple(measured), function=bool(function),
+                      measured_factor=measured_factor)
         REGISTRY[name] = ex
         return ex
 

@@ -58,7 +58,10 @@ def policy_verdict(rows: list[dict], rate: float, target_s: float, metric: str =
     return {0: "neither", 2: "both"}.get(len(ok), ok[0] if ok else "neither")
 
 
-@exercise("policy_meets_ttft", points=2, topic="serving", measured=("rows",))
+# the rate and target come from measured capacity; p99 queueing delays near overload vary by
+# several times between two honest runs, so they are compared within 10x
+@exercise("policy_meets_ttft", points=2, topic="serving",
+          measured=("rows", "rate", "target_s"), measured_factor=10.0)
 def policy_meets_ttft(answer, *, rows, rate, ttft_p99_target_s):
     """Which policy ("static", "continuous", "both" or "neither") keeps p99 time to first
     token within ``ttft_p99_target_s`` at the offered ``rate`` (requests/s), judged on

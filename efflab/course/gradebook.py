@@ -412,22 +412,32 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
     cal = Path(calibration_dir) if calibration_dir else None
     opened = [open_submission(path, student=student) for student, path in entries]
     trust = Trust({}, T.grader_key(probe_key), float(measured_factor))
-    for key in sorted({k for sub in opened if (k := _match(sub, sources)) is not None}):
-        if progress:
-            print(f"reference run of {key} (the instructor's notebook, as every submission "
-                  "will run)", flush=True)
-        # on the CPUs one submission gets: its measurements are the ones to compare with
-        pinned = dataclasses.replace(limits, cpus=slots[0]) if slots else limits
-        trust.references[key] = reference_run(sources[key], pinned, cal, isolation)
-        failed = [gid for gid, ref in trust.references[key].items() if isinstance(ref, str)]
-        if failed:
-            print(f"warning: the instructor notebook {key} failed its own checks "
-                  f"{', '.join(failed)} under these limits; those checks are not graded",
-                  flush=True)
-
     free: queue.Queue = queue.Queue()
     for slot in slots or [None] * workers:
         free.put(slot)
+
+    def reference(key):
+        """The reference run of one instructor notebook, on the CPUs one submission gets (its
+        measurements are the ones to compare with); several notebooks run side by side."""
+        if progress:
+            print(f"reference run of {key} (the instructor's notebook, as every submission "
+                  "will run)", flush=True)
+        slot = free.get()
+        try:
+            return reference_run(sources[key], dataclasses.replace(limits, cpus=slot)
+                                 if slot else limits, cal, isolation)
+        finally:
+            free.put(slot)
+
+    keys = sorted({k for sub in opened if (k := _match(sub, sources)) is not None})
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for key, ref in zip(keys, pool.map(reference, keys)):
+            trust.references[key] = ref
+            failed = [gid for gid, r in ref.items() if isinstance(r, str)]
+            if failed:
+                print(f"warning: the instructor notebook {key} failed its own checks "
+                      f"{', '.join(failed)} under these limits; those checks are not graded",
+                      flush=True)
 
     def one(item):
         (student, path), sub = item

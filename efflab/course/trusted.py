@@ -95,6 +95,7 @@ def disagreement(exercise: str, got: Any, want: Any, factor: float = MEASURED_FA
         return ""  # the judge zeroes an unknown exercise or malformed evidence itself
     if got.get("unanswered") or "collect_error" in got:
         return ""  # the judge says "no answer yet" or shows the error
+    factor = max(factor, ex.measured_factor or 0)
     if ex.function:  # the outputs are the answer; the grader's probes judge them again
         given, truth = {"seed": got.get("seed")}, {"seed": want.get("seed")}
     else:
