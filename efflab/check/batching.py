@@ -10,6 +10,7 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
+    first_slip,
     miss_band,
     number,
     probe_outputs,
@@ -157,18 +158,16 @@ def _fit_slip_hint(got: float, p: dict) -> str:
     usable = h * m
     if got < 0:
         return "when even the fixed part does not fit, no batch does: 0"
-    for value, hint in [
+    return first_slip(got, [
             (want + 1, "a batch fits only if its memory stays within the usable budget: round down"),
             (want - 1, "a batch that fills the usable budget exactly still fits"),
             (reference_fit(f, s, m, 1.0), "keep the headroom: only that fraction of the budget "
              "may be planned"),
             (reference_fit(0, s, m, h), "the weights and optimizer state take their share of "
              "the budget before the first sequence"),
-            ((usable - f) / s, "a batch is a whole number of sequences")]:
-        if value != want and got == value:
-            return hint
-    return ("memory is a fixed part plus a part that grows by the same amount per sequence; "
-            "find the last batch that stays within the usable budget")
+            ((usable - f) / s, "a batch is a whole number of sequences")],
+        "memory is a fixed part plus a part that grows by the same amount per sequence; "
+        "find the last batch that stays within the usable budget", want=want)
 
 
 @largest_fitting_batch.judge_with

@@ -11,6 +11,7 @@ import torch
 from efflab.check.core import (
     Verdict,
     exercise,
+    first_slip,
     judge_probed_numbers,
     miss_band,
     number,
@@ -73,7 +74,7 @@ def _sparsity_slip_hint(got: float, p: dict) -> str:
     def solve(attn):
         return 1 - (f * (attn + mlp) - attn) / mlp
 
-    for value, hint in [
+    return first_slip(got, [
             (1 - f, "that leaves the MLP the fraction; the question is the whole block, whose "
                     "attention is not pruned"),
             (1 - math.sqrt(f), "the MLP's FLOPs are linear in its hidden channels: both matmuls "
@@ -83,11 +84,9 @@ def _sparsity_slip_hint(got: float, p: dict) -> str:
             (solve(2 * c * t + 8 * c * c), "scores and mixing are two matmuls over the context, "
                                            "2 FLOPs a multiply-add each"),
             ((1 - f) * (_attention(c, t) + mlp) / _attention(c, t),
-             "the channels removed are the MLP's: divide the FLOPs to cut by the MLP's FLOPs")]:
-        if math.isfinite(got) and math.isclose(got, value, rel_tol=1e-6):
-            return hint
-    return ("write the block's FLOPs per token as attention's plus the MLP's, the MLP's as a "
-            "function of the channels kept, and solve for the share of channels removed")
+             "the channels removed are the MLP's: divide the FLOPs to cut by the MLP's FLOPs")],
+        "write the block's FLOPs per token as attention's plus the MLP's, the MLP's as a "
+        "function of the channels kept, and solve for the share of channels removed", rel=1e-6)
 
 
 @block_flops_sparsity.judge_with

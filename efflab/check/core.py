@@ -489,6 +489,20 @@ def probed(evidence: dict, make_probes: Callable[[int], list], default_seed: int
     return probes, outs
 
 
+def first_slip(got: float, slips: list[tuple[float | None, str]], otherwise: str, *,
+               want: float | None = None, rel: float = 0.0, abs_: float = 0.0) -> str:
+    """The hint for a wrong answer: that of the first known slip ``(value, hint)`` the answer
+    ``got`` lands on (within ``rel`` or ``abs_``, see :func:`close`; exactly by default), else
+    ``otherwise``. A slip whose value is ``None``, not finite, or ``want`` itself is passed over,
+    so a slip list may hold cases that do not apply to the probe at hand."""
+    for value, hint in slips:
+        if value is None or not math.isfinite(value) or (want is not None and value == want):
+            continue
+        if close(got, value, rel=rel, abs_=abs_):
+            return hint
+    return otherwise
+
+
 def judge_probed_numbers(ev: dict, make_probes: Callable[[int], list], default_seed: int,
                          reference: Callable[..., float], *, expected: str,
                          case: Callable[[int, dict], str], takes: str | Callable[[dict], str],

@@ -11,6 +11,7 @@ from efflab.check.core import (
     EvidenceError,
     Verdict,
     exercise,
+    first_slip,
     judge_number,
     judge_probed_numbers,
     number,
@@ -182,7 +183,7 @@ def _chain_slip_hint(got: float, p: dict) -> str:
     n, ar, e, fused = p["numel"], p["arities"], p["bytes_per_el"], p["fused"]
     want = reference_chain_bytes(**p)
     unary = elementwise_chain_bytes(n, len(ar), e, fused=fused)
-    for value, hint in [
+    return first_slip(got, [
             (want / e, "that counts values; multiply by the bytes per value"),
             (unary, "an operator with a second full-size operand reads it too (eager and fused)"),
             (reference_chain_bytes(n, ar, e, not fused),
@@ -191,11 +192,10 @@ def _chain_slip_hint(got: float, p: dict) -> str:
             (want - (len(ar) * n * e if not fused else n * e),
              "count the write of each output as well as the reads"),
             (2 * n * e if fused else math.nan,
-             "fused, the extra operands still come from memory once each")]:
-        if value != want and math.isclose(got, value, rel_tol=1e-9):
-            return hint
-    return ("count, for each tensor, how often it crosses between memory and the processor: "
-            "eagerly every operator goes through memory; fused, only what enters and leaves the chain")
+             "fused, the extra operands still come from memory once each")],
+        "count, for each tensor, how often it crosses between memory and the processor: "
+        "eagerly every operator goes through memory; fused, only what enters and leaves the chain",
+        want=want, rel=1e-9)
 
 
 @chain_bytes.judge_with

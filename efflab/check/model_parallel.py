@@ -13,6 +13,7 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
+    first_slip,
     judge_probed_numbers,
     miss_band,
     number,
@@ -41,7 +42,7 @@ def bubble_probes(seed: int = BUBBLE_SEED) -> list[dict]:
 
 def _bubble_slip_hint(got: float, p: int, m: int) -> str:
     want = bubble_fraction(p, m)
-    for value, hint in [
+    return first_slip(got, [
             ((p - 1) / m, "divide by the whole step's length: the m micro-batches' work plus the "
              "fill and drain"),
             ((p - 1) / (m + p), "count the step's slots again: the pipeline fills in one slot "
@@ -49,11 +50,9 @@ def _bubble_slip_hint(got: float, p: int, m: int) -> str:
             (p / (m + p - 1), "a stage is idle while the others fill and drain: one stage fewer "
              "than the pipeline has"),
             (1 - want, "that is the busy share; the bubble is the idle one"),
-            (want * 100, "give a fraction between 0 and 1, not a percentage")]:
-        if value != want and close(got, value, rel=1e-9, abs_=1e-12):
-            return hint
-    return ("count the slots of a step: the m micro-batches each stage works on, and the ones "
-            "it waits while the pipeline fills and drains")
+            (want * 100, "give a fraction between 0 and 1, not a percentage")],
+        "count the slots of a step: the m micro-batches each stage works on, and the ones "
+        "it waits while the pipeline fills and drains", want=want, rel=1e-9, abs_=1e-12)
 
 
 @exercise("pipeline_bubble", points=1, topic="model_parallel", function=True)
@@ -100,7 +99,7 @@ def _tp_slip_hint(got: float, p: dict) -> str:
     L, C, t = p["n_layer"], p["n_embd"], p["tp"]
     counts = tp_param_counts_of(p["n_layer"], p["n_embd"], p["vocab_size"], p["block_size"], t)
     want = 4 * counts["total"]
-    for value, hint in [
+    return first_slip(got, [
             (4 * counts["full"] / t, "not everything is split: the embeddings, LayerNorms and the "
              "biases added after the all-reduce stay whole on every rank"),
             (4 * counts["full"], "the block matrices are split over the ranks"),
@@ -112,11 +111,10 @@ def _tp_slip_hint(got: float, p: dict) -> str:
             (want - 4 * p["vocab_size"] * C, "the token table is tied to the head, but it is "
              "still there, once, whole on every rank"),
             (want + 4 * p["vocab_size"] * C, "the head shares the token table (weight tying): "
-             "count it once")]:
-        if value != want and close(got, value, rel=1e-6):
-            return hint
-    return ("sort the parameters into those the split divides (every block's attention and "
-            "MLP matrices, the biases of the split columns) and those each rank keeps whole")
+             "count it once")],
+        "sort the parameters into those the split divides (every block's attention and "
+        "MLP matrices, the biases of the split columns) and those each rank keeps whole",
+        want=want, rel=1e-6)
 
 
 @exercise("tp_rank_bytes", points=2, topic="model_parallel", function=True)
@@ -161,28 +159,25 @@ def _comm_slip_hint(calls: float, sent: float, p: dict) -> str:
     L, t = p["n_layer"], p["tp"]
     want_calls, want_sent = reference_tp_comm(**p)
     if calls != want_calls:
-        for value, hint in [(2 * L, "the backward needs them too: f's backward sums the input "
+        return first_slip(calls, [(2 * L, "the backward needs them too: f's backward sums the input "
                              "gradients"),
                             (L, "a layer has two split blocks, attention and MLP, each summed "
                              "once per pass"),
                             (8 * L, "the column-split layer needs no all-reduce after it: only the "
                              "row-split one does (forward), and only the input before the "
                              "column split (backward)"),
-                            (4, "that is one layer; count every layer")]:
-            if calls == value:
-                return hint
-        return "count the split blocks per layer, then the passes each one is summed in"
+                            (4, "that is one layer; count every layer")],
+            "count the split blocks per layer, then the passes each one is summed in")
     values = want_calls * p["batch"] * p["seq"] * p["n_embd"]
-    for value, hint in [(values, "that counts values; give bytes (4 per fp32 value)"),
+    return first_slip(sent, [(values, "that counts values; give bytes (4 per fp32 value)"),
                         (4 * values, "a ring all-reduce does not send the whole tensor once: each "
                          "rank sends 2(t − 1)/t of it (a reduce-scatter, then an all-gather)"),
                         (4 * values * (t - 1) / t, "a ring all-reduce is two phases, "
                          "reduce-scatter and all-gather, each sending (t − 1)/t of the tensor"),
                         (want_sent / t, "each rank sends 2(t − 1)/t of the whole tensor, not of "
-                         "its shard")]:
-        if close(sent, value, rel=1e-6):
-            return hint
-    return "each all-reduce sums B·T·C activations; a ring sends 2(t − 1)/t of them per rank"
+                         "its shard")],
+        "each all-reduce sums B·T·C activations; a ring sends 2(t − 1)/t of them per rank",
+        rel=1e-6)
 
 
 @exercise("tp_step_comm", points=2, topic="model_parallel", function=True)

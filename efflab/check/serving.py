@@ -9,6 +9,7 @@ import random
 from efflab.check.core import (
     Verdict,
     exercise,
+    first_slip,
     judge_number,
     judge_probed_numbers,
     number,
@@ -150,10 +151,8 @@ def _waste_slip_hint(got: float, p: dict) -> str:
                   (len(n) * (bs - 1) * b, "that is a paged cache's worst case; this one is "
                    "contiguous")]
     slips.append((want / len(n), "that is one sequence's share; the question asks for all of them"))
-    for value, hint in slips:
-        if value != want and math.isclose(got, value, rel_tol=1e-9):
-            return hint
-    return "count what each sequence has reserved, minus what it has filled"
+    return first_slip(got, slips, "count what each sequence has reserved, minus what it has filled",
+                      want=want, rel=1e-9)
 
 
 @kv_waste.judge_with

@@ -8,6 +8,7 @@ import random
 from efflab.check.core import (
     Verdict,
     exercise,
+    first_slip,
     judge_number,
     judge_probed_numbers,
     number,
@@ -137,7 +138,7 @@ def kv_bytes(fn, seed: int = KV_PROBE_SEED):
 def _kv_slip_hint(got: float, p: dict) -> str:
     want = reference_kv_bytes(**p)
     kv = p["n_head"] if p["n_kv_head"] is None else p["n_kv_head"]
-    for value, hint in [
+    return first_slip(got, [
             (want / 2, "a cache holds keys AND values"),
             (want * p["n_head"] / kv, "only the key/value heads are cached, not every query head"),
             (want * p["n_embd"] / kv, "each key/value head is one head wide, not the model's "
@@ -146,11 +147,9 @@ def _kv_slip_hint(got: float, p: dict) -> str:
             (want / p["batch_size"], "each sequence of the batch has its own cache"),
             (want / p["context"], "the cache grows with every position it holds"),
             (want * 8, "that is bits; give bytes"),
-            (want / p["bytes_per_el"], "that counts numbers; multiply by the bytes per number")]:
-        if value != want and got == value:
-            return hint
-    return ("the cache keeps, for every position of every sequence, what each layer's attention "
-            "reads again at the next token")
+            (want / p["bytes_per_el"], "that counts numbers; multiply by the bytes per number")],
+        "the cache keeps, for every position of every sequence, what each layer's attention "
+        "reads again at the next token", want=want)
 
 
 @kv_bytes.judge_with

@@ -12,8 +12,8 @@ import torch
 
 from efflab.check.core import (
     Verdict,
-    close,
     exercise,
+    first_slip,
     judge_number,
     judge_probed_numbers,
     number,
@@ -118,17 +118,15 @@ def _bpb_slip_hint(got: float, p: dict) -> str:
     want = reference_bpb(**p)
     lg, t = p["logits"].double(), p["targets"]
     raw = float(-lg.gather(-1, t.unsqueeze(-1)).mean() / LN2)
-    for value, hint in [
+    return first_slip(got, [
             (want * LN2, "that is in nats; a bit is a base-2 logarithm"),
             (want * LN2 / math.log(10), "that is base 10; bits are base 2"),
             (want * t.numel(), "per byte: average over every position, do not sum"),
             (want * t.shape[-1], "per byte: average over every position, do not sum"),
             (raw, "turn the logits into log-probabilities first (they are not normalised)"),
-            (-want, "cross-entropy is minus the log-probability of the byte that came")]:
-        if math.isfinite(value) and close(got, value, rel=1e-4):
-            return hint
-    return ("bits per byte is the average, over every position, of how surprised the model is "
-            "by the byte that came next, in bits")
+            (-want, "cross-entropy is minus the log-probability of the byte that came")],
+        "bits per byte is the average, over every position, of how surprised the model is "
+        "by the byte that came next, in bits", rel=1e-4)
 
 
 @bits_per_byte_of.judge_with
@@ -202,7 +200,7 @@ def _mfu_slip_hint(got: float, p: dict) -> str:
     want = reference_mfu(rec, cal)
     fl, lat = rec["flops"], rec["latency_ms"]
     fp32 = cal["matmul"]["float32"]["flops_per_s"]
-    for value, hint in [
+    return first_slip(got, [
             (want * 100, "MFU is a fraction (0.25), not a percentage (25)"),
             (want / 1e3, "the latency is in milliseconds: convert it to seconds"),
             (want * 1e3, "the latency is in milliseconds: convert it to seconds"),
@@ -211,11 +209,9 @@ def _mfu_slip_hint(got: float, p: dict) -> str:
             (want * cal["matmul"][_PRECISION_DTYPE[rec["knobs"]["precision"]]]["flops_per_s"] / fp32,
              "compare with the peak of the step's own number format (its precision knob)"),
             (want * lat["median"] / lat["mean"], "the record's latency is its median step"),
-            (1 / want if want else math.nan, "upside down: achieved FLOP/s ÷ peak FLOP/s")]:
-        if value != want and math.isfinite(value) and close(got, value, rel=1e-4):
-            return hint
-    return ("MFU sets the FLOP rate this step achieved beside the peak its machine reaches in "
-            "the step's own number format")
+            (1 / want if want else None, "upside down: achieved FLOP/s ÷ peak FLOP/s")],
+        "MFU sets the FLOP rate this step achieved beside the peak its machine reaches in "
+        "the step's own number format", want=want, rel=1e-4)
 
 
 @mfu_of.judge_with
