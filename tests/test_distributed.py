@@ -123,8 +123,37 @@ def test_memory_formula_by_sharding():
     assert none["total"] == 16 * P
     assert z1 == {"parameters": 4 * P, "gradients": 4 * P, "optimizer": 2 * P, "total": 10 * P}
     assert fs["total"] == 4 * P
+    z2 = memory_per_rank(P, N, "zero2")  # the textbook: parameters replicated
+    assert z2 == {"parameters": 4 * P, "gradients": P, "optimizer": 2 * P, "total": 7 * P}
     with pytest.raises(ConfigError, match="sharding"):
-        memory_per_rank(P, N, "zero2")
+        memory_per_rank(P, N, "zero9")
+
+
+def test_paper_volume_and_ring_pricing():
+    from efflab.systems.distributed.volume import (
+        collective_time,
+        comm_price,
+        paper_volume,
+        ring_bytes_sent,
+        wire_factor,
+    )
+
+    P, N = 1_000_000, 8
+    psi = 4 * P
+    assert paper_volume(P, N, "none") == paper_volume(P, N, "zero2") == 2 * 7 / 8 * psi
+    assert paper_volume(P, N, "fsdp") == 3 * 7 / 8 * psi
+    assert paper_volume(P, 1, "fsdp") == 0
+    with pytest.raises(ConfigError, match="sharding"):
+        paper_volume(P, N, "zero9")
+    # an all-reduce is a reduce-scatter plus an all-gather, on the wire and in time
+    assert wire_factor("all_reduce", N) == wire_factor("reduce_scatter", N) * 2
+    step = [{"kind": "reduce_scatter", "bytes": psi}, {"kind": "all_gather", "bytes": psi}]
+    assert ring_bytes_sent(step, N) == ring_bytes_sent([{"kind": "all_reduce", "bytes": psi}], N)
+    fit = AlphaBeta(1e-4, 1e9, world_size=2)
+    assert collective_time("all_reduce", psi, fit, 2) == pytest.approx(fit.time(psi))
+    assert collective_time("all_reduce", psi, fit, 8) == pytest.approx(extrapolate(fit, psi, 8))
+    assert comm_price(step, fit, 8) == pytest.approx(extrapolate(fit, psi, 8))
+    assert collective_time("all_gather", psi, fit, 1) == 0.0
 
 
 def test_configs_validate_with_clear_errors():
@@ -333,10 +362,41 @@ def test_zero1_shards_the_optimizer_state_and_fsdp_everything(two_ranks):
 def test_sharding_changes_where_state_lives_not_the_update(two_ranks):
     res, _, _ = two_ranks
     sums = [s["param_checksum"] for r in res.of("sharding") for s in r["result"]["shardings"]]
-    assert len(sums) == 6
+    assert len(sums) == 8
     assert max(sums) - min(sums) <= 1e-6 * abs(sums[0])
     losses = {s["sharding"]: s["loss"] for s in res.of("sharding", rank=0)[0]["result"]["shardings"]}
     assert losses["zero1"] == losses["none"] == pytest.approx(losses["fsdp"], rel=1e-6)
+    assert losses["zero2"] == pytest.approx(losses["fsdp"], rel=1e-6)
+
+
+def test_each_layout_sends_what_its_collectives_say(two_ranks):
+    from efflab.studies.distributed import phase_table, volume_table, volume_verdicts
+
+    res, _, _ = two_ranks
+    v = volume_table(res.records, AlphaBeta(1e-4, 1e9)).set_index(["sharding", "rank"])
+    for r in (0, 1):
+        # DDP and ZeRO-2 send exactly the paper's 2(N−1)/N·Ψ; DDP as one all-reduce,
+        # ZeRO-2 as a reduce-scatter of the gradients and one all-gather of the parameters
+        assert v.loc[("none", r), "all_reduce_psi"] == 1.0
+        assert v.loc[("none", r), "ratio"] == pytest.approx(1.0, abs=1e-3)
+        assert v.loc[("zero2", r), "reduce_scatter_psi"] == v.loc[("zero2", r), "all_gather_psi"] == 1
+        assert v.loc[("zero2", r), "ratio"] == 1.0
+        # torch's ZeRO-1 all-reduces every gradient and then broadcasts the parameters: 1.5x
+        assert v.loc[("zero1", r), "broadcast_psi"] == pytest.approx(1.0, abs=1e-3)
+        assert v.loc[("zero1", r), "ratio"] == pytest.approx(1.5, abs=1e-3)
+        # FSDP gathers twice, less the root unit it keeps from forward to backward
+        assert 1 < v.loc[("fsdp", r), "all_gather_psi"] < 2
+        assert v.loc[("fsdp", r), "comm_pred_ms"] > v.loc[("zero2", r), "comm_pred_ms"]
+    said = volume_verdicts(v.reset_index())
+    assert len(said) == 4 and "agree" in said[0] and "ZeroRedundancyOptimizer" in said[1]
+    ph = phase_table(res.records).set_index(["sharding", "rank", "phase"])
+    P4 = 4 * int(ph["n_params"].iloc[0])
+    for r in (0, 1):  # ZeRO-2 in torch: sharded at rest, shard + whole model through backward
+        assert ph.loc[("zero2", r, "after_step"), "parameters"] * 2 == P4
+        assert ph.loc[("zero2", r, "after_forward"), "parameters"] * 2 == 3 * P4
+        assert ph.loc[("zero2", r, "after_step"), "gradients"] * 2 == P4
+        # DDP: 4P + 4P + 8P, plus AdamW's 0-dim step counters (a few bytes per tensor)
+        assert 0 <= ph.loc[("none", r, "after_step"), "total"] - 4 * P4 <= 8 * 64
 
 
 def test_records_are_plain_json(two_ranks):

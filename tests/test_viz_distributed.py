@@ -55,8 +55,57 @@ def test_memory_chart_stacks_categories_with_the_formula_tick():
     assert _marks(dviz.memory_chart(f)) == ["bar", "tick"]
 
 
+def _sharding_records():
+    """Two ranks' sharding records as the worker writes them, for P = 1000 parameters."""
+    from efflab.systems.distributed.volume import paper_volume, summarise
+    from efflab.systems.distributed.zero import memory_per_rank
+
+    P, psi = 1000, 4000
+    steps = {"none": [("all_reduce", psi)], "zero1": [("all_reduce", psi), ("broadcast", psi)],
+             "zero2": [("all_gather", psi), ("reduce_scatter", psi)],
+             "fsdp": [("all_gather", psi), ("all_gather", 0.8 * psi), ("reduce_scatter", psi)]}
+    held = {"parameters": psi, "gradients": psi, "optimizer": 2 * psi, "total": 4 * psi}
+    recs = []
+    for rank in (0, 1):
+        rows = []
+        for s, calls in steps.items():
+            coll = [{"op": k, "kind": k, "bytes": b} for k, b in calls]
+            rows.append({"sharding": s, "rank": rank, "world_size": 2, "status": "ok",
+                         "n_params": P, "collectives": coll, "comm": summarise(coll, 2),
+                         "paper_sent_bytes": paper_volume(P, 2, s),
+                         "formula": memory_per_rank(P, 2, s),
+                         "phases": {ph: held for ph in ("after_forward", "backward_peak",
+                                                        "after_step")}})
+        recs.append({"kind": "sharding", "status": "ok", "rank": rank,
+                     "result": {"shardings": rows}})
+    return recs
+
+
+def test_volume_chart_stacks_collectives_with_the_papers_tick():
+    from efflab.studies.distributed import volume_table
+
+    t = volume_table(_sharding_records(), AlphaBeta(5e-4, 4e8))
+    chart = dviz.volume_chart(t)
+    assert _marks(chart) == ["bar", "tick"]
+    rows = [r for d in chart.to_dict()["datasets"].values() for r in d if "kind" in r]
+    # DDP: one all-reduce; ZeRO-2: a reduce-scatter and an all-gather of the same size
+    assert {r["kind"] for r in rows if r["layout"] == "DDP"} == {"all_reduce"}
+    z2 = {r["kind"]: r["psi"] for r in rows if r["layout"] == "ZeRO-2"}
+    assert z2["reduce_scatter"] == z2["all_gather"] == 0.5
+
+
+def test_phase_memory_chart_has_three_phases_per_layout():
+    from efflab.studies.distributed import phase_table
+
+    chart = dviz.phase_memory_chart(phase_table(_sharding_records()))
+    assert _marks(chart) == ["bar", "tick"]
+    rows = [r for d in chart.to_dict()["datasets"].values() for r in d if "phase" in r]
+    assert {(r["layout"], r["phase"]) for r in rows} >= {("ZeRO-2", "backward_peak"),
+                                                       ("FSDP", "after_step")}
+
+
 def test_empty_tables_give_placeholders():
     for build in (dviz.allreduce_chart, dviz.step_time_chart, dviz.memory_chart,
-                  dviz.loss_curves_chart):
+                  dviz.loss_curves_chart, dviz.volume_chart, dviz.phase_memory_chart):
         spec = json.dumps(build(pd.DataFrame()).to_dict())
         assert "yet" in spec

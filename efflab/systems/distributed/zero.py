@@ -10,9 +10,22 @@ ZeRO ("Zero Redundancy Optimizer") removes the copies in stages:
 - **ZeRO-1** (``torch.distributed.optim.ZeroRedundancyOptimizer``): the optimizer state is split
   over the ranks; each rank updates only the parameters it owns and broadcasts them.
   Per rank: 4P + 4P + 8P/N.
+- **ZeRO-2** (Rajbhandari et al. 2020): the gradients are split too — each rank keeps only the
+  reduced gradients of the parameters it updates; the parameters stay whole on every rank.
+  Per rank, textbook: 4P + 4P/N + 8P/N.
 - **ZeRO-3 / FSDP** (``torch.distributed.fsdp.fully_shard``): parameters, gradients and
   optimizer state are all split; a layer's full weights are gathered just in time for its
   forward and backward. Per rank: (4P + 4P + 8P)/N.
+
+What "zero2" runs here is torch's ZeRO-2-like mode, FSDP2's
+``fully_shard(module, reshard_after_forward=False)`` (FSDP1 documents the same strategy,
+``ShardingStrategy.SHARD_GRAD_OP``, as ZeRO-2). Its docstring (torch 2.13) says what it keeps: the
+parameters are all-gathered once in forward and *kept unsharded through backward* (no second
+all-gather), the gradients are reduce-scattered, the optimizer state is sharded — and after
+backward FSDP frees the unsharded parameters. So it is *not* the textbook's "parameters
+replicated": at rest (after the step) a rank holds 4P/N of parameters, and between forward and
+the end of backward it holds its shard *plus* the whole gathered model, 4P/N + 4P.
+:func:`sharded_state` samples what is alive at those moments (``phases``) instead of assuming it.
 
 How finely a method splits matters. ``ZeroRedundancyOptimizer`` gives each rank *whole
 tensors* (a greedy split by size), so a rank's share is 1/N only to within one tensor; FSDP
@@ -30,7 +43,7 @@ from typing import Literal, get_args
 
 from efflab.core.config import ConfigError, check_choice, check_int, check_keys, get_preset
 
-Sharding = Literal["none", "zero1", "fsdp"]
+Sharding = Literal["none", "zero1", "zero2", "fsdp"]
 SHARDINGS: tuple[str, ...] = get_args(Sharding)
 STATE_CATEGORIES = ("parameters", "gradients", "optimizer")
 FSDP_BACKENDS = ("gloo", "nccl")  # backends with the reduce-scatter and all-gather FSDP needs
@@ -39,7 +52,8 @@ FSDP_BACKENDS = ("gloo", "nccl")  # backends with the reduce-scatter and all-gat
 def memory_per_rank(n_params: int, world_size: int, sharding: str, param_bytes: int = 4,
                     grad_bytes: int = 4, optimizer_bytes: int = 8) -> dict:
     """Bytes each rank holds by category: P·param_bytes, P·grad_bytes, P·optimizer_bytes, each
-    divided by N where ``sharding`` splits it (zero1: optimizer; fsdp: all three).
+    divided by N where ``sharding`` splits it (zero1: optimizer; zero2: optimizer and gradients,
+    the textbook's ZeRO-2; fsdp: all three).
 
     ``optimizer_bytes`` is per parameter: 8 for AdamW's two fp32 moments, 4 for SGD with
     momentum, 0 for plain SGD.
@@ -50,7 +64,8 @@ def memory_per_rank(n_params: int, world_size: int, sharding: str, param_bytes: 
         raise ConfigError("world_size", world_size, "an integer >= 1")
     if sharding not in SHARDINGS:
         raise ConfigError("sharding", sharding, "one of " + ", ".join(map(repr, SHARDINGS)))
-    split = {"none": (), "zero1": ("optimizer",), "fsdp": STATE_CATEGORIES}[sharding]
+    split = {"none": (), "zero1": ("optimizer",), "zero2": ("optimizer", "gradients"),
+             "fsdp": STATE_CATEGORIES}[sharding]
     full = {"parameters": n_params * param_bytes, "gradients": n_params * grad_bytes,
             "optimizer": n_params * optimizer_bytes}
     out = {k: (v / world_size if k in split else float(v)) for k, v in full.items()}
@@ -59,8 +74,8 @@ def memory_per_rank(n_params: int, world_size: int, sharding: str, param_bytes: 
 
 
 def fsdp_refusal(backend: str) -> str | None:
-    """Why FSDP cannot run on ``backend`` (None when it can): FSDP shards with reduce-scatter
-    and gathers with all-gather, which only some process-group backends implement."""
+    """Why FSDP (and its ZeRO-2 mode) cannot run on ``backend`` (None when it can): FSDP shards
+    with reduce-scatter and gathers with all-gather, which only some backends implement."""
     if backend in FSDP_BACKENDS:
         return None
     return (f"FSDP needs a backend with reduce-scatter and all-gather into one tensor "
@@ -126,22 +141,127 @@ def state_bytes(module, optimizer) -> dict:
     return out
 
 
+def live_bytes(module, optimizer, shards) -> dict:
+    """Bytes alive now, by category, counted by *storage* (each storage once, at its allocated
+    size — FSDP frees an unsharded parameter by shrinking its storage to 0 bytes): parameters are
+    the tensors the module has registered at this moment (FSDP swaps in the gathered, unsharded
+    ones between its all-gather and its reshard) together with this rank's ``shards`` (its
+    sharded parameters, kept for the whole step); gradients those tensors' ``.grad``; the
+    optimizer its per-parameter state (moments and step counters)."""
+    seen: set[int] = set()
+
+    def size(tensors) -> int:
+        total = 0
+        for t in tensors:
+            if t is None:
+                continue
+            st = _local(t).untyped_storage()
+            if st.data_ptr() in seen or st.nbytes() == 0:
+                continue
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+        return total
+
+    current = list(module.parameters())
+    params = size(current + list(shards))
+    grads = size([p.grad for p in current] + [p.grad for p in shards])
+    opt = getattr(optimizer, "optim", optimizer)
+    state = size(v for st in opt.state.values() for v in st.values() if hasattr(v, "numel"))
+    return {"parameters": params, "gradients": grads, "optimizer": state,
+            "total": params + grads + state}
+
+
+def _wrap(sharding: str, module, lr: float):
+    """The model and optimizer of one layout (see the module docstring)."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if sharding in ("zero2", "fsdp"):
+        # zero2: every unit keeps its gathered parameters from forward to the end of backward;
+        # fsdp: the blocks reshard after forward (and gather again in backward), the root keeps
+        # the default (None: not resharded, since backward needs it first)
+        keep = sharding == "zero2"
+        for block in module.h:
+            fully_shard(block, reshard_after_forward=not keep)
+        fully_shard(module, reshard_after_forward=False if keep else None)  # embeddings, ln_f
+        return module, torch.optim.AdamW(module.parameters(), lr=lr)
+    model = DDP(module, gradient_as_bucket_view=True)  # grads live in the buckets
+    if sharding == "zero1":
+        return model, ZeroRedundancyOptimizer(module.parameters(), torch.optim.AdamW, lr=lr)
+    return model, torch.optim.AdamW(module.parameters(), lr=lr)
+
+
+def _two_steps(sharding: str, module, config: ShardingConfig, rank: int, T: int, data,
+               device: str):
+    """Wrap ``module`` for ``sharding``, run a warm-up step and a counted one (see
+    :func:`sharded_state`): (model, optimizer, what was counted)."""
+    import torch
+
+    from efflab.core.data import random_batch
+    from efflab.systems.distributed.counter import CollectiveCounter
+
+    model, opt = _wrap(sharding, module, config.lr)
+    shards = list(module.parameters())  # at rest: the local shards under FSDP
+    g = torch.Generator().manual_seed(config.seed + rank)  # each rank its own data
+    batches = [random_batch(data.train, config.batch, T, g, device) for _ in range(2)]  # (b, T)
+    x, y = batches[0]
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    samples = []
+
+    def sample(grad):
+        samples.append(live_bytes(module, opt, shards))
+        return grad
+
+    def on_block(_mod, args):
+        if torch.is_grad_enabled() and args and args[0].requires_grad:
+            args[0].register_hook(sample)  # fires when this block's backward is done
+
+    hooks = [b.register_forward_pre_hook(on_block) for b in module.h]
+    x, y = batches[1]
+    try:
+        with CollectiveCounter() as cc:
+            _, loss2 = model(x, y)
+            after_forward = live_bytes(module, opt, shards)
+            loss2.backward()
+            opt.step()  # gradients are kept: they are part of what a rank holds at the peak
+    finally:
+        for h in hooks:
+            h.remove()
+    after_step = live_bytes(module, opt, shards)
+    peak = max(samples + [after_forward, after_step], key=lambda d: d["total"])
+    return model, opt, {"loss": loss.item(), "loss_step2": loss2.item(),
+                        "phases": {"after_forward": after_forward, "backward_peak": peak,
+                                   "after_step": after_step},
+                        "backward_samples": len(samples), "collectives": cc.collectives}
+
+
 def sharded_state(config: ShardingConfig, rank: int, world_size: int, backend: str = "gloo",
                   device: str = "cpu") -> list[dict]:
-    """For each sharding in ``config``: build the model, wrap it, run one AdamW step, and count
-    this rank's state bytes. Runs inside an initialised process group.
+    """For each sharding in ``config``: build the model, wrap it, run two AdamW steps, and
+    count this rank's state bytes and the collectives of the second step. Runs inside an
+    initialised process group.
+
+    The first step warms up (FSDP's lazy initialisation, DDP's first-iteration set-up, AdamW's
+    state appears); the second is the one counted: every ``c10d`` collective it issues (kind,
+    payload bytes) and the bytes alive after its forward, at the fullest moment of its backward
+    (sampled as each block's backward finishes) and after its optimizer step (``phases``).
+    ``bytes`` is the at-rest count after the step by tensor (gradients kept: they are part of
+    what a rank holds at the peak).
 
     Also returns a checksum of the *full* updated parameters: the same under every sharding
     (sharding changes where state lives, not the arithmetic). A sharding this backend cannot
     run comes back with status "refused" and the reason.
     """
     import torch
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from efflab.core.data import load_corpus, random_batch
+    from efflab.core.data import load_corpus
     from efflab.core.model import build_model
+    from efflab.systems.distributed.volume import paper_volume, summarise
 
     cfg = get_preset(config.preset)
     T = config.seq_len or cfg.block_size
@@ -149,29 +269,13 @@ def sharded_state(config: ShardingConfig, rank: int, world_size: int, backend: s
     out = []
     for sharding in config.shardings:
         row = {"sharding": sharding, "rank": rank, "world_size": world_size}
-        if sharding == "fsdp" and fsdp_refusal(backend):
+        if sharding in ("zero2", "fsdp") and fsdp_refusal(backend):
             out.append({**row, "status": "refused", "message": fsdp_refusal(backend)})
             continue
         module = build_model(cfg, config.seed, device)
         n_params = module.num_params()
         try:
-            if sharding == "fsdp":
-                for block in module.h:
-                    fully_shard(block)
-                fully_shard(module)  # the root: embeddings (tied to lm_head), final LayerNorm
-                model, opt = module, torch.optim.AdamW(module.parameters(), lr=config.lr)
-            else:
-                model = DDP(module, gradient_as_bucket_view=True)  # grads live in the buckets
-                if sharding == "zero1":
-                    opt = ZeroRedundancyOptimizer(module.parameters(), torch.optim.AdamW,
-                                                  lr=config.lr)
-                else:
-                    opt = torch.optim.AdamW(module.parameters(), lr=config.lr)
-            g = torch.Generator().manual_seed(config.seed + rank)  # each rank its own data
-            x, y = random_batch(data.train, config.batch, T, g, device)  # (b, T)
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()  # gradients are kept: they are part of what a rank holds at the peak
+            model, opt, got = _two_steps(sharding, module, config, rank, T, data, device)
         except (RuntimeError, NotImplementedError) as e:
             out.append({**row, "status": "refused",
                         "message": f"{sharding} failed on backend {backend!r}: "
@@ -181,13 +285,15 @@ def sharded_state(config: ShardingConfig, rank: int, world_size: int, backend: s
             full = [p.full_tensor() if hasattr(p, "full_tensor") else p
                     for p in module.parameters()]
             checksum = float(sum(p.double().sum() for p in full))
-        out.append({**row, "status": "ok", "n_params": n_params, "loss": float(loss),
+        out.append({**row, "status": "ok", "n_params": n_params, **got,
                     "bytes": state_bytes(module, opt),
                     "formula": memory_per_rank(n_params, world_size, sharding),
+                    "comm": summarise(got["collectives"], world_size),
+                    "paper_sent_bytes": paper_volume(n_params, world_size, sharding),
                     "param_checksum": checksum})
         del model, opt, module
     return out
 
 
 __all__ = ["Sharding", "SHARDINGS", "STATE_CATEGORIES", "memory_per_rank", "fsdp_refusal",
-           "ShardingConfig", "state_bytes", "sharded_state"]
+           "ShardingConfig", "state_bytes", "live_bytes", "sharded_state"]

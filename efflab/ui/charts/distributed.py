@@ -135,7 +135,8 @@ def memory_chart(frame: pd.DataFrame, *, title: str = "State per rank by categor
     t = frame.copy()
     t["bar"] = t["sharding"] + " · rank " + t["rank"].astype(str)
     t["MiB"] = t["measured_bytes"] / MIB
-    order = [f"{s} · rank {r}" for s in ("none", "zero1", "fsdp") for r in sorted(t["rank"].unique())]
+    order = [f"{s} · rank {r}" for s in ("none", "zero1", "zero2", "fsdp")
+             for r in sorted(t["rank"].unique())]
     x = alt.X("bar:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20))
     bars = alt.Chart(t).mark_bar().encode(
         x=x, y=alt.Y("sum(MiB):Q", title="MiB held by this rank"),
@@ -155,4 +156,80 @@ def memory_chart(frame: pd.DataFrame, *, title: str = "State per rank by categor
                                         "sharded)"), width=WIDTH, height=HEIGHT)
 
 
-__all__ = ["allreduce_chart", "loss_curves_chart", "step_time_chart", "memory_chart"]
+KIND_COLORS = {"all_reduce": "#4c78a8", "reduce_scatter": "#f58518", "all_gather": "#54a24b",
+               "broadcast": "#b279a2"}
+
+
+def volume_chart(frame: pd.DataFrame, *, rank: int = 0,
+                 title: str = "Bytes each rank sends per step: measured vs the ZeRO paper"
+                 ) -> alt.TopLevelMixin:
+    """Stacked bars of the bytes ``rank`` sent in one counted step, by kind of collective (on a
+    ring: 2(N−1)/N of an all-reduce's payload, (N−1)/N of the others'), one bar per layout, with
+    the paper's count (2Ψ or 3Ψ, × (N−1)/N) as a black tick. ``frame``: a
+    ``studies.distributed.volume_table``."""
+    if frame is None or frame.empty:
+        return _empty(title, "no communication counted yet")
+    t = frame[frame["rank"] == rank]
+    rows = []
+    for _, r in t.iterrows():
+        share = (r["world_size"] - 1) / r["world_size"]
+        for k in KIND_COLORS:
+            wire = (2 * share if k == "all_reduce" else share) * r[f"{k}_psi"] * r["psi_bytes"]
+            if wire > 0:
+                rows.append({"layout": r["layout"], "kind": k, "MiB": wire / MIB,
+                             "psi": wire / r["psi_bytes"]})
+    long = pd.DataFrame(rows)
+    order = list(t["layout"])
+    x = alt.X("layout:N", sort=order, title=None)
+    bars = alt.Chart(long).mark_bar().encode(
+        x=x, y=alt.Y("sum(MiB):Q", title="MiB sent per step by this rank"),
+        color=alt.Color("kind:N", title="collective", scale=alt.Scale(
+            domain=list(KIND_COLORS), range=list(KIND_COLORS.values()))),
+        tooltip=["layout:N", "kind:N", alt.Tooltip("MiB:Q", format=".4f"),
+                 alt.Tooltip("psi:Q", format=".3f", title="× Ψ")])
+    paper = t.assign(paper_MiB=t["paper_bytes"] / MIB)
+    tips = ["layout:N", alt.Tooltip("paper_MiB:Q", format=".4f", title="paper MiB"),
+            alt.Tooltip("ratio:Q", format=".2f", title="measured ÷ paper")]
+    if "comm_pred_ms" in paper.columns:
+        tips.append(alt.Tooltip("comm_pred_ms:Q", format=".2f", title="predicted ms (α–β)"))
+    ticks = alt.Chart(paper).mark_tick(color="black", thickness=3, size=40).encode(
+        x=x, y="paper_MiB:Q", tooltip=tips)
+    return alt.layer(bars, ticks).properties(
+        title=alt.Title(title, subtitle="black tick: the paper's 2Ψ (DDP, ZeRO-1, ZeRO-2) or 3Ψ "
+                                        "(FSDP), × (N−1)/N · Ψ = fp32 parameter bytes"),
+        width=WIDTH, height=HEIGHT)
+
+
+def phase_memory_chart(frame: pd.DataFrame, *, rank: int = 0,
+                       title: str = "What a rank holds during a step"
+                       ) -> alt.TopLevelMixin:
+    """Grouped stacked bars: per layout, the bytes ``rank`` held after forward, at the fullest
+    moment of backward and after the step, by category, with the textbook's per-rank total as
+    a black tick. ``frame``: a ``studies.distributed.phase_table``."""
+    if frame is None or frame.empty:
+        return _empty(title, "no sharding measurements yet")
+    t = frame[frame["rank"] == rank]
+    phases = ["after_forward", "backward_peak", "after_step"]
+    long = t.melt(id_vars=["layout", "phase", "textbook_total"], value_vars=list(CATEGORY_COLORS),
+                  var_name="category", value_name="bytes").assign(MiB=lambda d: d["bytes"] / MIB)
+    order = list(dict.fromkeys(t["layout"]))
+    x = alt.X("layout:N", sort=order, title=None)
+    off = alt.XOffset("phase:N", sort=phases)
+    bars = alt.Chart(long).mark_bar().encode(
+        x=x, xOffset=off, y=alt.Y("sum(MiB):Q", title="MiB alive on this rank"),
+        color=alt.Color("category:N", scale=alt.Scale(domain=list(CATEGORY_COLORS),
+                                                      range=list(CATEGORY_COLORS.values()))),
+        opacity=alt.Opacity("phase:N", sort=phases, scale=alt.Scale(range=[0.55, 1.0, 0.8])),
+        tooltip=["layout:N", "phase:N", "category:N", alt.Tooltip("MiB:Q", format=".4f")])
+    book = t.drop_duplicates(["layout"]).assign(textbook_MiB=lambda d: d["textbook_total"] / MIB)
+    ticks = alt.Chart(book).mark_tick(color="black", thickness=3, size=50).encode(
+        x=x, y="textbook_MiB:Q",
+        tooltip=["layout:N", alt.Tooltip("textbook_MiB:Q", format=".4f", title="textbook MiB")])
+    return alt.layer(bars, ticks).properties(
+        title=alt.Title(title, subtitle="three bars per layout: after forward · fullest moment "
+                                        "of backward · after the step; black tick: the textbook "
+                                        "total"), width=WIDTH, height=HEIGHT)
+
+
+__all__ = ["allreduce_chart", "loss_curves_chart", "step_time_chart", "memory_chart",
+           "volume_chart", "phase_memory_chart"]
