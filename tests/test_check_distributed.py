@@ -144,8 +144,10 @@ def test_the_grader_rejudges_from_the_logged_evidence():
 
 def _state(n_params, world_size, sharding, optimizer_bytes):
     weights = grads = 4 * n_params                 # fp32, a full copy on every rank ...
-    if sharding == "fsdp":                          # ... unless FSDP shards them too
-        weights, grads = weights / world_size, grads / world_size
+    if sharding in ("zero2", "fsdp"):               # ... unless ZeRO-2 / FSDP shard the gradients
+        grads = grads / world_size
+    if sharding == "fsdp":                          # ... and FSDP the weights too
+        weights = weights / world_size
     opt = optimizer_bytes * n_params / (1 if sharding == "none" else world_size)
     return weights + grads + opt
 
@@ -193,3 +195,55 @@ def test_state_bytes_per_rank_hidden_seed_and_placeholder(tmp_path):
         check.state_bytes_per_rank(placeholder)
     (entry,) = check.read_answers(tmp_path / "answers.jsonl")
     assert judge("state_bytes_per_rank", entry["evidence"]).status == "unanswered"
+
+
+def test_state_bytes_per_rank_knows_zero2_from_zero1_and_fsdp():
+    from efflab import check
+
+    for wrong, hint in [("zero1", "splits the gradients as well"), ("fsdp", "keeps the parameters whole")]:
+        def fn(n_params, world_size, sharding, optimizer_bytes, wrong=wrong):
+            return _state(n_params, world_size, wrong if sharding == "zero2" else sharding,
+                          optimizer_bytes)
+
+        fb = check.state_bytes_per_rank(fn)
+        assert not fb.passed and hint in fb.hint, (hint, str(fb))
+
+
+# -- 14 · code: the bytes each rank sends per step -------------------------------------------
+
+def _comm(n_params, world_size, sharding):
+    psi = 4 * n_params                                      # fp32 parameter bytes
+    collectives = 3 if sharding == "fsdp" else 2            # FSDP gathers twice
+    return collectives * (world_size - 1) / world_size * psi
+
+
+def test_comm_bytes_per_rank_accepts_the_papers_count():
+    from efflab import check
+    from efflab.systems.distributed.volume import paper_volume
+
+    assert check.comm_bytes_per_rank(_comm)
+    assert _comm(P, N, "zero2") == paper_volume(P, N, "zero2")
+    ev = check.REGISTRY["comm_bytes_per_rank"].collect(_comm, seed=2024)
+    assert judge("comm_bytes_per_rank", ev) and not judge("comm_bytes_per_rank", {**ev, "seed": 1})
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (lambda n_params, world_size, sharding: (3 if sharding == "fsdp" else 2) * 4 * n_params,
+     "N−1 of the N pieces"),                                           # forgot (N−1)/N
+    (lambda n_params, world_size, sharding: 2 * (world_size - 1) / world_size * 4 * n_params,
+     "twice per step"),                                                # FSDP as 2Ψ
+    (lambda n_params, world_size, sharding: _comm(n_params, world_size, sharding) / 4,
+     "counts values"),                                                 # values, not bytes
+    (lambda n_params, world_size, sharding: _comm(n_params, world_size, "fsdp"),
+     "only FSDP gathers"),                                             # every layout as 3Ψ
+    (lambda n_params, world_size, sharding: (world_size - 1) / world_size * 4 * n_params
+     * (3 if sharding == "fsdp" else 1), "count every collective"),    # ZeRO-2: reduce-scatter only
+    (lambda n_params, world_size, sharding: (3 if sharding == "fsdp" else 2) * (world_size - 1)
+     * 4 * n_params, "1/N piece"),                                     # N−1 whole copies
+])
+def test_comm_bytes_per_rank_names_the_slip(fn, hint):
+    from efflab import check
+
+    fb = check.comm_bytes_per_rank(fn)
+    assert not fb.passed and fb.status == "wrong" and hint in fb.hint, (hint, str(fb))
+    assert "too" in fb.got or "within" in fb.got

@@ -42,6 +42,7 @@ lesson check                  the learner ...
 14     alpha_beta             fits the α–β model of an all-reduce
 14     step_time_8            predicts a DDP step at 8 ranks
 14     state_bytes_per_rank   writes a rank's training-state bytes by layout (code)
+14     comm_bytes_per_rank    writes the bytes a rank sends per step by layout (code)
 15     pipeline_bubble        writes a pipeline's idle share (the bubble)
 15     tp_rank_bytes          writes the parameter bytes one tensor-parallel rank holds
 15     tp_step_comm           counts a TP step's all-reduces and the bytes a ring sends
@@ -77,7 +78,13 @@ from efflab.check.core import (
     latest_answers,
     read_answers,
 )
-from efflab.check.distributed import alpha_beta, state_bytes_per_rank, step_time_8, zero1_bytes
+from efflab.check.distributed import (
+    alpha_beta,
+    comm_bytes_per_rank,
+    state_bytes_per_rank,
+    step_time_8,
+    zero1_bytes,
+)
 from efflab.check.finetune import adam8bit_bytes, lora_trainable, nf4_quantize
 from efflab.check.frontier import pareto, request_latency
 from efflab.check.fusion import chain_bytes, gelu_bias_bytes, softmax_row_reduction
@@ -103,5 +110,5 @@ __all__ = [
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
     "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",
-    "softmax_row_reduction", "mfu", "compute_optimal",
+    "softmax_row_reduction", "mfu", "compute_optimal", "comm_bytes_per_rank",
 ]

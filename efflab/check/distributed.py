@@ -1,5 +1,6 @@
 """Checks for lesson 14 (distributed): α and β from your own all-reduce times, a step time at 8
-ranks predicted from the fit, and the per-rank memory under ZeRO-1."""
+ranks predicted from the fit, the per-rank memory under ZeRO-1, the training state per rank for
+every layout, and the bytes each rank sends per step (the ZeRO paper's count)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from efflab.check.core import (
     Verdict,
     close,
     exercise,
+    first_slip,
     judge_number,
     judge_probed_numbers,
     number,
@@ -19,6 +21,7 @@ from efflab.check.core import (
 )
 from efflab.systems.distributed.comm import AlphaBeta, fit_alpha_beta
 from efflab.systems.distributed.ddp import predicted_step_time, step_time_at
+from efflab.systems.distributed.volume import paper_volume
 from efflab.systems.distributed.zero import SHARDINGS, memory_per_rank
 
 
@@ -189,7 +192,7 @@ def reference_state_bytes(n_params: int, world_size: int, sharding: str,
 def state_bytes_per_rank(fn, seed: int = STATE_PROBE_SEED):
     """``fn(n_params, world_size, sharding, optimizer_bytes) -> bytes`` of fp32 parameters,
     fp32 gradients and optimizer state each rank holds; ``sharding`` is "none" (DDP),
-    "zero1" or "fsdp"."""
+    "zero1", "zero2" (the textbook's: parameters replicated) or "fsdp"."""
     return {"seed": int(seed), "outputs": probe_outputs(fn, state_probes(seed))}
 
 
@@ -200,6 +203,10 @@ def _state_slip_hint(got: float, p: dict) -> str:
             (want / 4, "that counts values; give bytes (4 per fp32 value)"),
             (4 * P + (4 + o) * P / N, "ZeRO-1 splits only the optimizer state; every rank keeps "
              "every gradient") if s == "zero1" else (None, ""),
+            (reference_state_bytes(P, N, "zero1", o), "ZeRO-2 splits the gradients as well as "
+             "the optimizer state") if s == "zero2" else (None, ""),
+            (reference_state_bytes(P, N, "fsdp", o), "ZeRO-2 keeps the parameters whole on every "
+             "rank; only ZeRO-3 / FSDP splits them") if s == "zero2" else (None, ""),
             (reference_state_bytes(P, N, "zero1", o), "FSDP splits the parameters and the "
              "gradients too") if s == "fsdp" else (None, ""),
             (reference_state_bytes(P, N, "fsdp", o), "without sharding every rank holds a full "
@@ -227,4 +234,60 @@ def _judge_state_bytes(ev: dict) -> Verdict:
         slip_hint=_state_slip_hint, unit="bytes", rel=1e-6)
 
 
-__all__ = ["alpha_beta", "step_time_8", "zero1_bytes", "state_bytes_per_rank"]
+# -- the bytes each rank sends per step, as code ---------------------------------------------
+
+COMM_PROBE_SEED = 1402
+
+
+def comm_probes(seed: int = COMM_PROBE_SEED) -> list[dict]:
+    """Seeded models and clusters, every layout at least twice, world sizes from 2 to 64."""
+    rng = random.Random(seed)
+    return [{"n_params": rng.randint(10**5, 2 * 10**9),
+             "world_size": rng.choice((2, 3, 4, 8, 16, 64)),
+             "sharding": SHARDINGS[i % len(SHARDINGS)]} for i in range(10)]
+
+
+def reference_comm_bytes(n_params: int, world_size: int, sharding: str) -> float:
+    """The ZeRO paper's count (``volume.paper_volume``), fp32 parameters."""
+    return paper_volume(n_params, world_size, sharding)
+
+
+def _comm_slip_hint(got: float, p: dict) -> str:
+    P, N, s = p["n_params"], p["world_size"], p["sharding"]
+    want = reference_comm_bytes(**p)
+    k = want / ((N - 1) / N * 4 * P)  # 2 or 3
+    return first_slip(got, [
+        (want / 4, "that counts values; give bytes (4 per fp32 value)"),
+        (k * 4 * P, "on a ring each rank sends only N−1 of the N pieces of every collective"),
+        (2 * (N - 1) / N * 4 * P, "FSDP gathers the parameters twice per step, once for forward "
+         "and again for backward") if s == "fsdp" else (None, ""),
+        (3 * (N - 1) / N * 4 * P, "only FSDP gathers the parameters a second time; this layout "
+         "keeps what it needs through backward") if s != "fsdp" else (None, ""),
+        ((N - 1) / N * 4 * P, "count every collective of the step: the gradients must be reduced "
+         "and the parameters made whole again") if s != "fsdp" else (None, ""),
+        (k * (N - 1) * 4 * P, "each rank sends a 1/N piece of the data per ring step"),
+    ], "list the collectives of one step for this layout and what each rank sends in each",
+        want=want, rel=1e-6)
+
+
+@exercise("comm_bytes_per_rank", points=2, topic="distributed", function=True)
+def comm_bytes_per_rank(fn, seed: int = COMM_PROBE_SEED):
+    """``fn(n_params, world_size, sharding) -> bytes`` each rank sends per training step on a
+    ring, by the ZeRO paper's count, fp32; ``sharding`` is "none" (DDP), "zero1", "zero2" or
+    "fsdp"."""
+    return {"seed": int(seed), "outputs": probe_outputs(fn, comm_probes(seed))}
+
+
+@comm_bytes_per_rank.judge_with
+def _judge_comm_bytes(ev: dict) -> Verdict:
+    return judge_probed_numbers(
+        ev, comm_probes, COMM_PROBE_SEED, reference_comm_bytes,
+        expected="the bytes each rank sends per step, for unseen models, layouts and world sizes",
+        case=lambda i, p: ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}"
+                                    for k, v in p.items()),
+        takes="it takes n_params, world_size, sharding",
+        slip_hint=_comm_slip_hint, unit="bytes", rel=1e-6)
+
+
+__all__ = ["alpha_beta", "step_time_8", "zero1_bytes", "state_bytes_per_rank",
+           "comm_bytes_per_rank"]
