@@ -200,6 +200,8 @@ NOT_STATED = [
     (r"\b[Ll]essons?\s+\d+(?:\s*(?:/|,|and|or)\s*\d+)*", "a reference to a lesson"),
     (r"\b[Ss]ections?\s+\d+(?:\s*(?:/|,|and|or)\s*\d+)*", "a reference to a section"),
     (r"\bet al\.?,?\s*\(?\s*(?:19|20)\d\d[a-z]?", "a citation's year"),
+    (r"§\s*\d+(?:\.\d+)*", "a reference to a paper's section"),
+    (r"\b(?:torch|PyTorch|Python|CUDA|Triton|altair)\s+\d+(?:\.\d+)+", "a version"),
     (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", "an IP address"),
     (r"(?<![\d.])[A-Za-z]{2,}-\d+(?:\.\d+)*(?:-\w+)?", "a name with a number in it (GPT-2, AVX-512)"),
     (r"\b\d-D\b", "a name (3-D parallelism)"),
@@ -423,7 +425,8 @@ def test_checker_reads_percent_powers_and_scientific_notation_against_the_code()
 
 def test_checker_ignores_what_states_no_number():
     nb = _nb(["## 3 · Section three\n\n### Exercise 2.1 (code): label\n\n1. first\n2. second\n\n"
-              "As lesson 09 and section 4 show (Hoffmann et al., 2022; Korthikanti et al. (2022)),"
+              "As lesson 09 and section 4 show (Hoffmann et al., 2022; Korthikanti et al. (2022), §7),"
+              " in torch 2.13 on 127.0.0.1,"
               " ≈17·B·T·C values, (p − 1)/(m + p − 1), `6·N·D`, $x^{42}$, fp32, E4M3, GPT-2, "
               "AVX-512 (0.5 = half)."], ["x = 1"])
     assert unearned(nb, "99_made_up", cited=[], library=[]) == []
@@ -435,3 +438,10 @@ def test_checker_reads_a_bare_number_in_a_code_span_and_limits_citations_to_thei
     chinchilla = [Cited(20, _lessons("13_scaling_laws"), "Hoffmann et al. 2022")]
     assert _values(unearned(nb, "13_scaling_laws", cited=chinchilla, library=[])) == [0.75]
     assert _values(unearned(nb, "99_made_up", cited=chinchilla, library=[])) == [0.75, 20]
+
+
+def test_checker_keeps_numbers_a_formula_rule_must_not_swallow():
+    # a multiplier of words, a parameter stated as k = 3, a number after a name's hyphen-free digit
+    nb = _nb(["Within 4 × the best p99; with k = 3 and τ = 2; an 8-bit code; 3e-4 for full."],
+             ["x = 1"])
+    assert _values(unearned(nb, "99_made_up", cited=[], library=[])) == [4, 3, 2, 8, 3e-4]
