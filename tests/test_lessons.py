@@ -39,7 +39,8 @@ EXPECTED = {
     "11_serving": (4, {"policy_meets_ttft", "kv_waste"}),
     "12_compression": (6, {"block_flops_sparsity", "soft_target_loss"}),
     "13_scaling_laws": (4, {"isoflop_vertex", "tokens_per_param"}),
-    "14_distributed": (8, {"alpha_beta", "step_time_8", "state_bytes_per_rank"}),
+    "14_distributed": (10, {"alpha_beta", "step_time_8", "state_bytes_per_rank",
+                            "comm_bytes_per_rank"}),
     "15_model_parallel": (5, {"tp_rank_bytes", "tp_step_comm", "pipeline_bubble", "ring_merge"}),
     "16_finetune_memory": (6, {"lora_trainable", "nf4_quantize", "adam8bit_bytes"}),
 }
@@ -332,9 +333,16 @@ def claims_14_distributed(run: Run):
     assert "= unsharded" in zero and ": True" in zero and ": False" not in zero
     refuse = cell_text(run.nb, "c14-refuse")
     assert "refused:" in refuse and "scheduler" in refuse
-    assert {e["exercise"] for e in run.answers} == {"alpha_beta", "step_time_8",
-                                                    "state_bytes_per_rank"}
-    assert cell_text(run.nb, "c14-ex3-use").count("MiB per rank") == 3
+    assert {e["exercise"] for e in run.answers} == EXPECTED["14_distributed"][1]
+    assert cell_text(run.nb, "c14-ex3-use").count("MiB per rank") == 4
+    volume = cell_text(run.nb, "c14-volume")  # DDP and ZeRO-2 send the paper's bytes, measured
+    assert re.search(r"DDP: sends [\d,]+ bytes .* they agree", volume)
+    assert re.search(r"ZeRO-2: sends [\d,]+ bytes .* they agree", volume)
+    assert "ZeroRedundancyOptimizer" in volume and "FSDP gathered" in volume
+    z2 = cell_text(run.nb, "c14-zero2")  # torch's ZeRO-2: sharded at rest, gathered through backward
+    assert "0.50×4P at rest" in z2 and "1.50×4P between forward and backward" in z2
+    assert "ZeRO-2 sent 1.00× DDP's bytes" in cell_text(run.nb, "c14-takeaway-run")
+    assert cell_text(run.nb, "c14-ex4-use").count("(1.00x yours)") == 2  # DDP and ZeRO-2
 
 
 def claims_15_model_parallel(run: Run):
