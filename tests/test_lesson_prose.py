@@ -17,7 +17,9 @@ label (``Exercise 2.1``), a list ordinal, a reference to a lesson or section (``
 a citation's year (``Hoffmann et al., 2022``), code spans and LaTeX (code, names and formulas:
 ``6·N·D``; a code span holding only a number still counts), a number bound into a formula with
 a variable (``17·B·T·C``, ``(p − 1)/(m + p − 1)``), a digit inside a name (``fp32``, ``E4M3``,
-``GPT-2``, ``AVX-512``) and a unit example in parentheses (``(0.5 = half)``).
+``GPT-2``, ``AVX-512``), a version (``torch 2.13``), an address, a paper's section (``§7``)
+and a unit example (``(0.5 = half)``). ``NOT_STATED`` lists each rule with its reason.
+Numbers written as words ("three times", "twice") are not read: those still need a reader.
 
 Lessons other helpers are editing now are in ``PENDING``: their unearned numbers are reported
 (``-rs``), not failed. The lead empties ``PENDING`` when they land.
