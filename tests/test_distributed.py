@@ -388,6 +388,11 @@ def test_each_layout_sends_what_its_collectives_say(two_ranks):
         assert 1 < v.loc[("fsdp", r), "all_gather_psi"] < 2
         assert v.loc[("fsdp", r), "comm_pred_ms"] > v.loc[("zero2", r), "comm_pred_ms"]
     said = volume_verdicts(v.reset_index())
+    from efflab.studies.distributed import takeaway, zero2_verdict
+
+    end = takeaway(v.reset_index(), phase_table(res.records))
+    assert "ZeRO-2 sent 1.00× DDP's bytes" in end and "buys is a lower peak" in end
+    assert "0.50×4P at rest" in zero2_verdict(phase_table(res.records))
     assert len(said) == 4 and "agree" in said[0] and "ZeroRedundancyOptimizer" in said[1]
     ph = phase_table(res.records).set_index(["sharding", "rank", "phase"])
     P4 = 4 * int(ph["n_params"].iloc[0])
@@ -395,6 +400,7 @@ def test_each_layout_sends_what_its_collectives_say(two_ranks):
         assert ph.loc[("zero2", r, "after_step"), "parameters"] * 2 == P4
         assert ph.loc[("zero2", r, "after_forward"), "parameters"] * 2 == 3 * P4
         assert ph.loc[("zero2", r, "after_step"), "gradients"] * 2 == P4
+        assert ph.loc[("zero2", r, "backward_peak"), "total"] > ph.loc[("fsdp", r, "backward_peak"), "total"]
         # DDP: 4P + 4P + 8P, plus AdamW's 0-dim step counters (a few bytes per tensor)
         assert 0 <= ph.loc[("none", r, "after_step"), "total"] - 4 * P4 <= 8 * 64
 

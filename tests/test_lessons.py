@@ -341,7 +341,8 @@ def claims_14_distributed(run: Run):
     assert "ZeroRedundancyOptimizer" in volume and "FSDP gathered" in volume
     z2 = cell_text(run.nb, "c14-zero2")  # torch's ZeRO-2: sharded at rest, gathered through backward
     assert "0.50×4P at rest" in z2 and "1.50×4P between forward and backward" in z2
-    assert "ZeRO-2 sent 1.00× DDP's bytes" in cell_text(run.nb, "c14-takeaway-run")
+    end = cell_text(run.nb, "c14-takeaway-run")
+    assert "ZeRO-2 sent 1.00× DDP's bytes" in end and "FSDP 1.41×" in end
     assert cell_text(run.nb, "c14-ex4-use").count("(1.00x yours)") == 2  # DDP and ZeRO-2
 
 

@@ -146,15 +146,25 @@ def takeaway(volume: pd.DataFrame, phases: pd.DataFrame, rank: int = 0) -> str:
     ddp, z2, fs = v.loc["none"], v.loc["zero2"], v.loc["fsdp"]
     timed = "comm_pred_ms" in v.columns
     t = (lambda r: f", predicted {r['comm_pred_ms']:.2f} ms") if timed else (lambda r: "")
-    peak = phases[(phases["sharding"] == "zero2") & (phases["rank"] == rank)
-                  & (phases["phase"] == "backward_peak")]
-    peak_txt = (f"; ZeRO-2 held {peak['vs_textbook'].iloc[0]:.2f}× the textbook's bytes at its "
-                f"peak, because torch keeps the gathered parameters from forward to the end of "
-                f"backward" if not peak.empty else "")
+    def at(sharding, phase):
+        row = phases[(phases["sharding"] == sharding) & (phases["rank"] == rank)
+                     & (phases["phase"] == phase)]
+        return None if row.empty else row.iloc[0]
+
+    z2p, fsp, z2r, fsr = (at("zero2", "backward_peak"), at("fsdp", "backward_peak"),
+                          at("zero2", "after_step"), at("fsdp", "after_step"))
+    held = ""
+    if all(x is not None for x in (z2p, fsp, z2r, fsr)):
+        rest = ("the same bytes at rest" if z2r["total"] == fsr["total"] else
+                f"{z2r['total'] / fsr['total']:.2f}× FSDP's bytes at rest")
+        buys = ("what FSDP's second all-gather buys is a lower peak"
+                if z2p["total"] > fsp["total"] else
+                "here FSDP's second all-gather bought no lower peak")
+        held = (f"; at the fullest moment of backward ZeRO-2 held {z2p['total'] / fsp['total']:.2f}× "
+                f"FSDP's bytes ({z2p['vs_textbook']:.2f}× the textbook's ZeRO-2) and {rest}: {buys}")
     return (f"ZeRO-2 sent {z2['sent_bytes'] / ddp['sent_bytes']:.2f}× DDP's bytes per step "
             f"({z2['sent_psi']:.2f}Ψ{t(z2)}; DDP {ddp['sent_psi']:.2f}Ψ{t(ddp)}) and FSDP "
-            f"{fs['sent_bytes'] / ddp['sent_bytes']:.2f}× ({fs['sent_psi']:.2f}Ψ{t(fs)}): "
-            f"FSDP's smaller state is paid for with a second all-gather{peak_txt}")
+            f"{fs['sent_bytes'] / ddp['sent_bytes']:.2f}× ({fs['sent_psi']:.2f}Ψ{t(fs)}){held}")
 
 
 __all__ = ["LAYOUTS", "NAMES", "PHASES", "volume_table", "volume_verdicts", "phase_table",
