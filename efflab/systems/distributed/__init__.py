@@ -4,7 +4,9 @@
 |-------------|--------------------------------------------------------------------------------|
 | comm        | the α–β model of a collective, its fit with held-out error, the ring formula, the all-reduce timer |
 | ddp         | data-parallel training (DDP, bucket size as a knob), the step-time model       |
-| zero        | per-rank memory by category: none, ZeRO-1 (ZeroRedundancyOptimizer), FSDP      |
+| zero        | per-rank memory by category: none, ZeRO-1 (ZeroRedundancyOptimizer), ZeRO-2 (FSDP, reshard_after_forward=False), FSDP |
+| volume      | bytes sent per step: the ZeRO paper's 2Ψ / 3Ψ, ring bytes of counted collectives, their α–β price |
+| counter     | the dispatch mode that counts a step's c10d collectives (kind, payload bytes)  |
 | worker      | the program torchrun starts on every rank (``-m efflab.systems.distributed.worker``)   |
 | launch      | start torchrun from a notebook, stream its progress, collect records into the store |
 | records     | what a distributed record is, and the tables charts and checks read            |
