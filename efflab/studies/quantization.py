@@ -5,9 +5,12 @@ shipped weights, with this machine's calibrated read bandwidth."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from efflab.core.weights import load_model
+from efflab.studies.analysis import quality_difference
 from efflab.techniques.quantization import (
     QuantizationConfig,
     layer_sqnr,
@@ -39,4 +42,98 @@ def quantization_table(preset: str, schemes=("none", "int8-weight", "int4-weight
     return pd.DataFrame(rows)
 
 
-__all__ = ["quantization_table"]
+DB_PER_BIT = 20 * math.log10(2)  # ~6.02 dB: one more bit halves the rounding step
+
+
+def sqnr_verdict(rows: list[dict], low: str = "int4-weight", high: str = "int8-weight") -> str:
+    """One sentence from :func:`layer_sqnr` rows (each with ``scheme``): the median layer SQNR of
+    ``high`` and ``low``, their gap, and that gap against the ~6 dB-per-bit rule of thumb."""
+    def median(scheme):
+        v = sorted(r["sqnr_db"] for r in rows if r["scheme"] == scheme)
+        if not v:
+            raise ValueError(f"no SQNR rows for {scheme!r}")
+        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2, len(v)
+
+    (hi, n), (lo, _) = median(high), median(low)
+    bits = {"int8-weight": 8, "int4-weight": 4, "int8-dynamic": 8}
+    rule = DB_PER_BIT * (bits[high] - bits[low])
+    gap = hi - lo
+    how = (f"{rule - gap:.1f} dB better than the rule: its per-group scales track the weights "
+           "more closely than one scale per row" if gap < rule else
+           f"{gap - rule:.1f} dB worse than the rule")
+    return (f"Median layer SQNR over {n} layers: {high} {hi:.1f} dB, {low} {lo:.1f} dB — a gap of "
+            f"{gap:.1f} dB against the rule of thumb's {rule:.1f} dB, so {low} lands {how}.")
+
+
+def _row(df: pd.DataFrame, scheme: str):
+    ok = df[(df["status"] == "ok") & (df["knobs.quantization"] == scheme)]
+    return None if ok.empty else ok.iloc[0]
+
+
+def _record(row) -> dict:
+    q = {k.removeprefix("quality."): row[k] for k in row.index if k.startswith("quality.")}
+    return {"quality": q, "context": {"corpus": row.get("context.corpus")}}
+
+
+def quality_verdicts(df: pd.DataFrame, reference: str = "none") -> list[str]:
+    """Per quantized scheme of a sweep with quality: its held-out loss against ``reference``'s,
+    paired on the same windows where the records allow (:func:`quality_difference`), and its
+    bits/byte change. Schemes that did not run say so."""
+    ref = _row(df, reference)
+    if ref is None:
+        return [f"no successful {reference!r} row to compare against"]
+    out = []
+    for scheme in [s for s in dict.fromkeys(df["knobs.quantization"]) if s != reference]:
+        r = _row(df, scheme)
+        if r is None:
+            msg = df[df["knobs.quantization"] == scheme]["message"].iloc[0]
+            out.append(f"{scheme}: did not run ({msg})")
+            continue
+        d = quality_difference(_record(ref), _record(r))
+        dbpb = r["quality.bits_per_byte"] - ref["quality.bits_per_byte"]
+        out.append(f"{scheme}: {dbpb:+.4f} bits/byte against fp32; loss {d['verdict']}")
+    return out
+
+
+def _spread(row) -> tuple[float, float]:
+    return row["latency_ms.p25"], row["latency_ms.p75"]
+
+
+def speed_verdict(df: pd.DataFrame, label: str, reference: str = "none") -> str:
+    """A decode sweep at batch 1 over schemes, in words with its numbers: how close ``reference``
+    comes to its bandwidth bound, and each scheme's measured speed-up beside the speed-up its
+    bound allows — faster or slower only where the p25–p75 latency ranges do not overlap."""
+    ref = _row(df, reference)
+    if ref is None:
+        return f"{label}: no successful {reference!r} row to compare against."
+    bound = "theory.roofline.tokens_per_s_upper_bound"
+    tps0, b0 = ref["throughput.tokens_per_s"], ref.get(bound)
+    parts = []
+    if b0 is not None and b0 == b0 and b0 > 0:
+        frac = tps0 / b0
+        where = ("above its DRAM bound: the weights are served from the cache" if frac > 1 else
+                 "near its bound: the step is memory-bound" if frac >= 0.5 else
+                 "well below its bound: something other than reading weights limits the step")
+        parts.append(f"{label}: fp32 decodes {tps0:,.0f} tokens/s, {frac:.0%} of its bandwidth "
+                     f"bound ({b0:,.0f}), {where}.")
+    else:
+        parts.append(f"{label}: fp32 decodes {tps0:,.0f} tokens/s.")
+    lo0, hi0 = _spread(ref)
+    for scheme in [s for s in dict.fromkeys(df["knobs.quantization"]) if s != reference]:
+        r = _row(df, scheme)
+        if r is None:
+            msg = df[df["knobs.quantization"] == scheme]["message"].iloc[0]
+            parts.append(f"{scheme} did not run ({msg}).")
+            continue
+        x = r["throughput.tokens_per_s"] / tps0
+        lo, hi = _spread(r)
+        how = ("faster" if hi < lo0 else "slower" if lo > hi0
+               else "no measurable difference (the p25–p75 ranges overlap)")
+        allowed = r.get(bound)
+        beside = (f" (its bound allows {allowed / b0:.2f}×)"
+                  if allowed is not None and allowed == allowed and b0 else "")
+        parts.append(f"{scheme} runs at {x:.2f}× fp32's speed{beside}: {how}.")
+    return " ".join(parts)
+
+
+__all__ = ["quantization_table", "sqnr_verdict", "quality_verdicts", "speed_verdict"]
