@@ -90,7 +90,9 @@ def frontier_verdict(decode, scheme: str = "int8-weight", reference: str = "none
     else:
         speed = "no measurable difference (the p25–p75 ranges overlap)"
     mem = b["peak MiB"] / a["peak MiB"]
-    label = b["config"] if "config" in b.index else scheme
+    label = scheme
+    if scheme == "int4-weight" and "knobs.group_size" in b.index:
+        label += f" (group_size={b['knobs.group_size']})"  # a grid may hold several
     return (f"**{label} against {reference}, batch {batch_size}, this run:** quality {q['verdict']}; "
             f"latency {lat:.2f}× ({b['ms per request token']:.3f} against "
             f"{a['ms per request token']:.3f} ms per request token): {speed}; "
