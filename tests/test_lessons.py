@@ -238,6 +238,12 @@ def claims_05_quantization(run: Run):
     ev = {r["knobs"]["quantization"]: r["quality"]["bits_per_byte"]
           for r in _ok(run.records, workload="eval")}
     assert ev["int8-weight"] == pytest.approx(ev["none"], rel=0.01)
+    # int8-dynamic is in the speed sweep, and the results are verdicts with their numbers
+    assert "int8-dynamic" in dec
+    speed = text(run.cells["l05-speed-verdict"], markdown=True)
+    assert re.search(r"int8-dynamic runs at [\d.]+× fp32's speed", speed), speed
+    takeaways = text(run.cells["l05-takeaways"], markdown=True)
+    assert re.search(r"int8-weight: [+-][\d.]+ bits/byte against fp32", takeaways), takeaways
 
 
 def claims_06_moe(run: Run):
@@ -251,6 +257,9 @@ def claims_06_moe(run: Run):
 
 def claims_07_pareto(run: Run):
     assert _ok(run.records, workload="decode") and _ok(run.records, workload="train")
+    verdict = text(run.cells["l07-quant-verdict"], markdown=True)
+    assert re.search(r"int8-weight against none, batch 1, this run:\*\* quality [+-][\d.]+%", verdict)
+    assert re.search(r"latency [\d.]+×", verdict), verdict
 
 
 def _png(run: Run, cell_id: str) -> bool:
