@@ -202,6 +202,8 @@ def claims_02_precision(run: Run):
         assert r["status"] in ("ok", "refused"), r.get("message")
         if r["status"] == "refused":
             assert "GFLOP/s" in r["message"]
+    takeaways = text(run.cells["l02-takeaways"], markdown=True)  # computed, with their numbers
+    assert re.search(r"bf16: training loss at most [\d.]+ nats from fp32's", takeaways), takeaways
     small = {r["knobs"]["precision"]: r for r in run.records
              if r["preset"] == "cpu-tiny" and r["status"] == "ok"}
     if "bf16-pure" in small:  # weights stored in 2 bytes instead of 4
