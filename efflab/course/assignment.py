@@ -109,3 +109,45 @@ def assignment_of(nb: nbformat.NotebookNode) -> str | None:
 
 
 __all__ = ["assign", "student_version", "assignment_of", "CODE_STUB", "NOT_ANSWERED"]
+
+
+def exercise_table(src: str | os.PathLike = "notebooks") -> list[dict]:
+    """What every lesson grades, read from its instructor notebook(s): one row per grade cell
+    with its ``grade_id``, points, the checks it calls, which of those are hidden
+    (``### BEGIN HIDDEN TESTS``) and which probe a learner-written function (code)."""
+    import efflab.check  # noqa: F401  (registers every exercise)
+    from efflab.check.core import REGISTRY
+    from efflab.course.cells import HIDDEN_BEGIN, check_names, grade_cells
+
+    rows = []
+    for p in _sources(Path(src)):
+        nb = nbformat.read(str(p), as_version=4)
+        for g in grade_cells(nb):
+            source = nb.cells[g.index].source
+            hidden = check_names(source.split(HIDDEN_BEGIN, 1)[1]) if HIDDEN_BEGIN in source else []
+            rows.append({"lesson": p.stem, "grade_id": g.grade_id, "points": g.points,
+                         "checks": list(g.exercises), "hidden": hidden,
+                         "code": [n for n in g.exercises if n in REGISTRY and REGISTRY[n].function]})
+    return rows
+
+
+def _kinds(name: str, row: dict) -> str:
+    kinds = [k for k in ("code", "hidden") if name in row[k]]
+    return f" ({', '.join(kinds)})" if kinds else ""
+
+
+def exercise_table_markdown(rows: list[dict]) -> str:
+    """:func:`exercise_table` as a Markdown table, one line per grade cell, lesson totals in
+    the lesson column's first row."""
+    total = {}
+    for r in rows:
+        total[r["lesson"]] = total.get(r["lesson"], 0) + r["points"]
+    lines = ["| lesson | graded cell | points | checks (code: a learner function probed on unseen "
+             "inputs; hidden: only the grader's copy runs it) |", "|---|---|---|---|"]
+    last = None
+    for r in rows:
+        lesson = f"{r['lesson']} ({total[r['lesson']]:g} points)" if r["lesson"] != last else ""
+        last = r["lesson"]
+        checks = ", ".join(f"`{n}`{_kinds(n, r)}" for n in r["checks"])
+        lines.append(f"| {lesson} | `{r['grade_id']}` | {r['points']:g} | {checks} |")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from efflab.course.assignment import assign
+from efflab.course.assignment import assign, exercise_table, exercise_table_markdown
 from efflab.course.class_results import class_results
 from efflab.course.gradebook import grade
 from efflab.course.sandbox import Limits
@@ -24,6 +24,9 @@ def _mib(text: str) -> int:
 
 
 def cmd_assign(args) -> int:
+    if args.list:
+        print(exercise_table_markdown(exercise_table(args.notebooks)), end="")
+        return 0
     written = assign(args.notebooks, args.out)
     for p in written:
         print(f"wrote {p}")
@@ -65,6 +68,8 @@ def add_commands(sub) -> None:
     p.add_argument("notebooks", nargs="?", default="notebooks",
                    help="instructor notebook or folder (default notebooks/)")
     p.add_argument("--out", default="student", help="folder for the student versions")
+    p.add_argument("--list", action="store_true",
+                   help="print what each lesson grades (a Markdown table) and write nothing")
     p.set_defaults(func=cmd_assign)
 
     p = sub.add_parser("submit", help="pack a notebook, its records and answers into one zip")
