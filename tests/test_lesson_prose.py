@@ -21,8 +21,8 @@ a variable (``17·B·T·C``, ``(p − 1)/(m + p − 1)``), a digit inside a name
 and a unit example (``(0.5 = half)``). ``NOT_STATED`` lists each rule with its reason.
 Numbers written as words ("three times", "twice") are not read: those still need a reader.
 
-Lessons other helpers are editing now are in ``PENDING``: their unearned numbers are reported
-(``-rs``), not failed. The lead empties ``PENDING`` when they land.
+Lessons whose prose still states unearned numbers are in ``PENDING``: those numbers are
+reported (``-rs``), not failed, until the lesson's prose is fixed and it leaves the set.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from efflab.course.report import notebooks
 
 LESSONS = {p.stem: p for p in notebooks()}
 
-# Being edited by other helpers now; the lead empties this set when their edits land.
-PENDING = {"02_precision", "05_quantization", "07_pareto", "14_distributed"}
+# Lessons whose prose still states numbers no cell computes or source cites (listed by -rs).
+PENDING = {"02_precision", "05_quantization"}
 
 ALL = "*"
 
