@@ -11,7 +11,6 @@ import numpy as np
 
 from efflab.check.core import (
     Verdict,
-    close,
     exercise,
     first_slip,
     judge_number,
@@ -199,7 +198,7 @@ def state_bytes_per_rank(fn, seed: int = STATE_PROBE_SEED):
 def _state_slip_hint(got: float, p: dict) -> str:
     P, N, s, o = p["n_params"], p["world_size"], p["sharding"], p["optimizer_bytes"]
     want = reference_state_bytes(**p)
-    for value, hint in [
+    return first_slip(got, [
             (want / 4, "that counts values; give bytes (4 per fp32 value)"),
             (4 * P + (4 + o) * P / N, "ZeRO-1 splits only the optimizer state; every rank keeps "
              "every gradient") if s == "zero1" else (None, ""),
@@ -216,11 +215,14 @@ def _state_slip_hint(got: float, p: dict) -> str:
             (reference_state_bytes(P, N, "none", o), "under sharding a rank keeps only its own "
              "share of what is split") if s != "none" else (None, ""),
             (reference_state_bytes(P, N, s, o) - 4 * P * (1 if s != "fsdp" else 1 / N),
-             "training holds a gradient for every parameter")]:
-        if value is not None and value != want and close(got, value, rel=1e-6):
-            return hint
-    return ("sort the state into weights, gradients and optimizer state, then say which of "
-            "them this layout splits over the ranks")
+             "training holds a gradient for every parameter")],
+        "sort the state into weights, gradients and optimizer state, then say which of "
+        "them this layout splits over the ranks", want=want, rel=1e-6)
+
+
+def _probe_case(i: int, p: dict) -> str:
+    """A probe as the feedback names it: ``n_params=1,000, world_size=4, sharding='zero2'``."""
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}" for k, v in p.items())
 
 
 @state_bytes_per_rank.judge_with
@@ -228,8 +230,7 @@ def _judge_state_bytes(ev: dict) -> Verdict:
     return judge_probed_numbers(
         ev, state_probes, STATE_PROBE_SEED, reference_state_bytes,
         expected="the per-rank training state in bytes, for unseen models, layouts and optimizers",
-        case=lambda i, p: ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}"
-                                    for k, v in p.items()),
+        case=_probe_case,
         takes="it takes n_params, world_size, sharding, optimizer_bytes",
         slip_hint=_state_slip_hint, unit="bytes", rel=1e-6)
 
@@ -283,8 +284,7 @@ def _judge_comm_bytes(ev: dict) -> Verdict:
     return judge_probed_numbers(
         ev, comm_probes, COMM_PROBE_SEED, reference_comm_bytes,
         expected="the bytes each rank sends per step, for unseen models, layouts and world sizes",
-        case=lambda i, p: ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:,}"
-                                    for k, v in p.items()),
+        case=_probe_case,
         takes="it takes n_params, world_size, sharding",
         slip_hint=_comm_slip_hint, unit="bytes", rel=1e-6)
 
