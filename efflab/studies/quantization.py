@@ -83,16 +83,23 @@ def quality_verdicts(df: pd.DataFrame, reference: str = "none") -> list[str]:
     if ref is None:
         return [f"no successful {reference!r} row to compare against"]
     out = []
-    for scheme in [s for s in dict.fromkeys(df["knobs.quantization"]) if s != reference]:
-        r = _row(df, scheme)
+    for scheme, r, msg in _others(df, reference):
         if r is None:
-            msg = df[df["knobs.quantization"] == scheme]["message"].iloc[0]
             out.append(f"{scheme}: did not run ({msg})")
             continue
         d = quality_difference(_record(ref), _record(r))
         dbpb = r["quality.bits_per_byte"] - ref["quality.bits_per_byte"]
         out.append(f"{scheme}: {dbpb:+.4f} bits/byte against fp32; loss {d['verdict']}")
     return out
+
+
+def _others(df: pd.DataFrame, reference: str):
+    """Each scheme of ``df`` but ``reference``, in order: (scheme, its successful row or None,
+    the message of its first row)."""
+    for scheme in [s for s in dict.fromkeys(df["knobs.quantization"]) if s != reference]:
+        r = _row(df, scheme)
+        yield scheme, r, (df[df["knobs.quantization"] == scheme]["message"].iloc[0]
+                          if r is None else None)
 
 
 def _spread(row) -> tuple[float, float]:
@@ -119,10 +126,8 @@ def speed_verdict(df: pd.DataFrame, label: str, reference: str = "none") -> str:
     else:
         parts.append(f"{label}: fp32 decodes {tps0:,.0f} tokens/s.")
     lo0, hi0 = _spread(ref)
-    for scheme in [s for s in dict.fromkeys(df["knobs.quantization"]) if s != reference]:
-        r = _row(df, scheme)
+    for scheme, r, msg in _others(df, reference):
         if r is None:
-            msg = df[df["knobs.quantization"] == scheme]["message"].iloc[0]
             parts.append(f"{scheme} did not run ({msg}).")
             continue
         x = r["throughput.tokens_per_s"] / tps0
