@@ -112,12 +112,17 @@ def launch_refusal(nproc: int, threads_per_rank: int = 1, cores: int | None = No
 
 def torchrun_command(nproc: int, jobs_path: str | os.PathLike, out_dir: str | os.PathLike,
                      port: int, backend: str = "auto", host: str = "127.0.0.1",
-                     collective_timeout_s: float = 300.0) -> list[str]:
-    """The exact command ``launch`` runs (``python -m torch.distributed.run`` is ``torchrun``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-            f"--nproc-per-node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={host}:{port}",
-            "--max-restarts=0", "-m", "efflab.systems.distributed.worker", "--jobs", str(jobs_path),
-            "--out", str(out_dir), "--backend", backend, "--timeout-s", str(collective_timeout_s)]
+                     collective_timeout_s: float = 300.0,
+                     program: str = "efflab.systems.distributed.worker") -> list[str]:
+    """The exact command ``launch`` runs (``python -m torch.distributed.run`` is ``torchrun``);
+    ``program`` is the worker module each rank runs (lesson 15's is
+    ``efflab.systems.parallel.worker``, which takes no ``--backend``)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+           f"--nproc-per-node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={host}:{port}",
+           "--max-restarts=0", "-m", program, "--jobs", str(jobs_path), "--out", str(out_dir)]
+    if program == "efflab.systems.distributed.worker":
+        cmd += ["--backend", backend]
+    return cmd + ["--timeout-s", str(collective_timeout_s)]
 
 
 def run_streaming(cmd: list[str], env: dict | None, timeout_s: float,
@@ -227,6 +232,23 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     _check_jobs(jobs, nproc)
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, "one of " + ", ".join(map(repr, BACKENDS)))
+    return run_ranks("efflab.systems.distributed.worker", jobs, nproc, backend, timeout_s,
+                     store, on_progress, PROGRESS_PREFIX, threads_per_rank, timing, workdir)
+
+
+def run_ranks(program: str, jobs: list[dict], nproc: int, backend: str, timeout_s: float,
+              store: Store | None, on_progress: Callable[[dict], None] | None,
+              progress_prefix: str, threads_per_rank: int | None = None, timing: bool = True,
+              workdir: str | os.PathLike | None = None) -> LaunchResult:
+    """Run worker module ``program`` on ``nproc`` local ranks under torchrun, for ``launch``
+    (lesson 14) and ``launch_parallel`` (lesson 15), whose arguments are already checked.
+
+    Writes ``jobs`` to a fresh folder, gives each rank ``cores // nproc`` threads (or
+    ``threads_per_rank``), a free loopback port, gloo bound to ``lo`` and this checkout on
+    ``PYTHONPATH``; streams lines that start with ``progress_prefix`` to ``on_progress``; kills
+    the whole process group after ``timeout_s``. Every record the ranks wrote is returned and
+    appended to ``store``; on a failure the folder stays and ``LaunchError`` carries the log.
+    """
     cores = os.cpu_count() or 1
     threads = threads_per_rank or max(1, cores // nproc)
     why = launch_refusal(nproc, threads, cores, backend, timing)
@@ -246,12 +268,12 @@ def launch(jobs: list[dict], nproc: int = 2, backend: str = "auto", timeout_s: f
     here = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     cmd = torchrun_command(nproc, jobs_path, folder, free_port(), backend,
-                           collective_timeout_s=max(30.0, timeout_s))
+                           collective_timeout_s=max(30.0, timeout_s), program=program)
 
     def on_line(line: str) -> None:
-        if on_progress is not None and line.startswith(PROGRESS_PREFIX):
+        if on_progress is not None and line.startswith(progress_prefix):
             try:
-                on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
+                on_progress(json.loads(line[len(progress_prefix):]))
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a garbled progress line must not stop the run
 
@@ -298,4 +320,4 @@ def collect_records(folder: str | os.PathLike, store: Store | None = None,
 
 
 __all__ = ["LaunchError", "LaunchResult", "free_port", "loopback_interface", "launch_refusal",
-           "torchrun_command", "run_streaming", "print_progress", "launch", "collect_records"]
+           "torchrun_command", "run_streaming", "run_ranks", "print_progress", "launch", "collect_records"]

@@ -11,28 +11,11 @@ group killed on a timeout or an error), with lesson 15's worker program:
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import sys
-import tempfile
-import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from efflab.core.config import ConfigError
 from efflab.core.store import Store
-from efflab.measurement.hardware import RefusedError
-from efflab.systems.distributed.launcher import (
-    LaunchError,
-    LaunchResult,
-    collect_records,
-    free_port,
-    launch_refusal,
-    loopback_interface,
-    run_streaming,
-)
+from efflab.systems.distributed.launcher import LaunchResult, run_ranks
 from efflab.systems.parallel.worker import PROGRESS_PREFIX, describe, settings
 
 
@@ -58,46 +41,8 @@ def launch_parallel(jobs: list[dict], nproc: int = 2, timeout_s: float = 300.0,
             settings(j)
         except ValueError as e:
             raise ConfigError("jobs[]", j, str(e)) from None
-    cores = os.cpu_count() or 1
-    threads = threads_per_rank or max(1, cores // nproc)
-    why = launch_refusal(nproc, threads, cores, "gloo", timing)
-    if why:
-        raise RefusedError(why)
-    run = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    folder = Path(tempfile.mkdtemp(prefix=f"efflab-parallel-{run}-"))
-    (folder / "jobs.json").write_text(json.dumps(jobs))
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-                "MASTER_ADDR": "127.0.0.1"})
-    lo = loopback_interface()
-    if lo:
-        env["GLOO_SOCKET_IFNAME"] = lo
-    here = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-           f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=0",
-           "-m", "efflab.systems.parallel.worker", "--jobs", str(folder / "jobs.json"),
-           "--out", str(folder), "--timeout-s", str(max(30.0, timeout_s))]
-
-    def on_line(line: str) -> None:
-        if on_progress is not None and line.startswith(PROGRESS_PREFIX):
-            try:
-                on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass
-
-    t0 = time.perf_counter()
-    status, tail = run_streaming(cmd, env, timeout_s, on_line)
-    records = collect_records(folder, store, run)
-    result = LaunchResult(records, cmd, status, time.perf_counter() - t0, run, tail)
-    errors = [r for r in records if r["status"] == "error"]
-    if status != 0 or errors:
-        said = "; ".join(f"rank {r['rank']}: {r['message']}" for r in errors[:2])
-        raise LaunchError(f"torchrun exited with status {status}{' — ' + said if said else ''}"
-                          f"\nlog ({folder}):\n" + "\n".join(tail[-25:]))
-    shutil.rmtree(folder, ignore_errors=True)
-    return result
+    return run_ranks("efflab.systems.parallel.worker", jobs, nproc, "gloo", timeout_s, store,
+                     on_progress, PROGRESS_PREFIX, threads_per_rank, timing)
 
 
 __all__ = ["launch_parallel", "print_progress"]
