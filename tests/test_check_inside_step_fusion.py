@@ -1,6 +1,5 @@
 """Lesson 08/09 checks: the right answer passes; plausible wrong ones fail with the right hint."""
 
-import math
 
 import pytest
 
@@ -51,56 +50,6 @@ def test_gelu_bias_bytes_right_and_slips():
     assert "written and read back" in check.gelu_bias_bytes(n * 4, numel=n).hint
     # bf16: the same count at 2 bytes
     assert check.gelu_bias_bytes(2 * n * 2, numel=n, bytes_per_el=2).passed
-
-
-def _good(m, s, block):
-    m_new = max(m, max(block))
-    return m_new, s * math.exp(m - m_new) + sum(math.exp(x - m_new) for x in block)
-
-
-def test_softmax_row_reduction_right_and_slips():
-    assert check.softmax_row_reduction(_good).passed
-
-    def no_rescale(m, s, block):
-        m_new = max(m, max(block))
-        return m_new, s + sum(math.exp(x - m_new) for x in block)
-
-    fb = check.softmax_row_reduction(no_rescale)
-    assert not fb and "exp(m_old - m_new)" in fb.hint
-
-    def no_max(m, s, block):  # forgets the maximum: exp(900) overflows
-        return max(m, max(block)), s + sum(math.exp(x) for x in block)
-
-    fb = check.softmax_row_reduction(no_max)
-    assert not fb and "overflows" in fb.hint
-
-    def crashes(m, s, block):
-        raise RuntimeError("boom")
-
-    assert check.softmax_row_reduction(crashes).status in ("wrong", "error")
-
-
-def test_softmax_row_reduction_accepts_the_update_in_float32_torch_as_a_kernel_writes_it():
-    import torch
-
-    def in_float32(m, s, block):
-        x = torch.tensor(block, dtype=torch.float32)
-        m_old = torch.tensor(m, dtype=torch.float32)
-        m_new = torch.maximum(m_old, x.max())
-        s_new = torch.tensor(s, dtype=torch.float32) * torch.exp(m_old - m_new) \
-            + torch.exp(x - m_new).sum()
-        return m_new.item(), s_new.item()
-
-    fb = check.softmax_row_reduction(in_float32)
-    assert fb.passed, fb
-
-    def no_rescale_float32(m, s, block):  # the same slip, in float32: still caught
-        x = torch.tensor(block, dtype=torch.float32)
-        m_new = torch.maximum(torch.tensor(m, dtype=torch.float32), x.max())
-        return m_new.item(), s + torch.exp(x - m_new).sum().item()
-
-    fb = check.softmax_row_reduction(no_rescale_float32)
-    assert not fb and "exp(m_old - m_new)" in fb.hint
 
 
 def test_judges_rerun_from_evidence_alone():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from efflab.check.serving import paged_waste, policy_meets_ttft
+from efflab.check.serving import policy_meets_ttft
 from efflab.check.speculation import break_even_acceptance, kv_cache_bytes
 from efflab.systems.speculative import break_even_alpha, expected_speedup
 
@@ -44,16 +44,6 @@ def test_break_even_acceptance():
     fb = break_even_acceptance(c, k=k, cost_ratio=c)
     assert not fb.passed
     assert not break_even_acceptance(1.7, k=k, cost_ratio=c).passed
-
-
-def test_paged_waste():
-    assert paged_waste(8 * 15 * 1024, block_size=16, n_sequences=8, bytes_per_position=1024).passed
-    fb = paged_waste(8 * 16 * 1024, block_size=16, n_sequences=8, bytes_per_position=1024)
-    assert not fb.passed and "at least one position" in fb.hint
-    fb = paged_waste(15 * 1024, block_size=16, n_sequences=8, bytes_per_position=1024)
-    assert not fb.passed and "own partly filled" in fb.hint
-    fb = paged_waste(8 * 15, block_size=16, n_sequences=8, bytes_per_position=1024)
-    assert not fb.passed and "bytes per position" in fb.hint
 
 
 ROWS = [  # static meets the target by its median but not its p99 at rate 2; continuous does

@@ -55,7 +55,6 @@ GIVENS = {
     "kv_cache_bytes": dict(n_layer=4, n_head=8, n_kv_head=2, n_embd=256, context=512,
                            batch_size=4, bytes_per_el=2),
     "break_even_acceptance": dict(k=3, cost_ratio=0.4),
-    "paged_waste": dict(block_size=16, n_sequences=8, bytes_per_position=1024),
     "optimal_loss": dict(fit=_FIT, budget=1e13),
     "step_time_8": dict(compute_per_sample_s=0.02, global_batch=16,
                         bucket_bytes=[1 << 20, 1 << 20, 1_300_000], alpha_s=5e-4, bandwidth=4e8),

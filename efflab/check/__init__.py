@@ -53,12 +53,10 @@ lesson check                  the learner ...
 --     throughput             tokens/s from a latency and B·T (the grading fixture's)
 --     bits_per_byte          a held-out loss in nats as bits per byte
 --     kv_cache_bytes         a KV cache's bytes for one configuration
---     paged_waste            the worst waste of a paged KV cache
 --     optimal_loss           the loss a fitted loss law predicts at the optimum
 --     zero1_bytes            per-rank bytes under ZeRO-1
 --     mfu                    MFU read from a record (peak of the run's own format)
 --     compute_optimal        compute-optimal N and D at a budget from a fitted law
---     softmax_row_reduction  the row reduction of a fused softmax (lesson 04 teaches it)
 =====  =====================  ==============================================================
 """
 
@@ -87,14 +85,14 @@ from efflab.check.distributed import (
 )
 from efflab.check.finetune import adam8bit_bytes, lora_trainable, nf4_quantize
 from efflab.check.frontier import pareto, request_latency
-from efflab.check.fusion import chain_bytes, gelu_bias_bytes, softmax_row_reduction
+from efflab.check.fusion import chain_bytes, gelu_bias_bytes
 from efflab.check.inside_step import matmul_roofline, which_roof
 from efflab.check.model_parallel import pipeline_bubble, ring_merge, tp_rank_bytes, tp_step_comm
 from efflab.check.moe import balance_loss, route
 from efflab.check.precision import bf16_round, bytes_per_param, fp8_e4m3_round
 from efflab.check.quantization import decode_bound, group_quantize
 from efflab.check.scaling import compute_optimal, isoflop_vertex, optimal_loss, tokens_per_param
-from efflab.check.serving import kv_waste, paged_waste, policy_meets_ttft
+from efflab.check.serving import kv_waste, policy_meets_ttft
 from efflab.check.speculation import break_even_acceptance, kv_bytes, kv_cache_bytes
 from efflab.check.tour import bits_per_byte, bits_per_byte_of, mfu, mfu_of
 
@@ -109,6 +107,5 @@ __all__ = [
     "block_flops_sparsity", "soft_target_loss", "tokens_per_param", "isoflop_vertex", "alpha_beta",
     "step_time_8", "state_bytes_per_rank", "pipeline_bubble", "tp_rank_bytes", "tp_step_comm",
     "ring_merge", "lora_trainable", "adam8bit_bytes", "nf4_quantize", "throughput",
-    "bits_per_byte", "kv_cache_bytes", "paged_waste", "optimal_loss", "zero1_bytes",
-    "softmax_row_reduction", "mfu", "compute_optimal", "comm_bytes_per_rank",
+    "bits_per_byte", "kv_cache_bytes", "optimal_loss", "zero1_bytes", "mfu", "compute_optimal", "comm_bytes_per_rank",
 ]

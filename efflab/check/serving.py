@@ -10,36 +10,12 @@ from efflab.check.core import (
     Verdict,
     exercise,
     first_slip,
-    judge_number,
     judge_probed_numbers,
     number,
     probe_outputs,
 )
 
 POLICY_ANSWERS = ("static", "continuous", "both", "neither")
-
-
-@exercise("paged_waste", points=1, topic="serving")
-def paged_waste(answer, *, block_size, n_sequences, bytes_per_position):
-    """The most bytes a paged KV cache with ``block_size``-position blocks can hold reserved
-    but empty while ``n_sequences`` sequences run (``bytes_per_position`` for all layers)."""
-    return {"answer": number(answer), "block_size": int(block_size),
-            "n_sequences": int(n_sequences), "bytes_per_position": int(bytes_per_position)}
-
-
-@paged_waste.judge_with
-def _judge_paged_waste(ev: dict) -> Verdict:
-    bs, n, b = ev["block_size"], ev["n_sequences"], ev["bytes_per_position"]
-    truth = n * (bs - 1) * b
-    return judge_number(
-        number(ev["answer"]), truth, rel=0.001, unit="bytes",
-        expected=f"the worst case for {n} sequences, blocks of {bs} positions, {b} bytes per "
-                 "position",
-        slips=[(n * bs * b, "a sequence's last block holds at least one position of its own"),
-               ((bs - 1) * b, "every running sequence has its own partly filled last block"),
-               (n * (bs - 1), "that counts positions; multiply by the bytes per position"),
-               (n * bs / 2 * b, "that is the average; the question asks for the most")],
-        hint="only a sequence's last block can be partly empty; how empty can it be?")
 
 
 def _row_at(rows: list[dict], policy: str, rate: float) -> dict | None:
@@ -167,4 +143,4 @@ def _judge_kv_waste(ev: dict) -> Verdict:
         slip_hint=_waste_slip_hint, unit="bytes")
 
 
-__all__ = ["paged_waste", "policy_meets_ttft", "policy_verdict", "kv_waste"]
+__all__ = ["policy_meets_ttft", "policy_verdict", "kv_waste"]
