@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from efflab.core.config import GROUP_SIZES, PRESETS, ConfigError
+from efflab.core.config import GROUP_SIZES, PRESETS, ConfigError, Knobs
 from efflab.core.model import KVCache, build_model
 from efflab.core.weights import load_model
 from efflab.techniques import apply_
@@ -306,3 +306,81 @@ def test_predicted_weight_bytes_equal_the_built_model(mode, preset):
     assert predicted_weight_bytes(block_linear_shapes(cfg), QuantizationConfig(mode, 32), n_params) == built
     knobs = Knobs(workload="eval", quantization=mode, group_size=32)
     assert predict_for(cfg, knobs)["by_category"]["parameters"] == built
+
+
+# ---- the weights against this machine's cache (lesson 05, section 3) ----------------------------
+
+def _fake_sysfs(tmp_path, sizes):
+    for i, s in enumerate(sizes):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(s + "\n")
+    return str(tmp_path)
+
+
+def test_last_level_cache_is_the_largest_level_linux_reports(tmp_path):
+    from efflab.studies.quantization import last_level_cache_bytes
+    sysfs = _fake_sysfs(tmp_path, ["48K", "32K", "2048K", "105M"])
+    assert last_level_cache_bytes("cpu", sysfs=sysfs) == 105 * 1024 ** 2
+    # not the first level, not the sum of all levels
+    assert last_level_cache_bytes("cpu", sysfs=sysfs) not in (48 * 1024, (48 + 32 + 2048) * 1024
+                                                               + 105 * 1024 ** 2)
+
+
+def test_last_level_cache_is_unknown_where_nothing_is_reported(tmp_path):
+    from efflab.studies.quantization import last_level_cache_bytes
+    assert last_level_cache_bytes("cpu", sysfs=str(tmp_path / "absent")) is None
+    assert last_level_cache_bytes("cpu", sysfs=_fake_sysfs(tmp_path, ["junk"])) is None
+
+
+def test_cache_fit_verdict_says_fits_or_how_many_times_over():
+    from efflab.studies.quantization import cache_fit_verdict
+    sizes = {"cpu-small": {"none": 3.4e6, "int4-weight": 0.6e6},
+             "cpu-wide": {"none": 229e6, "int4-weight": 30e6}}
+    # a 32 MB cache: the small model fits, the wide one in fp32 is 7.2× it, its int4 fits
+    v = cache_fit_verdict(sizes, 32_000_000)
+    assert "holds 32.0 MB" in v
+    assert "`cpu-small` reads none 3.4 MB, int4-weight 0.6 MB per token: none fits, int4-weight fits" in v
+    assert "`cpu-wide` reads none 229.0 MB, int4-weight 30.0 MB per token: none is 7.2× it, " \
+           "int4-weight fits" in v
+    # a machine whose cache holds everything (another machine's honest report: a 260 MiB L3)
+    big = cache_fit_verdict(sizes, 260 * 1024 ** 2)
+    assert "none fits" in big.split("`cpu-wide`")[1] and "×" not in big
+    # a cache size nobody reported: said so, nothing compared
+    unknown = cache_fit_verdict(sizes, None)
+    assert "unknown" in unknown and "fits" not in unknown and "×" not in unknown
+
+
+def test_weight_bytes_shrink_with_the_scheme():
+    from efflab.studies.quantization import weight_bytes
+    b = weight_bytes("cpu-tiny", ("none", "int8-weight", "int4-weight"), 32)
+    assert b["none"] > b["int8-weight"] > b["int4-weight"] > 0
+
+
+# ---- fewer held-out windows (a smoke run's quality): faster, and its interval honestly wider ----
+
+def test_quality_windows_sets_the_count_and_the_interval_widens_with_fewer():
+    from efflab.measurement import measure
+    from efflab.studies.analysis import quality_difference
+    knobs = {"workload": "eval", "batch_size": 2}
+    recs = {n: {s: measure(Knobs(quantization=s, group_size=32, **knobs), preset="cpu-tiny",
+                           target_s=0.01, memory=False, quality_windows=n)
+                for s in ("none", "int4-weight")} for n in (8, 128)}
+    for n, by_scheme in recs.items():
+        assert all(r["quality"]["windows"] == n == len(r["quality"]["window_losses"])
+                   for r in by_scheme.values())
+    few, many = (quality_difference(recs[n]["none"], recs[n]["int4-weight"]) for n in (8, 128))
+    assert few["paired"] and many["paired"]
+    assert few["ci95"] > many["ci95"]  # 16× fewer windows: about 4× wider, never narrower
+    assert recs[8]["none"]["quality"]["val_loss_ci95"] > recs[128]["none"]["quality"]["val_loss_ci95"]
+
+
+def test_quality_windows_default_and_bad_values():
+    from efflab.measurement import measure
+    from efflab.measurement.workloads import QUALITY_WINDOWS
+    rec = measure(Knobs(workload="eval", batch_size=2), preset="cpu-tiny", target_s=0.01,
+                  memory=False)
+    assert rec["quality"]["windows"] == QUALITY_WINDOWS == 512  # the default is unchanged
+    for bad in (1, 0, 2.5, True, "64"):
+        with pytest.raises(ConfigError) as e:
+            measure(Knobs(workload="eval"), preset="cpu-tiny", quality_windows=bad)
+        assert e.value.field == "quality_windows"

@@ -19,7 +19,14 @@ import traceback
 
 import torch
 
-from efflab.core.config import ConfigError, Knobs, ModelConfig, get_preset, resolve_preset
+from efflab.core.config import (
+    ConfigError,
+    Knobs,
+    ModelConfig,
+    check_int,
+    get_preset,
+    resolve_preset,
+)
 from efflab.core.data import CorpusError, load_corpus
 from efflab.core.model import build_model
 from efflab.core.records import SCHEMA, STATUSES, is_out_of_memory  # noqa: F401  (re-exported)
@@ -39,7 +46,7 @@ from efflab.measurement.memory import measure_memory, predict_for
 from efflab.measurement.refusals import refusal_reason
 from efflab.measurement.roofline import bytes_moved, roofline
 from efflab.measurement.timing import summarize, time_steps
-from efflab.measurement.workloads import heldout_quality, prepare
+from efflab.measurement.workloads import QUALITY_WINDOWS, heldout_quality, prepare
 from efflab.techniques import apply_, apply_techniques, technique_configs
 from efflab.techniques.compile import CompileConfig, compile_refusal
 from efflab.techniques.precision import COMPUTE_DTYPE, PrecisionConfig, autocast
@@ -60,16 +67,16 @@ def _threads(n: int):
 
 @functools.lru_cache(maxsize=64)
 def _quality(cfg: ModelConfig, ckpt: str | None, weights_hash: str, corpus_path: str | None,
-             device: str, knobs: Knobs) -> dict:
+             device: str, knobs: Knobs, windows: int = QUALITY_WINDOWS) -> dict:
     """Held-out quality of the model as built — weights, number format, quantization, experts —
-    on ``QUALITY_WINDOWS`` fixed windows, with its 95% interval. Cached on the weights' content:
-    it does not depend on batch size, attention kernel or checkpointing, which do not change the
-    mathematics (``_quality_knobs`` keeps only what does)."""
+    on ``windows`` fixed windows (``QUALITY_WINDOWS`` unless asked), with its 95% interval.
+    Cached on the weights' content and the window count: it does not depend on batch size,
+    attention kernel or checkpointing, which do not change the mathematics (``_quality_knobs`` keeps only what does)."""
     data = load_corpus(corpus_path)
     model = apply_techniques(load_model(cfg.name, ckpt or None, knobs.seed, device), knobs)
     T = min(cfg.block_size, 128)
     with autocast(PrecisionConfig(knobs.precision), device):
-        return heldout_quality(model, data, T, device=device)
+        return heldout_quality(model, data, T, windows=windows, device=device)
 
 
 def _quality_knobs(knobs: Knobs) -> Knobs:
@@ -107,19 +114,24 @@ def _base_record(preset: str, knobs: Knobs, budget_bytes: int | None) -> dict:
 def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str | None = None,
             *, weights="auto", corpus: str | None = None, device: str | None = None,
             budget_bytes: int | None = None, target_s: float = 1.0, memory: bool = True,
-            quality: bool = True, calibration: dict | None = None) -> dict:
+            quality: bool = True, calibration: dict | None = None,
+            quality_windows: int | None = None) -> dict:
     """Measure one configuration and return its record (a plain, JSON-ready dict).
 
     ``knobs`` defaults to ``Knobs()``; ``workload`` overrides ``knobs.workload``.
     ``weights="auto"`` loads the shipped weights of the preset when there is one (else
     random weights; the record says which). ``budget_bytes`` refuses, before any work, a run
     whose predicted peak memory exceeds it. ``target_s`` is how long the timing pass samples.
+    ``quality_windows`` is how many held-out windows the quality is measured on (None:
+    ``QUALITY_WINDOWS``); fewer is faster and its 95% interval wider (the record says how many).
     """
     knobs = knobs or Knobs()
     if not isinstance(knobs, Knobs):
         raise ConfigError("knobs", knobs, "an efflab.Knobs instance")
     if workload is not None:
         knobs = knobs.replace(workload=workload)
+    windows = check_int("quality_windows", quality_windows, 2, optional=True,
+                        note="None: QUALITY_WINDOWS") or QUALITY_WINDOWS
     preset = resolve_preset(preset)  # "auto": the machine's own preset, recorded by name
     cfg = get_preset(preset)
     T = knobs.resolve_seq_len(cfg)  # raises ConfigError naming seq_len / gen_tokens
@@ -160,7 +172,8 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
         with _threads(threads):
             rec["env"] = environment(dev)
             rec.update(_measure_body(cfg, knobs, T, dev, ckpt, corpus,
-                                     0.0 if interpreted else target_s, memory, quality, cal))
+                                     0.0 if interpreted else target_s, memory, quality, cal,
+                                     windows))
             if interpreted:  # the Triton interpreter: a correctness check, never a speed
                 rec["latency_ms"]["meaningful"] = False
                 rec["latency_ms"]["note"] = INTERPRETED_NOTE
@@ -187,7 +200,8 @@ def measure(knobs: Knobs | None = None, preset: str = "cpu-small", workload: str
     return rec
 
 
-def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, cal) -> dict:
+def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, cal,
+                  windows: int = QUALITY_WINDOWS) -> dict:
     out: dict = {}
     data = load_corpus(corpus)
     model = apply_techniques(load_model(cfg.name, ckpt, knobs.seed, dev), knobs)
@@ -266,7 +280,7 @@ def _measure_body(cfg, knobs, T, dev, ckpt, corpus, target_s, memory, quality, c
     if quality:
         out["quality"] = dict(_quality(cfg, str(ckpt) if ckpt else None,
                                        weights_fingerprint(ckpt), corpus, dev,
-                                       _quality_knobs(knobs)))
+                                       _quality_knobs(knobs), windows))
     else:
         out["quality"] = {"val_loss": None, "bits_per_byte": None}
     return out
