@@ -141,4 +141,57 @@ def speed_verdict(df: pd.DataFrame, label: str, reference: str = "none") -> str:
     return " ".join(parts)
 
 
-__all__ = ["quantization_table", "sqnr_verdict", "quality_verdicts", "speed_verdict"]
+
+
+# ----------------------------------------------------------------------------- weights vs cache
+
+def last_level_cache_bytes(device: str = "cpu", sysfs: str = "/sys/devices/system/cpu/cpu0/cache"):
+    """The largest cache this machine reports for ``device``, in bytes, or None when unknown.
+
+    On CUDA: the GPU's L2 (``torch.cuda.get_device_properties``). On a CPU: the largest
+    ``index*/size`` Linux lists under ``sysfs`` for CPU 0 (its last-level cache, shared or not);
+    None on a system without that folder. Nothing is assumed when nothing is reported."""
+    if str(device).startswith("cuda"):
+        import torch
+        return int(torch.cuda.get_device_properties(0).L2_cache_size) or None
+    from pathlib import Path
+    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    sizes = []
+    for f in Path(sysfs).glob("index*/size"):
+        text = f.read_text().strip()
+        try:
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (ValueError, IndexError):
+            continue  # an unreadable entry says nothing about the size
+    return max(sizes) if sizes else None
+
+
+def weight_bytes(preset: str, schemes=("none", "int4-weight"), group_size: int = 64) -> dict:
+    """Per scheme, the bytes ``preset``'s model reads per decoded token at batch 1 (every weight,
+    scale and bias once: :func:`weight_bytes_per_token`), with the preset's own weights."""
+    return {mode: weight_bytes_per_token(apply_(load_model(preset),
+                                                QuantizationConfig(mode, group_size)))
+            for mode in schemes}
+
+
+def cache_fit_verdict(sizes: dict, cache_bytes: int | None) -> str:
+    """One sentence per model: its weight bytes per scheme against this machine's last-level
+    cache (``sizes``: label -> {scheme: bytes}). With the cache size unknown it says so and
+    compares nothing."""
+    parts = []
+    for label, per_scheme in sizes.items():
+        each = ", ".join(f"{s} {b / 1e6:.1f} MB" for s, b in per_scheme.items())
+        if cache_bytes is None:
+            parts.append(f"`{label}` reads {each} per token")
+            continue
+        fits = [f"{s} {'fits' if b <= cache_bytes else f'is {b / cache_bytes:.1f}× it'}"
+                for s, b in per_scheme.items()]
+        parts.append(f"`{label}` reads {each} per token: " + ", ".join(fits))
+    cache = ("this machine did not report its last-level cache size, so whether the weights fit "
+             "in it is unknown here" if cache_bytes is None else
+             f"this machine's last-level cache holds {cache_bytes / 1e6:.1f} MB")
+    return cache[0].upper() + cache[1:] + ". " + "; ".join(parts) + "."
+
+
+__all__ = ["quantization_table", "sqnr_verdict", "quality_verdicts", "speed_verdict",
+           "last_level_cache_bytes", "weight_bytes", "cache_fit_verdict"]
