@@ -77,3 +77,25 @@ def test_bf16_and_fp16_losses_track_fp32_over_the_first_steps():
     # stated tolerance: within 0.05 nats of fp32 at every one of the first 25 steps
     assert (loss["bf16"] - loss["fp32"]).abs().max() < 0.05
     assert (loss["fp16"] - loss["fp32"]).abs().max() < 0.05
+
+
+def test_peak_ratio_verdict_reads_each_format_against_fp32():
+    from efflab.studies.precision_formats import peak_ratio_verdict
+    cfg, knobs = get_preset("cpu-small"), Knobs(batch_size=8)
+    # a CPU without native bf16/fp16: 100× and 50× slower, refused
+    slow = peak_ratio_verdict(availability_table(cfg, knobs, fake_cal(bf16=1e9, fp16=2e9)))
+    assert "bf16 1.0 GFLOP/s, 100.0× slower" in slow and "fp16 2.0 GFLOP/s, 50.0× slower" in slow
+    assert "Refused here: bf16, fp16, bf16-pure" in slow and "faster" not in slow
+    # a GPU-like machine: 16-bit formats faster, nothing refused (not read as slower)
+    fast = peak_ratio_verdict(availability_table(cfg, knobs, fake_cal(bf16=400e9, fp16=800e9)))
+    assert "bf16 400.0 GFLOP/s, 4.0× faster" in fast and "fp16 800.0 GFLOP/s, 8.0× faster" in fast
+    assert "Every format runs here" in fast and "slower" not in fast
+    # bf16-pure computes in bf16: one entry per compute format, not per precision
+    assert fast.count("bf16 400.0") == 1 and "bf16-pure 400" not in fast
+
+
+def test_peak_ratio_verdict_needs_the_reference_row():
+    from efflab.studies.precision_formats import peak_ratio_verdict
+    table = availability_table(get_preset("cpu-small"), Knobs(batch_size=8), fake_cal())
+    with pytest.raises(ValueError, match="fp64"):
+        peak_ratio_verdict(table, reference="fp64")

@@ -29,6 +29,28 @@ def availability_table(cfg: ModelConfig, knobs: Knobs, calibration: dict) -> pd.
     return pd.DataFrame(rows)
 
 
+def peak_ratio_verdict(table: pd.DataFrame, reference: str = "fp32") -> str:
+    """One sentence from :func:`availability_table`: each compute format's measured matmul peak
+    (named by the first precision that computes in it) against precision ``reference``'s, as "N× slower" or "N× faster", and which formats are refused."""
+    peaks = table.drop_duplicates("compute format").set_index("precision")[
+        "measured peak GFLOP/s"]  # one row per compute format, named by its first precision
+    if reference not in peaks.index:
+        raise ValueError(f"no {reference!r} row in the availability table")
+    ref = float(peaks[reference])
+    parts = []
+    for fmt, peak in peaks.items():
+        if fmt == reference:
+            continue
+        r = float(peak) / ref if ref > 0 else float("nan")
+        how = (f"{1 / r:.1f}× slower" if r < 1 else f"{r:.1f}× faster") if r > 0 else "not measured"
+        parts.append(f"{fmt} {float(peak):.1f} GFLOP/s, {how}")
+    refused = table.loc[~table["runs here"], "precision"].tolist()
+    tail = (f" Refused here: {', '.join(refused)}." if refused else
+            " Every format runs here.")
+    return (f"Measured matmul peaks on this machine against {reference}'s {ref:.1f} GFLOP/s: "
+            + "; ".join(parts) + "." + tail)
+
+
 # ----------------------------------------------------------------------------- the formats' bits
 
 FORMATS = {  # name -> (torch dtype, exponent bits, stored mantissa bits)
