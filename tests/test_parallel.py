@@ -200,3 +200,57 @@ def test_planner_memory_and_its_trade_offs():
     dp_only = tight[(tight.tp == 1) & (tight.pp == 1)].iloc[0]
     assert not dp_only.fits and "GiB" in dp_only.reason
     assert tight.fits.any()  # splitting the model makes it fit
+
+
+def test_plan_verdict_names_the_fastest_fitting_layout_and_what_rules_out_faster_ones():
+    from efflab.studies.model_parallel import plan_verdict
+    from efflab.systems.parallel.planner import plan_parallel
+
+    cfg = get_preset("gpu-gpt2")
+    memory = 2 * 2**30
+    plan = plan_parallel(cfg, global_batch=16, seq=1024, devices=8, device_memory_bytes=memory,
+                         device_flops=50e12, fit=_fit(2e-4, 2e9))
+    said = plan_verdict(plan, memory)
+    fits = plan[plan.fits]
+    best = fits.loc[fits.step_s.idxmin()]
+    assert said.startswith(f"The planner picks dp={best.dp} tp={best.tp} pp={best.pp}:")
+    # neither the fastest layout overall (it does not fit) nor the leanest one is the pick
+    fastest = plan.loc[plan.step_s.idxmin()]
+    leanest = plan.loc[plan.memory_bytes.idxmin()]
+    assert not fastest.fits and f"the faster dp={fastest.dp} tp={fastest.tp} pp={fastest.pp}" in said
+    assert (leanest.dp, leanest.tp, leanest.pp) != (best.dp, best.tp, best.pp)
+    assert f"{len(fits)} of {len(plan)} layouts fit" in said and "GiB on stage 0" in said
+
+
+def test_plan_verdict_says_it_cannot_choose_when_nothing_fits():
+    from efflab.studies.model_parallel import plan_verdict
+    from efflab.systems.parallel.planner import plan_parallel
+
+    tiny = 0.1 * 2**30
+    plan = plan_parallel(get_preset("gpu-gpt2"), global_batch=16, seq=1024, devices=8,
+                         device_memory_bytes=tiny, device_flops=50e12, fit=_fit())
+    said = plan_verdict(plan, tiny)
+    assert "cannot choose" in said and "picks" not in said and "0.10 GiB" in said
+
+
+def test_run_fit_reads_the_tp_jobs_fit_and_refuses_without_one():
+    from efflab.studies.model_parallel import run_fit
+
+    rec = {"kind": "tp", "status": "ok", "result": {"fit": {"alpha_s": 3e-5, "bandwidth": 4e9,
+                                                            "world_size": 2}}}
+    fit = run_fit([{"kind": "pp", "status": "ok", "result": {}}, rec])
+    assert (fit.alpha_s, fit.bandwidth, fit.world_size) == (3e-5, 4e9, 2)
+    with pytest.raises(ValueError, match="no tensor-parallel record"):
+        run_fit([{**rec, "status": "error"}])
+
+
+def test_bubble_verdict_reports_the_stages_cpu_share_either_way():
+    import pandas as pd
+
+    from efflab.studies.model_parallel import bubble_verdict
+
+    row = {"schedule": "gpipe", "m": 4, "idle": 0.21, "formula": 0.2, "error": 0.05, "loadavg_1m": 1.0}
+    quiet = bubble_verdict(pd.DataFrame([{**row, "cpu_share": 0.97}]), cores=2)
+    busy = bubble_verdict(pd.DataFrame([{**row, "cpu_share": 0.5}]), cores=2)
+    assert "at least 97%" in quiet and "set aside" not in quiet
+    assert "as little as 50%" in busy and "set aside" in busy

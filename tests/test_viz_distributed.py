@@ -109,3 +109,40 @@ def test_empty_tables_give_placeholders():
                   dviz.loss_curves_chart, dviz.volume_chart, dviz.phase_memory_chart):
         spec = json.dumps(build(pd.DataFrame()).to_dict())
         assert "yet" in spec
+
+
+def _bubble_summary():
+    return pd.DataFrame([{"schedule": s, "m": m, "idle": 0.55 / m ** 0.9, "idle_p25": 0.5 / m,
+                          "idle_p75": 0.6 / m ** 0.8, "formula": 1 / (m + 1)}
+                         for s in ("gpipe", "1f1b") for m in (1, 2, 4, 8)])
+
+
+def test_bubble_chart_sets_the_measured_idle_share_beside_the_formula():
+    chart = dviz.bubble_chart(_bubble_summary())
+    spec = chart.to_dict()
+    assert _marks(chart) == ["line", "rule", "point"]
+    line, rule, point = spec["layer"]
+    assert line["encoding"]["y"]["field"] == "formula"
+    assert (rule["encoding"]["y"]["field"], rule["encoding"]["y2"]["field"]) == ("idle_p25", "idle_p75")
+    assert point["encoding"]["y"]["field"] == "idle" and point["encoding"]["color"]["field"] == "schedule"
+    assert point["encoding"]["x"]["scale"] == {"type": "log", "base": 2}
+
+
+def test_timeline_chart_has_a_bar_per_span_a_row_per_stage_and_a_panel_per_source():
+    from efflab.studies.model_parallel import timeline_frame
+    spans = [["F", 0, 0.0, 0.001], ["B", 0, 0.002, 0.004]]
+    recs = [{"kind": "pp", "status": "ok", "rank": r, "world_size": 2,
+             "knobs": {"schedule": "1f1b", "micro_batches": 1},
+             "result": {"steps": [{"window_s": [0.0, 0.005], "spans": spans}]}} for r in (0, 1)]
+    frame = timeline_frame(recs, "1f1b", 1)
+    assert set(frame.source) == {"measured", "ideal"}
+    spec = dviz.timeline_chart(frame).to_dict()
+    assert spec["mark"]["type"] == "bar"
+    enc = spec["encoding"]
+    assert (enc["x"]["field"], enc["x2"]["field"], enc["y"]["field"]) == ("start_ms", "end_ms", "stage")
+    assert enc["row"]["field"] == "source" and enc["color"]["field"] == "action"
+
+
+def test_lesson_15_charts_give_placeholders_before_data():
+    for chart in (dviz.bubble_chart(pd.DataFrame()), dviz.timeline_chart(pd.DataFrame())):
+        assert _marks(chart) == ["text"]

@@ -11,7 +11,9 @@ Every function takes the records of :func:`efflab.systems.parallel.launching.lau
   idle share (median, quartiles over the timed steps) beside (p − 1)/(m + p − 1);
 - :func:`activation_table` — saved activations per stage, GPipe against 1F1B;
 - :func:`timeline_frame` — one step's busy spans per stage, with the ideal schedule beside it;
-- :func:`ring_table` — score memory and ring traffic per rank beside their formulas.
+- :func:`ring_table` — score memory and ring traffic per rank beside their formulas;
+- :func:`run_fit` / :func:`plan_verdict` — the α–β fit the TP job made in the launch, and a
+  sentence on the layout :func:`~efflab.systems.parallel.planner.plan_parallel` picks, and why.
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | 
         said += (f". While busy, a stage had its core for as little as {share:.0%} of the time: "
                  "the rest it was set aside by the operating system, and the stage waiting on it "
                  "counted that as bubble")
+    elif np.isfinite(share):
+        said += (f". While busy, every stage had its core for at least {share:.0%} of the time "
+                 "(cpu_share), so the idle time measured here is the schedule's and the messages', "
+                 "not other processes'")
     return said + "."
 
 
@@ -190,5 +196,51 @@ def ring_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_fit(records):
+    """The α–β fit (an ``AlphaBeta``) the tensor-parallel job made in this launch, on messages
+    around its activation size: what the planner prices every collective with."""
+    from efflab.systems.distributed.comm import AlphaBeta
+
+    recs = _ok(records, "tp")
+    if not recs:
+        raise ValueError("no tensor-parallel record with an α–β fit in these records")
+    f = recs[0]["result"]["fit"]
+    return AlphaBeta(float(f["alpha_s"]), float(f["bandwidth"]), int(f.get("world_size", 2)))
+
+
+def _layout(row) -> str:
+    return f"dp={int(row['dp'])} tp={int(row['tp'])} pp={int(row['pp'])}"
+
+
+def plan_verdict(plan: pd.DataFrame, device_memory_bytes: float) -> str:
+    """A sentence, from a ``plan_parallel`` table: the layout the planner picks, with its memory
+    per device against the device's and its predicted step, how many layouts fit, and what
+    rules out the faster ones (or, when none fits, that the planner cannot choose, and why)."""
+    gib = 2**30
+    fits = plan[plan["fits"]]
+    if fits.empty:
+        sized = plan.dropna(subset=["memory_bytes"]) if "memory_bytes" in plan else plan.iloc[:0]
+        if sized.empty:
+            return ("No layout is possible: " + "; ".join(dict.fromkeys(plan["reason"])) + ".")
+        low = sized.loc[sized["memory_bytes"].idxmin()]
+        return (f"No layout of these devices fits, so the planner cannot choose: the leanest, "
+                f"{_layout(low)}, needs {low['memory_bytes'] / gib:,.2f} GiB per device and a "
+                f"device has {device_memory_bytes / gib:,.2f} GiB.")
+    best = fits.iloc[0]
+    said = (f"The planner picks {_layout(best)}: {best['memory_bytes'] / gib:,.2f} GiB per device "
+            f"of {device_memory_bytes / gib:,.2f} GiB ({best['state_bytes'] / gib:,.2f} training "
+            f"state, {best['activation_bytes'] / gib:,.2f} activations), a predicted step of "
+            f"{best['step_s'] * 1e3:,.1f} ms (bubble {best['bubble']:.2f}; TP "
+            f"{best['tp_comm_s'] * 1e3:,.1f} ms, pipeline {best['pp_comm_s'] * 1e3:,.1f} ms, DP "
+            f"{best['dp_comm_s'] * 1e3:,.1f} ms of communication). {len(fits)} of {len(plan)} "
+            "layouts fit")
+    faster = plan[~plan["fits"] & (plan["step_s"] < best["step_s"])] if "step_s" in plan else []
+    if len(faster):
+        f = faster.sort_values("step_s").iloc[0]
+        said += (f"; the faster {_layout(f)} ({f['step_s'] * 1e3:,.1f} ms) is ruled out: "
+                 f"{f['reason']}")
+    return said + "."
+
+
 __all__ = ["equality_table", "tp_table", "bubble_table", "bubble_summary", "bubble_verdict",
-           "activation_table", "timeline_frame", "ring_table"]
+           "activation_table", "timeline_frame", "ring_table", "run_fit", "plan_verdict"]

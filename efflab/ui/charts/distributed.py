@@ -1,6 +1,7 @@
 """Charts of lesson 14 (distributed), each over one table from ``efflab.systems.distributed.records``:
 all-reduce time vs message size beside the α–β fit, loss curves of one process vs N, step time
 measured vs predicted per bucket size, and per-rank memory by category beside the formula.
+Lesson 15 (model parallel) adds the pipeline bubble against its formula and one step's timeline.
 Altair and pandas only (no torch): every measured point carries its p25–p75 spread.
 """
 
@@ -231,5 +232,42 @@ def phase_memory_chart(frame: pd.DataFrame, *, rank: int = 0,
                                         "total"), width=WIDTH, height=HEIGHT)
 
 
+def bubble_chart(frame: pd.DataFrame, *, title: str = "Pipeline bubble: measured (p25–p75) vs "
+                                                     "(p − 1)/(m + p − 1)") -> alt.TopLevelMixin:
+    """Lesson 15: each (schedule, m)'s measured idle share of a stage (a point, a p25–p75 bar)
+    on a log-2 m axis, beside the formula as a dashed line. ``frame``: a
+    ``studies.model_parallel.bubble_summary`` (columns schedule, m, idle, idle_p25, idle_p75,
+    formula)."""
+    if frame is None or frame.empty:
+        return _empty(title, "no pipeline measurements yet")
+    x = alt.X("m:Q", scale=alt.Scale(type="log", base=2), title="micro-batches m")
+    color = alt.Color("schedule:N")
+    base = alt.Chart(frame)
+    theory = base.mark_line(strokeDash=[4, 3], color="gray").encode(x=x, y="formula:Q")
+    bars = base.mark_rule().encode(x=x, y="idle_p25:Q", y2="idle_p75:Q", color=color)
+    points = base.mark_point(filled=True).encode(
+        x=x, y=alt.Y("idle:Q", title="idle share of a stage"), color=color,
+        tooltip=["schedule:N", "m:Q", alt.Tooltip("idle:Q", format=".3f"),
+                 alt.Tooltip("formula:Q", format=".3f")])
+    return alt.layer(theory, bars, points).properties(title=title, width=WIDTH, height=220)
+
+
+def timeline_chart(frame: pd.DataFrame, *, title: str = "One pipeline step's busy spans, "
+                                                       "measured and ideal") -> alt.TopLevelMixin:
+    """Lesson 15: a Gantt chart of one step, a bar per forward (F) or backward (B) span, a row
+    per stage, one panel for the measured spans and one for the ideal schedule. ``frame``: a
+    ``studies.model_parallel.timeline_frame`` (columns source, stage, action, start_ms,
+    end_ms)."""
+    if frame is None or frame.empty:
+        return _empty(title, "no pipeline timeline yet")
+    return alt.Chart(frame).mark_bar(stroke="white").encode(
+        x=alt.X("start_ms:Q", title="ms from the step's start"), x2="end_ms:Q",
+        y=alt.Y("stage:O"), color=alt.Color("action:N", title="F forward, B backward"),
+        row=alt.Row("source:N", title=None),
+        tooltip=["source:N", "stage:O", "action:N", "micro:Q",
+                 alt.Tooltip("start_ms:Q", format=".2f"), alt.Tooltip("end_ms:Q", format=".2f")],
+    ).properties(title=title, width=520, height=50)
+
+
 __all__ = ["allreduce_chart", "loss_curves_chart", "step_time_chart", "memory_chart",
-           "volume_chart", "phase_memory_chart"]
+           "volume_chart", "phase_memory_chart", "bubble_chart", "timeline_chart"]
