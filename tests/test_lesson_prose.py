@@ -42,7 +42,7 @@ from efflab.course.report import notebooks
 LESSONS = {p.stem: p for p in notebooks()}
 
 # Lessons whose prose still states numbers no cell computes or source cites (listed by -rs).
-PENDING = {"02_precision", "05_quantization"}
+PENDING: set[str] = set()
 
 ALL = "*"
 
@@ -76,6 +76,30 @@ def _e4m3_max() -> float:
     return torch.finfo(torch.float8_e4m3fn).max
 
 
+def _stored_mantissa_bits(dtype_name: str) -> Callable[[], float]:
+    """A format's stored mantissa bits, asked of torch: eps = 2^-bits."""
+    def read():
+        import torch
+        return -math.log2(torch.finfo(getattr(torch, dtype_name)).eps)
+    return read
+
+
+def _bf16_decimal_digits() -> float:
+    """bf16's significant bits (stored + the implicit 1, from torch's eps) in decimal digits,
+    to the one decimal the lesson states."""
+    return round((1 + _stored_mantissa_bits("bfloat16")()) * math.log10(2), 1)
+
+
+def _int8_max() -> float:
+    import torch
+    return torch.iinfo(torch.int8).max
+
+
+def _db_per_bit() -> float:
+    """20·log10(2) ≈ 6.02 dB, to the whole dB the lesson states ("about 6 dB")."""
+    return round(20 * math.log10(2))
+
+
 CITED: list[Cited] = [
     Cited(8, ALL, "definition: 8 bits in a byte"),
     Cited(256, ALL, "definition: a byte has 2^8 = 256 values (the byte-level vocabulary)"),
@@ -103,6 +127,20 @@ CITED: list[Cited] = [
           "definition: the significance level a chi-square p-value is read against"),
     Cited(448, ALL, "OCP FP8 spec / Micikevicius et al. 2022: the largest finite E4M3",
           verify=_e4m3_max),
+    Cited(7, _lessons("02_precision"), "Google's bfloat16 definition (Wang & Kanwar, Google "
+          "Cloud blog 2019; torch.finfo(torch.bfloat16).eps = 2^-7): 7 stored mantissa bits",
+          verify=_stored_mantissa_bits("bfloat16")),
+    Cited(23, _lessons("02_precision"), "IEEE 754-2008 binary32: 23 stored mantissa bits "
+          "(torch.finfo(torch.float32).eps = 2^-23)", verify=_stored_mantissa_bits("float32")),
+    Cited(2.4, _lessons("02_precision"), "definition: bf16's 8 significant bits are "
+          "8·log10(2) ≈ 2.4 decimal digits", verify=_bf16_decimal_digits),
+    Cited(127, _lessons("05_quantization"), "definition: the largest symmetric int8 code, "
+          "2^7 − 1 (torch.iinfo(torch.int8).max)", verify=_int8_max),
+    Cited(6, _lessons("05_quantization"), "the 6.02 dB-per-bit rule of uniform quantization's "
+          "SQNR, 20·log10(2) (Widrow & Kollár, Quantization Noise, 2008)", verify=_db_per_bit),
+    Cited(68, _lessons("05_quantization"), "torchao README and Or et al., 'Quantization-Aware "
+          "Training for Large Language Models with PyTorch', PyTorch blog 2024: QAT recovers 68% "
+          "of the perplexity degradation on wikitext for Llama3-8B against PTQ"),
     Cited(64, _lessons("16_finetune_memory"), "Dettmers et al. 2023 (QLoRA): NF4 blocks of 64"),
     Cited(256, _lessons("16_finetune_memory"), "Dettmers et al. 2023 (QLoRA): double "
           "quantization blocks of 256; Dettmers et al. 2021: 8-bit optimizer blocks of 256"),
@@ -162,6 +200,16 @@ def _finetune_lr(method: str) -> Callable[[], float]:
     return read
 
 
+def _group_scale_spread() -> float:
+    """How far apart check.group_quantize's probe groups are in scale: their magnitudes are
+    10^(-k·U) with U uniform in [0, 1), a spread of up to 10^k (k read from the probes' code)."""
+    import inspect
+
+    from efflab.check.quantization import quant_probes
+    src = inspect.getsource(quant_probes)
+    return 10 ** float(re.search(r"10 \*\* \(-([0-9.]+) \* torch\.rand", src).group(1))
+
+
 LIBRARY: list[Library] = [
     Library(1.25, _lessons("06_moe"), "Knobs().moe_capacity, the capacity factor", _moe_capacity),
     Library(64, _lessons("09_fusion"), "techniques.attention.BLOCK_ROWS, blocked attention's rows",
@@ -172,6 +220,8 @@ LIBRARY: list[Library] = [
             _most_bubble_stages),
     Library(800, _lessons("15_model_parallel"), "check.ring_merge's widest log-sum-exp gap",
             _ring_merge_offset),
+    Library(100, _lessons("05_quantization"), "check.group_quantize's probe groups' spread in "
+            "scale", _group_scale_spread),
     Library(3e-4, _lessons("16_finetune_memory"), "finetune_compare's full fine-tuning rate",
             _finetune_lr("full")),
     Library(2e-3, _lessons("16_finetune_memory"), "finetune_compare's adapters' rate",
