@@ -15,15 +15,19 @@ from efflab.studies.scaling import (
     ScalingSpec,
     chinchilla_optimum,
     export_runs,
+    extrapolation_verdict,
     fit_parabola,
     fit_power_law,
+    interval_verdict,
     isoflop_sweep,
     load_shipped,
+    nearest_shape,
     predict_optimal,
     run_key,
     scaling_fit,
     size_config,
     t_975,
+    train_at_prediction,
 )
 
 
@@ -154,3 +158,78 @@ def test_fit_leaves_out_budgets_with_too_few_sizes():
     assert fit["skipped_budgets"] == [1e13] and len(fit["budgets"]) == 3
     with pytest.raises(ValueError, match=">= 3 sizes"):
         scaling_fit(df[df["budget"] == 1e10], n_boot=5)
+
+
+# ----------------------------------------------------------------------------- the check by training
+
+def test_prediction_carries_its_bootstrap_interval_and_none_without_resamples():
+    fit = scaling_fit(_synthetic(0.5), n_boot=100)
+    assert fit["bootstrap_laws"].shape == (fit["bootstrap"], 4)
+    p = predict_optimal(fit, 1e13)
+    assert p["n_opt_lo"] < p["n_opt"] < p["n_opt_hi"]
+    assert p["loss_lo"] < p["loss"] < p["loss_hi"]
+    wider = predict_optimal(fit, 1e15)  # further from the data: a wider interval (in log)
+    assert wider["loss_hi"] / wider["loss_lo"] > p["loss_hi"] / p["loss_lo"]
+    assert wider["n_opt_hi"] / wider["n_opt_lo"] > p["n_opt_hi"] / p["n_opt_lo"]
+    bare = predict_optimal({k: v for k, v in fit.items() if k != "bootstrap_laws"}, 1e13)
+    assert math.isnan(bare["loss_lo"]) and bare["loss"] == p["loss"]
+
+
+def test_interval_verdict_says_what_two_and_three_budgets_show():
+    three = scaling_fit(_synthetic(0.5), n_boot=50)
+    text = interval_verdict(three)
+    assert text.startswith("From 3 budgets") and "regression interval over 3 budgets" in text
+    assert f"[{three['a_ci'][0]:.2f}, {three['a_ci'][1]:.2f}]" in text and "evaluation" in text
+    df = _synthetic(0.5)
+    two = interval_verdict(scaling_fit(df[df["budget"] < 5e11], n_boot=50))
+    assert "no interval at all" in two and "bootstrap 95% interval" in two
+    none = interval_verdict({**three, "bootstrap": 0, "bootstrap_dropped": 50})
+    assert "**no interval**" in none  # every resample lost a minimum: not a narrow interval
+
+
+def _pred(loss=2.20, lo=2.13, hi=2.26, budget=3e11):
+    return {"budget": budget, "loss": loss, "loss_lo": lo, "loss_hi": hi}
+
+
+def test_extrapolation_verdict_inside_outside_and_interpolation():
+    right = extrapolation_verdict(2.21, 0.04, _pred(), 3e10, guess=2.5)
+    assert "10x beyond" in right and "**inside**" in right and "+0.010" in right
+    assert "further than the fit" in right
+    above = extrapolation_verdict(2.40, 0.04, _pred(), 3e10)  # the law too optimistic
+    assert "**outside**" in above and "by 0.140" in above and "above it" in above
+    assert "does not reach" in above
+    below = extrapolation_verdict(2.05, 0.04, _pred(), 3e10, guess=2.06)
+    assert "**outside**" in below and "below it" in below and "closer than the fit" in below
+    inside_fit = extrapolation_verdict(2.21, 0.04, _pred(budget=1e10), 3e10)
+    assert "interpolation" in inside_fit and "extrapolation" not in inside_fit
+    bare = extrapolation_verdict(2.21, 0.04, _pred(lo=float("nan"), hi=float("nan")), 3e10)
+    assert "no bootstrap interval" in bare
+
+
+def test_the_shipped_sweeps_two_smallest_budgets_predict_its_largest():
+    """Another machine's honest numbers: fit the stored sweep's two smallest budgets, predict
+    its largest (3.3x beyond), and judge the stored run of the shape the fit picks."""
+    shipped = load_shipped()
+    budgets = sorted(shipped["budget"].unique())
+    fit = scaling_fit(shipped[shipped["budget"] < budgets[-1]].reset_index(drop=True), n_boot=100)
+    want = predict_optimal(fit, budgets[-1])
+    name = size_config(*nearest_shape(want["n_opt"])).name
+    run = shipped[(shipped["budget"] == budgets[-1]) & (shipped["name"] == name)].iloc[0]
+    text = extrapolation_verdict(run["val_loss"], run["val_se"], want, budgets[1])
+    assert f"{budgets[-1] / budgets[1]:.3g}x beyond" in text
+    assert f"measured {run['val_loss']:.3f}" in text and f"predicted {want['loss']:.3f}" in text
+    assert ("**inside**" in text) == (want["loss_lo"] <= run["val_loss"] <= want["loss_hi"])
+
+
+def test_train_at_prediction_trains_the_nearest_shape_once(tmp_path):
+    spec = ScalingSpec(budgets=(3e8,), sizes=((1, 8), (1, 12), (1, 16)), eval_batches=2,
+                       eval_batch_size=2)
+    fit = scaling_fit(_synthetic(0.5), n_boot=20)
+    budget = 2e8
+    want, got = train_at_prediction(fit, budget, spec, tmp_path / "s.sqlite")
+    assert (got["n_layer"], got["n_embd"]) == nearest_shape(want["n_opt"], spec.sizes)
+    n = got["n_params"]
+    assert got["steps"] == round(budget / (6 * n * spec.batch_size * spec.seq_len))
+    assert math.isfinite(got["val_loss"]) and not got["reused"]
+    _, again = train_at_prediction(fit, budget, spec, tmp_path / "s.sqlite")
+    assert again["reused"] and again["val_loss"] == got["val_loss"]

@@ -42,7 +42,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -418,6 +418,7 @@ def scaling_fit(df: pd.DataFrame, n_boot: int = 400, seed: int = 0) -> dict:
     k = min(len(v) for v in batches.values())
     rng = np.random.default_rng(seed)
     a_samples, n_samples, dropped = [], {b: [] for b in budgets}, 0
+    laws = []  # per kept resample: (k_N, a, k_L, gamma) of the two power laws
     for _ in range(n_boot):
         pick = rng.integers(0, k, k)
         v = _vertices(df, {i: float(b[:k][pick].mean()) for i, b in batches.items()})
@@ -426,7 +427,10 @@ def scaling_fit(df: pd.DataFrame, n_boot: int = 400, seed: int = 0) -> dict:
             continue
         for b in budgets:
             n_samples[b].append(v[b]["n_opt"])
-        a_samples.append(fit_power_law(budgets, [v[b]["n_opt"] for b in budgets])["exponent"])
+        nl = fit_power_law(budgets, [v[b]["n_opt"] for b in budgets])
+        ll = fit_power_law(budgets, [v[b]["loss_opt"] for b in budgets])
+        a_samples.append(nl["exponent"])
+        laws.append((nl["prefactor"], nl["exponent"], ll["prefactor"], ll["exponent"]))
     rows = []
     for b in budgets:
         g = df[df["budget"] == b]
@@ -445,17 +449,106 @@ def scaling_fit(df: pd.DataFrame, n_boot: int = 400, seed: int = 0) -> dict:
     return {"budgets": pd.DataFrame(rows), "a": a, "b": 1.0 - a, "a_ci": a_ci,
             "b_ci": (1.0 - a_ci[1], 1.0 - a_ci[0]), "a_ci_ols": n_law["ci_ols"],
             "n_law": n_law, "loss_law": loss_law, "bootstrap": len(a_samples),
+            "bootstrap_laws": np.array(laws, float).reshape(-1, 4),
             "bootstrap_dropped": dropped, "all_inside": all(r["inside"] for r in rows),
             "skipped_budgets": skipped}
 
 
 def predict_optimal(fit: dict, budget: float) -> dict:
     """The fit's compute-optimal model for ``budget``: N_opt = k·C^a, D_opt = C / 6N_opt, and
-    the loss the loss law L_opt = k_L·C^γ predicts there."""
+    the loss the loss law L_opt = k_L·C^γ predicts there.
+
+    Where the fit kept its bootstrap laws (``scaling_fit``'s ``bootstrap_laws``), ``n_opt_lo``
+    / ``n_opt_hi`` and ``loss_lo`` / ``loss_hi`` are the 95% bootstrap interval of the same
+    prediction (evaluation noise only; NaN when no resample kept a minimum at every budget).
+    """
     n = fit["n_law"]["prefactor"] * budget ** fit["n_law"]["exponent"]
     loss = fit["loss_law"]["prefactor"] * budget ** fit["loss_law"]["exponent"]
-    return {"budget": float(budget), "n_opt": float(n), "d_opt": tokens_for_budget(budget, n),
-            "loss": float(loss), "tokens_per_param": tokens_for_budget(budget, n) / n}
+    out = {"budget": float(budget), "n_opt": float(n), "d_opt": tokens_for_budget(budget, n),
+           "loss": float(loss), "tokens_per_param": tokens_for_budget(budget, n) / n,
+           "n_opt_lo": float("nan"), "n_opt_hi": float("nan"),
+           "loss_lo": float("nan"), "loss_hi": float("nan")}
+    laws = np.asarray(fit.get("bootstrap_laws", np.empty((0, 4))), float).reshape(-1, 4)
+    if len(laws):
+        ns = laws[:, 0] * budget ** laws[:, 1]       # (resamples,) N_opt at this budget
+        ls = laws[:, 2] * budget ** laws[:, 3]       # (resamples,) L_opt at this budget
+        out["n_opt_lo"], out["n_opt_hi"] = (float(q) for q in np.percentile(ns, [2.5, 97.5]))
+        out["loss_lo"], out["loss_hi"] = (float(q) for q in np.percentile(ls, [2.5, 97.5]))
+    return out
+
+
+def interval_verdict(fit: dict) -> str:
+    """One sentence on what the fit's exponent interval shows, from its own numbers: how many
+    budgets it rests on, whether the regression can give an interval at all, how wide the
+    bootstrap interval is, and that it covers evaluation noise only (not training seeds)."""
+    n = fit["n_law"]["n"]
+    lo, hi = fit["a_ci"]
+    kept, dropped = fit["bootstrap"], fit["bootstrap_dropped"]
+    ols = fit["a_ci_ols"]
+    if n == 2:
+        reg = "two budgets fix a line exactly, so the regression gives no interval at all"
+    else:
+        reg = (f"the regression interval over {n} budgets is [{ols[0]:.2f}, {ols[1]:.2f}], "
+               f"{ols[1] - ols[0]:.2f} wide")
+    if not kept:
+        boot = (f"no bootstrap resample of {dropped} kept a minimum at every budget, so the "
+                "exponent has **no interval**: read it as a guess")
+    else:
+        boot = (f"the bootstrap 95% interval of a is [{lo:.2f}, {hi:.2f}] ({hi - lo:.2f} wide, "
+                f"{kept} resamples kept, {dropped} dropped for a budget without a minimum)")
+    return (f"From {n} budgets, {reg}; {boot}. It resamples only the held-out batches: it says "
+            f"how much the evaluation's noise moves a, not what another training seed or another "
+            f"budget would do, so the true spread is wider.")
+
+
+def extrapolation_verdict(measured: float, measured_se: float, prediction: dict,
+                          fit_budget: float, guess: float | None = None) -> str:
+    """The verdict on a check by training: the loss ``measured`` (± 1.96·``measured_se``) at
+    ``prediction["budget"]``, ``fit_budget`` being the largest budget the fit saw, against the
+    fit's predicted loss with its bootstrap interval and the learner's ``guess``."""
+    budget = float(prediction["budget"])
+    k = budget / float(fit_budget)
+    where = (f"{k:.3g}x beyond the largest budget of the fit (an extrapolation)" if k > 1
+             else f"{k:.3g}x the largest budget of the fit (inside it: an interpolation)")
+    pred, lo, hi = prediction["loss"], prediction.get("loss_lo"), prediction.get("loss_hi")
+    diff = measured - pred
+    text = (f"At C = {budget:.0e}, {where}: measured {measured:.3f} ± {1.96 * measured_se:.3f} "
+            f"nats per byte, the fit predicted {pred:.3f} ({diff:+.3f}, "
+            f"{abs(diff) / pred:.1%} {'above' if diff > 0 else 'below'} it)")
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        if lo <= measured <= hi:
+            text += f"; that is **inside** the fit's bootstrap 95% interval [{lo:.3f}, {hi:.3f}]"
+        else:
+            edge = hi if measured > hi else lo
+            text += (f"; that is **outside** the fit's bootstrap 95% interval [{lo:.3f}, "
+                     f"{hi:.3f}], by {abs(measured - edge):.3f}: the interval covers evaluation "
+                     "noise only, and the law missed by more than that")
+        reach = abs(diff) <= 1.96 * measured_se
+        text += (f" (the measurement's own 95% eval interval {'does' if reach else 'does not'} "
+                 "reach the prediction)")
+    else:
+        text += "; the fit has no bootstrap interval to judge it by"
+    if guess is not None:
+        g = float(guess)
+        closer = "closer than" if abs(g - measured) < abs(diff) else "further than"
+        text += (f". Your guess {g:.3f} was {g - measured:+.3f} from the measurement, "
+                 f"{closer} the fit")
+    return text + "."
+
+
+def train_at_prediction(fit: dict, budget: float, spec: ScalingSpec | None = None,
+                        store: Store | str | os.PathLike | None = None, *,
+                        threads: int | None = 1) -> tuple[dict, dict]:
+    """Check a fit by training: the ladder shape nearest the fit's N_opt at ``budget`` is trained
+    to exactly that budget (steps = C / 6·N·B·T) with ``spec``'s recipe, and kept in the results
+    store like a sweep's run (a rerun reads it back). Returns ``(prediction, run record)``."""
+    spec = spec or ScalingSpec()
+    want = predict_optimal(fit, budget)
+    shape = nearest_shape(want["n_opt"], spec.sizes, spec.seq_len)
+    rows = isoflop_sweep(replace(spec, budgets=(float(budget),), sizes=(shape,),
+                                 min_tokens_per_param=1e-9, max_tokens_per_param=1e12),
+                         store, progress=False, threads=threads)
+    return want, rows.iloc[0].to_dict()
 
 
 def nearest_shape(n_params: float, sizes: Iterable[tuple[int, int]] = LADDER,
@@ -468,4 +561,5 @@ def nearest_shape(n_params: float, sizes: Iterable[tuple[int, int]] = LADDER,
 __all__ = ["SCHEMA", "LADDER", "PUBLISHED", "ScalingSpec", "size_config", "tokens_for_budget", "attention_share", "chinchilla_optimum",
            "run_key", "train_run", "held_out_losses", "isoflop_sweep", "runs_frame",
            "export_runs", "load_shipped", "fit_parabola", "fit_power_law", "scaling_fit",
-           "predict_optimal", "nearest_shape"]
+           "predict_optimal", "interval_verdict", "extrapolation_verdict", "train_at_prediction",
+           "nearest_shape"]
