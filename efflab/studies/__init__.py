@@ -15,6 +15,7 @@
 | compression      | 12     | pruning + distillation + quantization combined, the frontier   |
 | distill          | 12     | knowledge distillation into a small student                    |
 | scaling          | 13     | IsoFLOP sweeps, parabola fits, compute-optimal exponents       |
+| distributed      | 14     | bytes sent per step and held per rank by layout, priced by α–β |
 | model_parallel   | 15     | TP bytes and all-reduces, the pipeline bubble, ring memory     |
 | finetune_memory  | 16     | LoRA / QLoRA memory by category, low-bit AdamW, accumulation   |
 
