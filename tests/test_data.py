@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from efflab.core.data import CorpusError, decode, encode, fixed_batches, load_corpus, random_batch
+import efflab.core.data as data
+from efflab.core.data import (CorpusError, decode, encode, fixed_batches, load_corpus,
+                              prepare_corpus, random_batch)
 
 
 def test_default_corpus_is_the_stdlib_with_a_stable_hash(corpus, tmp_path):
@@ -25,6 +27,29 @@ def test_folder_corpus_and_split(tmp_path):
     assert c.train.size + c.val.size == sum(len(f"file {i} " * 50) + 2 for i in range(60))
     again = load_corpus(src, cache_dir=tmp_path / "cache")  # from the cache now
     assert again.sha256 == c.sha256
+
+
+def test_an_unwritable_checkout_cache_falls_back_to_the_user_cache_then_to_memory(
+        tmp_path, monkeypatch):
+    """A grading sandbox mounts the checkout read-only: preparing a corpus there must not fail
+    (it did: every lesson cell that read the corpus raised 'Read-only file system')."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i}.txt").write_text(f"file {i} " * 50)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # mkdir under a file fails as root too, like a read-only mount
+    monkeypatch.setattr(data, "DEFAULT_CACHE", blocked / "cache")
+    monkeypatch.setenv("EFFLAB_CACHE", str(tmp_path / "user"))
+    first = prepare_corpus(src)
+    kept = list((tmp_path / "user" / "corpora").glob("*/meta.json"))
+    assert len(kept) == 1, "the user cache keeps the prepared corpus"
+    again = prepare_corpus(src)  # read back from the user cache
+    assert again.sha256 == first.sha256 and np.array_equal(again.train, first.train)
+    monkeypatch.setenv("EFFLAB_CACHE", str(blocked / "user"))  # neither writable: memory only
+    kept[0].unlink()
+    only = prepare_corpus(src)
+    assert only.sha256 == first.sha256 and np.array_equal(only.val, first.val)
 
 
 def test_single_file_corpus_splits_head_and_tail(tmp_path):

@@ -4,7 +4,9 @@ The default corpus is the running Python's standard-library source: real text th
 installation carries, so the lab works offline. Any other text file or folder works too.
 Files are assigned to train or val by a hash of their path (stable across runs and machines),
 and the whole prepared corpus is identified by a content hash recorded with every result.
-Prepared tokens are cached under ``data/cache/<hash>/`` as raw uint8 files.
+Prepared tokens are cached under ``data/cache/<hash>/`` as raw uint8 files; where that folder
+cannot be written (a read-only install, a grading sandbox) under ``$EFFLAB_CACHE/corpora/``
+(default ``~/.cache/efflab/corpora/``), and where neither can, the corpus is kept in memory only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import numpy as np
 import torch
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "data" / "cache"
+
+
+def user_cache() -> Path:
+    """The per-user corpus cache used when :data:`DEFAULT_CACHE` cannot be written."""
+    return Path(os.environ.get("EFFLAB_CACHE") or Path.home() / ".cache" / "efflab") / "corpora"
+
 VAL_EVERY = 20  # one file in 20 (by path hash) is held out for validation
 TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".json", ".toml", ".cfg", ".ini", ".html",
                  ".c", ".h", ".js", ".css", ".csv", ".tex", ".yaml", ".yml", ".xml", ""}
@@ -124,15 +132,11 @@ def prepare_corpus(path: str | os.PathLike | None = None,
     listing = "\n".join(f"{f.relative_to(root) if f != root else f.name}:{f.stat().st_size}:"
                         f"{int(f.stat().st_mtime)}" for f in files)
     key = hashlib.sha256(f"{root}\n{max_bytes}\n{listing}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    folder = cache / key
-    meta_path = folder / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        train = np.fromfile(folder / "train.bin", dtype=np.uint8)
-        val = np.fromfile(folder / "val.bin", dtype=np.uint8)
-        if train.size == meta["train_bytes"] and val.size == meta["val_bytes"]:
-            return Corpus(meta["name"], meta["source"], meta["sha256"], train, val, meta["n_files"])
+    caches = [Path(cache_dir)] if cache_dir is not None else [DEFAULT_CACHE, user_cache()]
+    for cache in caches:
+        cached = _read_cached(cache / key)
+        if cached is not None:
+            return cached
 
     train_parts, val_parts = [], []
     total = binary = 0
@@ -165,15 +169,12 @@ def prepare_corpus(path: str | os.PathLike | None = None,
     h.update(val.tobytes())
     name = "python-stdlib" if default else root.name
     corpus = Corpus(name, str(root), h.hexdigest(), train, val, len(files))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tmp"
-    tmp.mkdir(exist_ok=True)
-    train.tofile(tmp / "train.bin")
-    val.tofile(tmp / "val.bin")
-    os.replace(tmp / "train.bin", folder / "train.bin")
-    os.replace(tmp / "val.bin", folder / "val.bin")
-    meta_path.write_text(json.dumps(corpus.describe(), indent=1))  # written last: marks complete
-    tmp.rmdir()
+    for cache in caches:  # the first folder that can be written keeps it; none: memory only
+        try:
+            _write_cached(cache / key, corpus)
+            break
+        except OSError:
+            continue
     return corpus
 
 
@@ -204,3 +205,29 @@ def _windows(tokens: np.ndarray, starts: list[int], seq_len: int, device):
     t = torch.from_numpy(rows)
     x, y = t[:, :-1], t[:, 1:]  # (B, T) each: predict the next byte
     return x.to(device), y.to(device)
+
+
+def _read_cached(folder: Path) -> Corpus | None:
+    """The corpus prepared earlier in ``folder``, or None when it is absent or incomplete."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    train = np.fromfile(folder / "train.bin", dtype=np.uint8)
+    val = np.fromfile(folder / "val.bin", dtype=np.uint8)
+    if train.size != meta["train_bytes"] or val.size != meta["val_bytes"]:
+        return None
+    return Corpus(meta["name"], meta["source"], meta["sha256"], train, val, meta["n_files"])
+
+
+def _write_cached(folder: Path, corpus: Corpus) -> None:
+    """Write ``corpus`` into ``folder``: the tokens first, ``meta.json`` last (it marks complete)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "tmp"
+    tmp.mkdir(exist_ok=True)
+    corpus.train.tofile(tmp / "train.bin")
+    corpus.val.tofile(tmp / "val.bin")
+    os.replace(tmp / "train.bin", folder / "train.bin")
+    os.replace(tmp / "val.bin", folder / "val.bin")
+    (folder / "meta.json").write_text(json.dumps(corpus.describe(), indent=1))
+    tmp.rmdir()
