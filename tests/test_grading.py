@@ -548,6 +548,31 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     assert not alive, "a process the submission started outlived the grading run"
 
 
+def test_a_sandboxed_lesson_prepares_a_corpus_though_the_checkout_is_read_only():
+    """On a fresh clone data/cache does not exist yet and the sandbox mounts the checkout
+    read-only: a cell preparing a corpus must still run (it raised 'Read-only file system', so
+    the instructor's own notebooks graded 0). A one-off max_bytes gives a key nothing cached."""
+    import random
+
+    from efflab.course.sandbox import bwrap_problem, run_sandboxed
+
+    if bwrap_problem():
+        pytest.skip(f"no bubblewrap sandbox here: {bwrap_problem()}")
+    cap = random.randrange(200_000, 400_000)
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    cell = nbformat.v4.new_code_cell(
+        "from efflab.core.data import DEFAULT_CACHE, prepare_corpus, stdlib_root\n"
+        f"c = prepare_corpus(stdlib_root() / 'json', max_bytes={cap})\n"
+        "print(c.train.size > 0, DEFAULT_CACHE.exists() and not __import__('os').access(DEFAULT_CACHE, 2))")
+    cell["id"] = "corpus"
+    nb.cells.append(cell)
+    result = run_sandboxed(dict(nb), [], Limits(cell_s=60, notebook_s=90), isolation="bwrap")
+    (run,) = result.cells
+    assert (run.status, run.reason) == ("ok", ""), run
+    assert result.notebook["cells"][0]["outputs"][0]["text"].split()[0] == "True"
+
+
 def test_the_grader_kills_a_run_past_its_memory_or_process_limit():
     import subprocess
 

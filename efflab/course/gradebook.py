@@ -52,6 +52,7 @@ import pandas as pd
 
 from efflab.check import REGISTRY, judge
 from efflab.core.config import ConfigError
+from efflab.core.data import load_corpus
 from efflab.course import cells as C
 from efflab.course import trusted as T
 from efflab.course.report import NOTEBOOK_DIR
@@ -430,6 +431,10 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
             free.put(slot)
 
     keys = sorted({k for sub in opened if (k := _match(sub, sources)) is not None})
+    if keys:
+        # the sandboxes see the checkout read-only: prepared here once, every run reads the
+        # default corpus from data/cache instead of preparing it again in its own folder
+        load_corpus()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for key, ref in zip(keys, pool.map(reference, keys)):
             trust.references[key] = ref
