@@ -180,6 +180,50 @@ def test_weights_content_is_part_of_the_key(tmp_path, monkeypatch):
     assert weights_fingerprint(None) == "random-init"
 
 
+# ----------------------------------------------------------------------------- held-out windows
+
+def test_a_sweep_scores_quality_on_the_windows_it_is_asked_for(tmp_path, quick_cal):
+    for isolate in (False, True):  # in the notebook's process and in a worker process
+        df = sweep(Knobs(workload="eval", batch_size=2, seq_len=16), {"quantization": ["none"]},
+                   preset="cpu-tiny", store=tmp_path / str(isolate), target_s=0.02,
+                   progress=False, calibration=quick_cal, quality_windows=6, isolate=isolate)
+        assert list(df["status"]) == ["ok"], df["message"].tolist()
+        assert list(df["quality.windows"]) == [6]
+        assert len(df["quality.window_losses"].iloc[0]) == 6
+
+
+def test_points_scored_on_other_windows_are_not_reused(tmp_path, monkeypatch):
+    sw = importlib.import_module("efflab.measurement.sweeping")
+    asked = []
+
+    def fake(k, **kw):
+        asked.append(kw.get("quality_windows"))
+        return {**fake_record(k.batch_size), "budget_bytes": kw.get("budget_bytes")}
+
+    monkeypatch.setattr(sw, "measure", fake)
+    _run(tmp_path, quality_windows=64)
+    full = _run(tmp_path, quality_windows=512)
+    assert asked == [64, 64, 512, 512] and not full["reused"].any()  # 64 never stands in for 512
+    assert _run(tmp_path)["reused"].all()  # None is the default, 512: the same points
+    assert _run(tmp_path, quality_windows=64)["reused"].all()  # 512 never stands in for 64 either
+    assert asked == [64, 64, 512, 512]
+
+
+def test_a_bad_window_count_is_refused_naming_the_field_before_any_work(tmp_path, monkeypatch):
+    import pytest
+
+    from efflab.core.config import ConfigError
+
+    sw = importlib.import_module("efflab.measurement.sweeping")
+    calls = []
+    monkeypatch.setattr(sw, "measure", _fake_measure(calls))
+    for bad in (1, 0, -8, 64.0, "64", True):
+        with pytest.raises(ConfigError, match="quality_windows") as e:
+            _run(tmp_path, quality_windows=bad)
+        assert e.value.field == "quality_windows" and "None or an integer >= 2" in str(e.value)
+    assert calls == [] and not (tmp_path / "efflab.sqlite").exists()
+
+
 # ----------------------------------------------------------------------------- where the store lives
 
 def test_store_location_env_then_checkout_then_user_data(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from efflab.core.config import ConfigError, Knobs
+from efflab.core.config import ConfigError, Knobs, check_int
 from efflab.core.data import CorpusError
 from efflab.core.records import SCHEMA, is_out_of_memory
 from efflab.core.weights import WeightsError
@@ -63,7 +63,8 @@ def measure_isolated(knobs: Knobs | None = None, preset: str = "cpu-small", *,
                      memory_limit_bytes: int | None = None, timeout_s: float | None = 600.0,
                      weights="auto", corpus: str | None = None, device: str | None = None,
                      budget_bytes: int | None = None, target_s: float = 1.0, memory: bool = True,
-                     quality: bool = True, calibration: dict | None = None) -> dict:
+                     quality: bool = True, calibration: dict | None = None,
+                     quality_windows: int | None = None) -> dict:
     """``efflab.measure`` in a fresh worker process whose address space is capped.
 
     ``memory_limit_bytes``: how much the configuration may allocate beyond the worker's
@@ -83,7 +84,9 @@ def measure_isolated(knobs: Knobs | None = None, preset: str = "cpu-small", *,
     request = {"knobs": knobs.to_dict(), "preset": preset, "memory_limit_bytes": limit,
                "weights": None if weights is None else str(weights), "corpus": corpus,
                "device": device, "budget_bytes": budget_bytes, "target_s": target_s,
-               "memory": memory, "quality": quality, "calibration": calibration}
+               "memory": memory, "quality": quality, "calibration": calibration,
+               "quality_windows": check_int("quality_windows", quality_windows, 2, optional=True,
+                                            note="None: QUALITY_WINDOWS")}
     with tempfile.TemporaryDirectory(prefix="efflab-worker-") as tmp:
         req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
         req_path.write_text(json.dumps(request, default=str))
@@ -189,7 +192,8 @@ def _worker(request_path: str, result_path: str) -> int:
                       corpus=req["corpus"], device=req["device"],
                       budget_bytes=req["budget_bytes"], target_s=req["target_s"],
                       memory=req["memory"], quality=req["quality"],
-                      calibration=req["calibration"])
+                      calibration=req["calibration"],
+                      quality_windows=req.get("quality_windows"))
         out = {"record": rec, "limited": limited}
     except ConfigError as e:
         out = {"exception": "ConfigError", "message": str(e),

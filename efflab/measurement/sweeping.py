@@ -6,8 +6,9 @@ OOM, over the memory budget) is recorded with its status and message and the swe
 Re-running a sweep skips what the store already holds, so a killed sweep resumes where it
 stopped and loses nothing it finished. A stored point is reused only when everything that could
 change it is the same (``efflab.measurement.context``: timing target, device, machine, torch and
-efflab code, weights and corpus content, budget); an ``error`` is always measured again, and a
-reused point says so (``reused: True``) wherever it is shown.
+efflab code, weights and corpus content, budget; and the held-out windows quality is scored on);
+an ``error`` is always measured again, and a reused point says so (``reused: True``) wherever
+it is shown.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from collections.abc import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from efflab.core.config import ConfigError, Knobs, get_preset, resolve_preset
+from efflab.core.config import ConfigError, Knobs, check_int, get_preset, resolve_preset
 from efflab.core.store import Store, config_key, to_frame
 from efflab.measurement.context import context_for
 from efflab.measurement.core import measure
 from efflab.measurement.isolation import default_memory_limit, measure_isolated
+from efflab.measurement.workloads import QUALITY_WINDOWS
 
 
 def grid(base: Knobs, vary: dict[str, list]) -> list[Knobs]:
@@ -43,12 +45,18 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
           device: str | None = None, target_s: float = 1.0, resume: bool = True,
           progress: bool = True, on_record: Callable[[dict], None] | None = None,
           name: str | None = None, calibration: dict | None = None,
-          isolate: bool = False, memory_limit_bytes: int | None = None) -> pd.DataFrame:
+          isolate: bool = False, memory_limit_bytes: int | None = None,
+          quality_windows: int | None = None) -> pd.DataFrame:
     """Measure every configuration of the grid; return this sweep's records as a DataFrame.
 
     ``isolate=True`` measures each configuration in its own worker process capped at
     ``memory_limit_bytes`` (default: half the free memory; see :mod:`efflab.measurement.isolation`): one that
     exhausts memory is recorded as ``oom`` and the sweep goes on.
+
+    ``quality_windows``: how many held-out windows each configuration's quality is scored on
+    (None: ``QUALITY_WINDOWS``; see :func:`efflab.measure`). Fewer is faster and widens the
+    95% interval; the count is part of the key, so a point scored on 64 windows never stands
+    in for one scored on 512, nor the reverse.
 
     ``on_record(record)`` is called after each configuration (skipped ones included), which is
     how a live chart gets its points as they arrive. ``resume=False`` measures everything again.
@@ -60,6 +68,8 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     cfg = get_preset(preset)
     for k in configs:  # refuse a bad grid before any work, naming the field
         k.resolve_seq_len(cfg)
+    windows = check_int("quality_windows", quality_windows, 2, optional=True,
+                        note="None: QUALITY_WINDOWS") or QUALITY_WINDOWS
     st = store if isinstance(store, Store) else Store(store)
     limit = (memory_limit_bytes or default_memory_limit()) if isolate else None
     keys = []
@@ -68,6 +78,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
     for k in bar:
         context = context_for(preset, k, weights=weights, corpus=corpus, device=device,
                               target_s=target_s, budget_bytes=budget_bytes)
+        context = {**context, "quality_windows": windows}  # the quality's interval depends on it
         if isolate:  # an outcome under a memory cap depends on the cap
             context = {**context, "memory_limit_bytes": limit}
         key = config_key(preset, k.to_dict(), context)
@@ -82,7 +93,7 @@ def sweep(base: Knobs | None = None, vary: dict[str, list] | None = None, *,
             extra = {"memory_limit_bytes": limit} if isolate else {}
             rec = run(k, preset=preset, weights=weights, corpus=corpus,
                       device=device, budget_bytes=budget_bytes, target_s=target_s,
-                      calibration=calibration, **extra)
+                      calibration=calibration, quality_windows=windows, **extra)
             rec["key"] = key
             # resuming: if another writer stored this configuration meanwhile, keep theirs
             st.append(rec, key=key, sweep=name, unless_held=resume)
