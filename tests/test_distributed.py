@@ -201,6 +201,7 @@ def test_the_command_is_torchrun_on_loopback(tmp_path):
     cmd = torchrun_command(2, tmp_path / "j.json", tmp_path, 29500)
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in cmd and "--rdzv-endpoint=127.0.0.1:29500" in cmd
+    assert "--local-addr=127.0.0.1" in cmd  # never this machine's name, which may not resolve
     assert cmd[cmd.index("-m", 3) + 1] == "efflab.systems.distributed.worker"
 
 

@@ -119,6 +119,9 @@ def torchrun_command(nproc: int, jobs_path: str | os.PathLike, out_dir: str | os
     ``efflab.systems.parallel.worker``, which takes no ``--backend``)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
            f"--nproc-per-node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={host}:{port}",
+           # the ranks meet at host, not at this machine's name: a name with no address (a
+           # grading sandbox's "sandbox", many laptops and containers) hung every rank for 300 s
+           f"--local-addr={host}",
            "--max-restarts=0", "-m", program, "--jobs", str(jobs_path), "--out", str(out_dir)]
     if program == "efflab.systems.distributed.worker":
         cmd += ["--backend", backend]
