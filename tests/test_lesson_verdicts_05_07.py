@@ -65,6 +65,14 @@ def test_quality_verdicts_separate_a_real_cost_from_noise():
     assert "measurably better" in better[0]
 
 
+def test_quality_verdicts_say_how_many_windows_both_were_scored_on():
+    df = _frame(0.02, 2.0, (1.9, 2.1)).assign(**{"quality.windows": 64})
+    assert "bits/byte against fp32 on 64 held-out windows; loss" in quality_verdicts(df)[0]
+    df.loc[1, "quality.windows"] = 512  # not the same windows: no count claimed for both
+    assert "held-out windows" not in quality_verdicts(df)[0]
+    assert "held-out windows" not in quality_verdicts(_frame(0.02, 2.0, (1.9, 2.1)))[0]
+
+
 def test_quality_verdicts_name_a_scheme_that_did_not_run():
     df = _frame(0.0, 2.0, (1.9, 2.1))
     df.loc[1, "status"], df.loc[1, "message"] = "refused", "needs int8 units"

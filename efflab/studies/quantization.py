@@ -78,7 +78,8 @@ def _record(row) -> dict:
 def quality_verdicts(df: pd.DataFrame, reference: str = "none") -> list[str]:
     """Per quantized scheme of a sweep with quality: its held-out loss against ``reference``'s,
     paired on the same windows where the records allow (:func:`quality_difference`), and its
-    bits/byte change. Schemes that did not run say so."""
+    bits/byte change, with how many held-out windows both were scored on where the records say
+    (fewer windows: a wider interval). Schemes that did not run say so."""
     ref = _row(df, reference)
     if ref is None:
         return [f"no successful {reference!r} row to compare against"]
@@ -89,8 +90,16 @@ def quality_verdicts(df: pd.DataFrame, reference: str = "none") -> list[str]:
             continue
         d = quality_difference(_record(ref), _record(r))
         dbpb = r["quality.bits_per_byte"] - ref["quality.bits_per_byte"]
-        out.append(f"{scheme}: {dbpb:+.4f} bits/byte against fp32; loss {d['verdict']}")
+        n = _windows(ref)
+        on = f" on {n} held-out windows" if n is not None and n == _windows(r) else ""
+        out.append(f"{scheme}: {dbpb:+.4f} bits/byte against fp32{on}; loss {d['verdict']}")
     return out
+
+
+def _windows(row) -> int | None:
+    """How many held-out windows a row's quality was scored on, where its record says."""
+    n = row.get("quality.windows")
+    return None if n is None or n != n else int(n)  # n != n: NaN, a frame without the count
 
 
 def _others(df: pd.DataFrame, reference: str):
