@@ -131,17 +131,120 @@ def test_accumulated_gradients_equal_the_big_batch():
         accumulated_gradients(model, x, y, 3)
 
 
-def test_accumulation_verdict_reads_the_measured_peaks():
+def test_accumulation_verdict_reads_the_measured_peaks(monkeypatch):
     import pandas as pd
 
-    from efflab.studies.finetune_memory import accumulation_verdict
+    import efflab.studies.finetune_memory as fm
 
     mib = 2**20
     mem = pd.DataFrame({"k": [1, 2, 4], "micro_batch": [8, 4, 2],
                         "peak_bytes": [42 * mib, 26 * mib, 18 * mib], "activations": [0] * 3})
     chk = pd.DataFrame({"k": [1, 2, 4], "rel_diff": [0.0, 1e-7, 2e-7]})
-    said = accumulation_verdict(chk, mem)  # peak = 10 MiB + 4 MiB per sequence; budget 30 MiB
+    assert fm.accumulation_budget(mem) == 30 * mib
+    said = fm.accumulation_verdict(chk, mem)  # budget 30 MiB, halfway between 42 and 18
     assert "(within 1e-6)" in said and "does not fit" in said
-    assert "as 2 micro-batches of 4 it fits" in said and "largest batch under this budget is 5" in said
-    worse = accumulation_verdict(chk.assign(rel_diff=[0.0, 1e-3, 1e-3]), mem)
+    assert "as 2 micro-batches of 4 it fits" in said
+    # no largest batch is stated before one is measured (a line through these peaks says 5)
+    assert "largest_batch_under_budget" in said and "is 5" not in said
+    worse = fm.accumulation_verdict(chk.assign(rel_diff=[0.0, 1e-3, 1e-3]), mem)
     assert "OUTSIDE 1e-6" in worse
+    _fake_peaks(monkeypatch)
+    lb = fm.largest_batch_under_budget("cpu-tiny", 400, ks=(1, 2, 8))
+    assert fm.largest_batch_verdict(lb) in fm.accumulation_verdict(chk, mem, lb)
+
+
+# ---- the largest batch under a budget, measured ------------------------------------------------
+
+def _fake_peaks(monkeypatch, calls=None):
+    """A step whose peak is piecewise linear, as the tracked one is: the optimizer step peaks at
+    small batches (100 + 10·b), the end of forward at larger ones (60 + 30·b); k ≥ 2 micro-batches
+    keep 50 bytes of gradients alive during the next forward (110 + 30·b), plus k input bytes."""
+    import efflab.studies.finetune_memory as fm
+
+    def peak(preset, b, seq_len, k=1, **_):
+        if calls is not None:
+            calls.append((b, k))
+        p = max(100 + 10 * b, 60 + 30 * b) if k == 1 else max(100 + 10 * b + k, 110 + 30 * b)
+        return {"peak_bytes": p}
+
+    monkeypatch.setattr(fm, "step_peak", peak)
+
+
+def test_largest_batch_is_the_measured_edge_not_the_lines_prediction(monkeypatch):
+    from efflab.studies.finetune_memory import largest_batch_under_budget, largest_batch_verdict
+
+    calls = []
+    _fake_peaks(monkeypatch, calls)
+    df = largest_batch_under_budget("cpu-tiny", 400, ks=(1, 2, 4, 8))
+    a = df.attrs
+    # the line through batches 1 and 2 (100 + 10·b) predicts 30; the measured edge is 11
+    assert a["prediction"] == 30 and (30, 1) in calls
+    assert a["largest"] == 11 and a["confirmed"] and not a["bound_hit"]
+    assert {(11, 1), (12, 1)} <= set(calls)
+    one = df[df.method == "one batch"].set_index("micro_batch")
+    assert one.loc[11, "role"] == "largest" and one.loc[11, "fits"]
+    assert one.loc[12, "role"] == "over budget" and not one.loc[12, "fits"]
+    assert df[df.method == "line"].source.tolist() == ["predicted"]
+    # accumulation keeps the gradients alive: at k = 8 micro-batches of 9 fit, of 10 do not
+    assert a["largest_accumulated"] == 9 and a["confirmed_accumulated"]
+    assert {(9, 8), (10, 8)} <= set(calls) and not any(k in (2, 4) for _, k in calls)
+    acc = df[(df.method == "accumulation") & (df.role == "largest")].set_index("k")
+    assert (acc.effective_batch == acc.index * acc.micro_batch).all()
+    assert acc.effective_batch.to_dict() == {2: 18, 4: 36, 8: 72}
+    assert acc.source.to_dict() == {2: "predicted", 4: "predicted", 8: "measured"}
+    assert a["measurements"] == len(calls) <= 16
+    said = largest_batch_verdict(df)
+    assert "predicted a largest batch of 30" in said and "largest batch in one piece is 11" in said
+    assert "19 too high" in said and "8 micro-batches of 9" in said and "72 for k = 8" in said
+    assert "micro-batches of 10 measured over it" in said
+
+
+def test_the_measurement_bound_is_kept_and_said(monkeypatch):
+    from efflab.studies.finetune_memory import largest_batch_under_budget, largest_batch_verdict
+
+    calls = []
+    _fake_peaks(monkeypatch, calls)
+    df = largest_batch_under_budget("cpu-tiny", 400, ks=(1,), max_measurements=3)
+    assert len(calls) == 3 and df.attrs["bound_hit"] and not df.attrs["confirmed"]
+    assert "NOT confirmed" in largest_batch_verdict(df)
+    with pytest.raises(ValueError, match="max_measurements"):
+        largest_batch_under_budget("cpu-tiny", 400, max_measurements=2)
+
+
+def test_largest_batch_on_cpu_tiny_fits_and_the_next_is_over_measured_again():
+    """Real tracked steps: every claim of the frame is measured again, independently."""
+    from efflab.studies.finetune_memory import (
+        held_apart_corpus,
+        largest_batch_under_budget,
+        step_peak,
+    )
+
+    corpus = held_apart_corpus()
+
+    def peak(b, k=1):
+        return step_peak("cpu-tiny", b, 16, k, corpus=corpus)["peak_bytes"]
+
+    budget = (peak(6) + peak(7)) // 2  # past the optimizer-step regime: the line is wrong here
+    df = largest_batch_under_budget("cpu-tiny", budget, seq_len=16, ks=(1, 2, 4))
+    a = df.attrs
+    lo, b_acc = a["largest"], a["largest_accumulated"]
+    assert a["confirmed"] and a["confirmed_accumulated"] and lo >= 1 and b_acc >= 1
+    assert peak(lo) <= budget < peak(lo + 1)
+    assert lo == 6 and a["prediction"] != lo  # the unconfirmed prediction would be wrong
+    assert peak(b_acc, 4) <= budget < peak(b_acc + 1, 4)
+    rows = df[df.method == "accumulation"]
+    assert (rows.effective_batch == rows.k * rows.micro_batch).all()
+    measured = df[df.source == "measured"]
+    assert all(int(r.peak_bytes) == peak(int(r.micro_batch), int(r.k))
+               for r in measured.itertuples())
+
+
+def test_a_budget_below_the_smallest_step_is_refused_with_its_need():
+    from efflab.studies.finetune_memory import largest_batch_under_budget, step_peak
+
+    need = step_peak("cpu-tiny", 1, 16)["peak_bytes"]
+    with pytest.raises(ValueError, match=rf"budget_bytes={need - 1:,} .*below the smallest step"
+                                         rf".*expected budget_bytes >= {need:,}"):
+        largest_batch_under_budget("cpu-tiny", need - 1, seq_len=16)
+    with pytest.raises(ValueError, match="budget_bytes=0"):
+        largest_batch_under_budget("cpu-tiny", 0, seq_len=16)

@@ -332,63 +332,305 @@ def accumulation_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks=(1
     return pd.DataFrame(rows)
 
 
+def _accumulation_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, k: int):
+    """One full-fine-tune step of the batch ``x`` (B, T) as ``k`` micro-batches of B/k: each
+    micro-batch's loss scaled by its share of the batch, one optimizer step."""
+    B = x.size(0)
+
+    def step():
+        for xs, ys in zip(x.chunk(k), y.chunk(k)):  # (B/k, T) each
+            _, loss = model(xs, ys)
+            (loss * xs.size(0) / B).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_peak(preset: str, micro_batch: int, seq_len: int, k: int = 1, *, corpus=None,
+              seed: int = 0) -> dict:
+    """The tracked peak of one full-fine-tune step (AdamW fp32, the shipped ``preset`` model
+    built fresh) of ``k`` micro-batches of ``micro_batch`` sequences of ``seq_len`` tokens, after
+    one untracked step (so AdamW's state exists). ``measure_memory``'s report."""
+    corpus = corpus or held_apart_corpus()
+    x, y = training_batch(corpus, k * micro_batch, seq_len, seed)  # (k·b, T) each
+    model = load_model(preset, "auto")
+    opt = make_optimizer(model)
+    step = _accumulation_step(model, opt, x, y, k)
+    step()
+    return measure_memory(step, model, opt, inputs=(x, y))
+
+
 def accumulation_memory(preset: str = "cpu-small", batch_size: int = 16, seq_len: int = 128,
                         ks=(1, 2, 4, 8), seed: int = 0) -> pd.DataFrame:
     """Per k: the peak bytes of one full-fine-tune step of ``batch_size`` sequences made of k
     micro-batches, and its activation high-water mark (tracked, AdamW fp32)."""
     corpus = held_apart_corpus()
-    x, y = training_batch(corpus, batch_size, seq_len, seed)
     rows = []
     for k in ks:
-        model = load_model(preset, "auto")
-        opt = make_optimizer(model)
-
-        def step(model=model, opt=opt, k=k):
-            for xs, ys in zip(x.chunk(k), y.chunk(k)):
-                _, loss = model(xs, ys)
-                (loss * xs.size(0) / batch_size).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        step()
-        rep = measure_memory(step, model, opt, inputs=(x, y))
+        if k < 1 or batch_size % k:
+            raise ValueError(f"ks: k={k} is not a divisor of batch_size={batch_size}")
+        rep = step_peak(preset, batch_size // k, seq_len, k, corpus=corpus, seed=seed)
         rows.append({"k": k, "micro_batch": batch_size // k, "peak_bytes": rep["peak_bytes"],
                      "activations": rep["max_by_category"]["activations"]})
     return pd.DataFrame(rows)
 
 
-__all__ = ["METHODS", "held_apart_corpus", "prepare_method", "memory_by_rank", "memory_verdict",
-           "finetune_compare", "merge_check", "nf4_table", "nf4_verdict", "optimizer_table",
-           "training_batch", "accumulated_gradients", "accumulation_check", "accumulation_verdict", "accumulation_memory",
-           "lora_param_count"]
+def accumulation_budget(mem: pd.DataFrame) -> int:
+    """The lesson's budget from this machine's numbers: halfway between the peak of the batch in
+    one piece (``mem``'s first row, k = 1) and the smallest peak over k (``accumulation_memory``)."""
+    return int((mem.peak_bytes.iloc[0] + mem.peak_bytes.min()) / 2)
 
 
-def accumulation_verdict(check: pd.DataFrame, mem: pd.DataFrame) -> str:
-    """Two sentences: the worst gradient difference over the k tried, and under a budget halfway
-    between the peaks of k = 1 and the largest k, which k fit (k = 1 refused with its need)."""
+def _line(points: dict[int, int]) -> tuple[float, float]:
+    """(fixed, per_seq): peak ≈ fixed + per_seq · batch, least squares through {batch: peak}."""
+    import numpy as np
+
+    b = np.array(sorted(points), dtype=float)
+    per_seq, fixed = np.polyfit(b, [float(points[int(v)]) for v in b], 1)
+    return float(fixed), float(per_seq)
+
+
+def _edge(fixed: float, per_seq: float, budget: int) -> int:
+    """The largest whole batch the line ``fixed + per_seq · b`` keeps within ``budget``."""
+    if per_seq <= 0:
+        return 1 << 30
+    return int(math.floor((budget - fixed) / per_seq + 1e-9))  # 1e-9: the fit's rounding
+
+
+def _bracket(points: dict[int, int], budget: int) -> tuple[int, int | None]:
+    """(largest batch measured within the budget, or 0; smallest above it measured over, or None)."""
+    lo = max((b for b, p in points.items() if p <= budget), default=0)
+    hi = min((b for b, p in points.items() if p > budget and b > lo), default=None)
+    return lo, hi
+
+
+def _next_batch(points: dict[int, int], budget: int, slope: float, limit: int) -> int:
+    """The next batch to measure: a secant through the two measurements nearest the edge (inside
+    the bracket so far); with one measurement on the only side known, a line of ``slope``
+    through it; at most doubling while nothing is over the budget yet."""
+    lo, hi = _bracket(points, budget)
+    if lo and hi is not None:
+        near = {lo: points[lo], hi: points[hi]}
+    elif hi is None:
+        near = {b: points[b] for b in sorted(points)[-2:]}
+    else:
+        near = {b: points[b] for b in sorted(points)[:2]}
+    if len(near) == 2 and len({*near.values()}) == 2:
+        fixed, per_seq = _line(near)
+    else:
+        (b0, p0), = list(near.items())[:1]
+        fixed, per_seq = p0 - slope * b0, slope
+    upper = hi - 1 if hi is not None else min(limit, max(2 * lo, lo + 1))
+    return min(max(_edge(fixed, per_seq, budget), lo + 1), upper)
+
+
+def _search(peak_of, budget: int, start: int, slope: float, points: dict[int, int],
+            limit: int, left) -> tuple[dict[int, int], bool]:
+    """Measure ``start``, then walk (:func:`_next_batch`) until batch b is measured within the
+    budget and b + 1 over it (or b = ``limit``, or batch 1 is over: nothing fits). ``left()``
+    says how many measurements remain. Returns (every measured point, whether the bound was hit)."""
+    b = min(max(start, 1), limit)
+    while True:
+        lo, hi = _bracket(points, budget)
+        if (hi is not None and hi == lo + 1) or (hi is None and lo >= limit):
+            return points, False
+        if b in points:
+            b = _next_batch(points, budget, slope, limit)
+        if left() <= 0:
+            return points, True
+        points[b] = peak_of(b)
+
+
+def largest_batch_under_budget(preset: str, budget_bytes: int, *, seq_len: int = 128,
+                               ks=(1, 2, 4, 8), fit_batches=(1, 2), max_measurements: int = 16,
+                               limit: int = 4096, seed: int = 0) -> pd.DataFrame:
+    """The largest batch whose full-fine-tune step (AdamW fp32, :func:`step_peak`) peaks within
+    ``budget_bytes``, found by measurement, without and with gradient accumulation.
+
+    1. Measure one-piece steps at ``fit_batches`` (batch 1 always: a budget below it is refused)
+       and fit a line (peak ≈ fixed + per_seq · b): its largest b under the budget is the
+       *prediction*.
+    2. Measure the predicted batch, then walk — its neighbour (+1) when it fits, each further step
+       a secant through the two measurements nearest the edge — until batch b is measured within
+       the budget and b + 1 over it. The peak is only piecewise linear (at small batches the
+       optimizer step peaks, at larger ones the end of forward), so the line can be off.
+    3. Accumulation: k micro-batches, measured at the largest k in ``ks``, starting from that b.
+       The first micro-batches' gradients stay alive while the next one runs forward, so this
+       peak can exceed one batch of b; the same walk finds the largest micro-batch that fits at
+       k_max, confirmed the same way. Smaller k reuse that measurement (the same micro-batch,
+       fewer input tokens held): ``source`` says "predicted". One batch of that micro-batch is
+       measured too, to compare the two peaks.
+
+    At most ``max_measurements`` tracked steps in all; where the bound is hit first the frame's
+    ``attrs["bound_hit"]`` is True and the edge stays unconfirmed (``attrs["confirmed"]``).
+
+    Returns a long frame {method ("one batch" | "line" | "accumulation"), k, micro_batch,
+    effective_batch, peak_bytes, line_bytes, budget_bytes, fits, source ("measured" |
+    "predicted"), role ("largest" | "over budget" | "fit point" | "prediction" | "walk")};
+    ``attrs``: fixed_bytes, per_seq_bytes, prediction, largest, largest_accumulated, confirmed,
+    confirmed_accumulated, measurements, max_measurements, bound_hit, k_max, ks, budget_bytes,
+    one_batch_peak (one batch of the accumulated micro-batch), fit_batches.
+    """
+    budget = int(budget_bytes)
+    if budget <= 0:
+        raise ValueError(f"budget_bytes={budget_bytes!r}: expected a positive number of bytes")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks={ks!r}: expected positive micro-batch counts")
+    fit_batches = sorted({1, *(int(b) for b in fit_batches)})
+    if len(fit_batches) < 2 or fit_batches[0] < 1:
+        raise ValueError(f"fit_batches={fit_batches!r}: expected at least two batch sizes >= 1")
+    if max_measurements < len(fit_batches) + 1:
+        raise ValueError(f"max_measurements={max_measurements}: expected at least "
+                         f"{len(fit_batches) + 1} (the fit points and one more)")
+    corpus = held_apart_corpus()
+    count = 0
+
+    def measure(b: int, k: int = 1) -> int:
+        nonlocal count
+        count += 1
+        return int(step_peak(preset, b, seq_len, k, corpus=corpus, seed=seed)["peak_bytes"])
+
+    one = {1: measure(1)}  # one-piece batch -> measured peak
+    if one[1] > budget:
+        raise ValueError(
+            f"budget_bytes={budget:,} ({budget / 2**20:.2f} MiB) is below the smallest step: one "
+            f"sequence of {seq_len} tokens peaks at {one[1]:,} bytes ({one[1] / 2**20:.2f} MiB), "
+            f"measured; expected budget_bytes >= {one[1]:,}")
+    for b in fit_batches[1:]:
+        one[b] = measure(b)
+    fixed, per_seq = _line(dict(one))
+    prediction = max(1, min(limit, _edge(fixed, per_seq, budget)))
+
+    def left() -> int:
+        return max_measurements - count
+
+    one, hit_one = _search(measure, budget, prediction, per_seq, one, limit, left)
+    lo, hi = _bracket(one, budget)
+    confirmed = hi is not None and hi == lo + 1 or (hi is None and lo >= limit)
+
+    k_max, acc, hit_acc, b_acc = ks[-1], {}, False, lo
+    if k_max > 1:
+        # the slope of one-piece peaks near the edge guides the walk at k_max
+        near = {b: one[b] for b in (lo, hi) if b in one} if hi is not None else one
+        slope = _line(near)[1] if len(near) >= 2 else per_seq
+        acc, hit_acc = _search(lambda b: measure(b, k_max), budget, lo, slope, {}, limit, left)
+        b_acc, hi_acc = _bracket(acc, budget)
+        confirmed_acc = hi_acc is not None and hi_acc == b_acc + 1
+        if b_acc and b_acc not in one and left() > 0:
+            one[b_acc] = measure(b_acc)  # one batch of the accumulated micro-batch, to compare
+    else:
+        confirmed_acc = confirmed
+
+    rows = []
+
+    def row(method, k, b, peak, source, role, line=None):
+        rows.append({"method": method, "k": k, "micro_batch": b, "effective_batch": k * b,
+                     "peak_bytes": int(peak), "line_bytes": line, "budget_bytes": budget,
+                     "fits": bool(peak <= budget), "source": source, "role": role})
+
+    for b in sorted(one):
+        role = ("largest" if b == lo else "over budget" if b == hi
+                else "fit point" if b in fit_batches else "prediction" if b == prediction
+                else "walk")
+        row("one batch", 1, b, one[b], "measured", role, fixed + per_seq * b)
+    row("line", 1, prediction, round(fixed + per_seq * prediction), "predicted", "prediction",
+        fixed + per_seq * prediction)
+    hi_acc = _bracket(acc, budget)[1] if acc else None
+    for b in sorted(acc):
+        row("accumulation", k_max, b, acc[b], "measured",
+            "largest" if b == b_acc else "over budget" if b == hi_acc else "walk")
+    for k in ks[1:-1]:
+        if b_acc:
+            row("accumulation", k, b_acc, acc[b_acc], "predicted", "largest")
+    df = pd.DataFrame(rows)
+    df.attrs.update({"fixed_bytes": fixed, "per_seq_bytes": per_seq, "prediction": prediction,
+                     "largest": lo, "largest_accumulated": b_acc, "confirmed": bool(confirmed),
+                     "confirmed_accumulated": bool(confirmed_acc), "measurements": count,
+                     "max_measurements": max_measurements, "bound_hit": hit_one or hit_acc,
+                     "k_max": k_max, "ks": ks, "budget_bytes": budget, "seq_len": seq_len,
+                     "one_batch_peak": one.get(b_acc), "fit_batches": fit_batches})
+    return df
+
+
+def largest_batch_verdict(df: pd.DataFrame) -> str:
+    """Sentences from :func:`largest_batch_under_budget`'s frame: the line's prediction, the
+    measured edge (b within the budget, b + 1 over it), and the effective batch with
+    accumulation at its measured peak beside one batch of the same micro-batch."""
+    a = df.attrs
+    if "largest" not in a:
+        raise ValueError("df: expected the frame largest_batch_under_budget returns (its attrs)")
+    mib = 2**20
+    budget, lo, pred = a["budget_bytes"], a["largest"], a["prediction"]
+    one = df[(df.method == "one batch")].set_index("micro_batch").peak_bytes
+    out = [f"Under a {budget / mib:.2f} MiB budget, the line through the measured batches "
+           f"{', '.join(map(str, a['fit_batches']))} (peak ≈ {a['fixed_bytes'] / mib:.2f} MiB + "
+           f"{a['per_seq_bytes'] / mib:.3f} MiB per sequence) predicted a largest batch of {pred}."]
+    if a["confirmed"]:
+        off = pred - lo
+        out.append(f"Measured: batch {lo} peaks at {one[lo] / mib:.2f} MiB (fits), batch {lo + 1} "
+                   f"at {one[lo + 1] / mib:.2f} MiB (over): the largest batch in one piece is "
+                   f"{lo}, confirmed in {a['measurements']} tracked steps — the prediction was "
+                   + ("right." if off == 0 else f"{abs(off)} {'too high' if off > 0 else 'too low'}."))
+    else:
+        out.append(f"Measured: batch {lo} fits at {one[lo] / mib:.2f} MiB, but the bound of "
+                   f"{a['max_measurements']} tracked steps was hit before batch {lo + 1} was "
+                   "measured over the budget: the edge is NOT confirmed.")
+    k, b = a["k_max"], a["largest_accumulated"]
+    if k > 1:
+        acc = df[(df.method == "accumulation") & (df.k == k)].set_index("micro_batch").peak_bytes
+        if not b:
+            return " ".join(out + [f"With accumulation at k = {k}, not even micro-batches of 1 fit: "
+                                   f"they peak at {acc[1] / mib:.2f} MiB, measured."])
+        ks = [kk for kk in a["ks"] if kk > 1]
+        edge = (f"{k} micro-batches of {b + 1} measured over it"
+                if a["confirmed_accumulated"] else "the next micro-batch NOT measured (bound hit)")
+        cmp = ""
+        same = a["one_batch_peak"]
+        if same is not None:
+            d = int(acc[b]) - int(same)
+            cmp = (f"; one batch of {b} peaks at {same / mib:.2f} MiB, " + (
+                f"the same to {d:+,} bytes ({d / same:+.3%}: the batch's extra input tokens)"
+                if abs(d) <= 0.005 * same else
+                f"so the accumulated step holds {d / mib:+.3f} MiB ({d / same:+.1%}) more — the "
+                "gradients of the first micro-batches stay alive while the next one runs "
+                "forward"))
+        out.append(f"With accumulation: {k} micro-batches of {b} peak at {acc[b] / mib:.2f} MiB, "
+                   f"measured (fits; {edge}){cmp}. The largest effective batch under the budget "
+                   f"is k·{b}: " + ", ".join(f"{kk * b} for k = {kk}" for kk in ks)
+                   + (f" (k < {k} predicted from the k = {k} step: the same micro-batch, fewer "
+                      "input tokens held)." if len(ks) > 1 else "."))
+    return " ".join(out)
+
+
+def accumulation_verdict(check: pd.DataFrame, mem: pd.DataFrame,
+                         largest: pd.DataFrame | None = None) -> str:
+    """The worst gradient difference over the k tried; under :func:`accumulation_budget`, which
+    k fit (k = 1 refused with its need); then :func:`largest_batch_verdict` of ``largest``
+    (:func:`largest_batch_under_budget` at that budget) when given — the largest batch is only
+    ever stated measured, never read off a line."""
     worst = float(check.rel_diff.max())
     first = mem.iloc[0]
-    budget = int((mem.peak_bytes.iloc[0] + mem.peak_bytes.min()) / 2)
+    budget = accumulation_budget(mem)
     fits = mem[mem.peak_bytes <= budget]
     head = (f"k micro-batches vs one batch: gradients within {worst:.1e} relative "
             f"({'within' if worst <= 1e-6 else 'OUTSIDE'} 1e-6) for k in {list(check.k)}.")
     if len(mem) < 2 or fits.empty or budget >= first.peak_bytes:
         return head + " (Only one k measured or no saving: no budget to compare under.)"
     best = fits.iloc[0]
-    # peak = fixed + per_seq · micro-batch, fitted to the measured peaks (least squares)
-    import numpy as np
-
-    per_seq, fixed = np.polyfit(mem.micro_batch.astype(float), mem.peak_bytes.astype(float), 1)
-    largest = int((budget - fixed) / per_seq + 1e-9) if per_seq > 0 else 0  # floor; fit rounding
-    tail = ""
-    if largest >= 1:
-        tail = (f" From the measured line (peak ≈ {fixed / 2**20:.2f} MiB + "
-                f"{per_seq / 2**20:.2f} MiB per sequence of the micro-batch), the largest batch "
-                f"under this budget is {largest} without accumulation; with it, k micro-batches of "
-                f"{largest} give an effective batch of k·{largest} at the same peak, for k times "
-                "the forward/backward calls.")
+    tail = (" " + largest_batch_verdict(largest) if largest is not None else
+            " The largest batch under this budget, with and without accumulation, is measured "
+            "by largest_batch_under_budget.")
     return (head + f" Under a {budget / 2**20:.2f} MiB budget, the batch of "
             f"{int(first.micro_batch)} in one piece (peak {first.peak_bytes / 2**20:.2f} MiB) does "
             f"not fit; as {int(best.k)} micro-batches of {int(best.micro_batch)} it fits at "
             f"{best.peak_bytes / 2**20:.2f} MiB, the same gradient for {int(best.k)}x the "
             "forward/backward calls." + tail)
+
+
+__all__ = ["METHODS", "held_apart_corpus", "prepare_method", "memory_by_rank", "memory_verdict",
+           "finetune_compare", "merge_check", "nf4_table", "nf4_verdict", "optimizer_table",
+           "training_batch", "accumulated_gradients", "accumulation_check", "accumulation_memory",
+           "accumulation_budget", "accumulation_verdict", "step_peak",
+           "largest_batch_under_budget", "largest_batch_verdict", "lora_param_count"]
