@@ -19,7 +19,10 @@ a citation's year (``Hoffmann et al., 2022``), code spans and LaTeX (code, names
 a variable (``17·B·T·C``, ``(p − 1)/(m + p − 1)``), a digit inside a name (``fp32``, ``E4M3``,
 ``GPT-2``, ``AVX-512``), a version (``torch 2.13``), an address, a paper's section (``§7``)
 and a unit example (``(0.5 = half)``). ``NOT_STATED`` lists each rule with its reason.
-Numbers written as words ("three times", "twice") are not read: those still need a reader.
+A multiple or a fraction written as a word ("twice", "halves", "tenfold", "an order of
+magnitude") is read too: each one a lesson states is listed in ``WORDED`` with why it is not a
+measured result (a definition, a question, what the code does), and a new one fails until it
+is computed in a verdict or listed.
 
 Lessons whose prose still states unearned numbers are in ``PENDING``: those numbers are
 reported (``-rs``), not failed, until the lesson's prose is fixed and it leaves the set.
@@ -381,6 +384,47 @@ def earned_by(s: Stated, stem: str, literals: set[float], cited=None, library=No
     return None
 
 
+# A multiple or a fraction written as a word: a measured "twice as fast" is a number too.
+_WORD_MULTIPLE = re.compile(
+    r"\b(twice|thrice|halv(?:es|ed|ing)|half|doubl(?:es|ed|ing|e)|tripl(?:es|ed|e)|"
+    r"quadrupl(?:es|ed|e)|(?:two|three|four|five|six|seven|eight|nine|ten|twenty|hundred|"
+    r"thousand)(?:fold|\s+times)|orders?\s+of\s+magnitude)\b", re.I)
+
+# Every worded multiple the lessons state: (lesson, cell id, word) -> why it is no measured result.
+WORDED: dict[tuple[str, str, str], str] = {
+    ("01_batching", "170a7c97", "doubling"): "a learning goal: the question the lesson asks",
+    ("01_batching", "170a7c97", "doubles"): "a learning goal: the question the lesson asks",
+    ("01_batching", "bcc5cbbd", "doubled"): "a hypothetical: what throughput would do if latency doubled",
+    ("01_batching", "daa02b6a", "twice"): "what the code does: it asks for a batch twice the largest that fits",
+    ("02_precision", "c6da6239", "half"): "an idiom (half the story), no quantity",
+    ("02_precision", "ex02-bf16-md", "half"): "a definition: the rounding rule round-half-to-even",
+    ("02_precision", "fp16-predict", "half"): "a definition: IEEE 754 rounds below half the smallest subnormal to 0",
+    ("02_precision", "fp16-scaler", "halves"): "a definition: GradScaler's backoff_factor 0.5 (torch.amp docs)",
+    ("02_precision", "fp16-scaler", "doubles"): "a definition: GradScaler's growth_factor 2.0 (torch.amp docs)",
+    ("12_compression", "c12-distill-run-md", "twice"): "what the code does: one student trained two ways",
+    ("13_scaling_laws", "c13-predict-md", "half"): "the construction: steps rounded to the nearest whole step",
+    ("14_distributed", "c14-volume-md", "twice"): "a definition: an all-reduce is a reduce-scatter then an all-gather",
+    ("16_finetune_memory", "c16-nf4-md", "double"): "a name: QLoRA's double quantization (Dettmers et al., 2023)",
+    ("16_finetune_memory", "c16-opt-md", "twice"): "a definition: two fp32 moments, 8 bytes, against 4-byte weights",
+}
+
+
+def worded_multiples(nb: dict) -> list[tuple[str, str, str]]:
+    """(cell id, the word, its context) of every multiple or fraction the markdown writes as a
+    word, outside code, formulas and unit examples."""
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        text = _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), _source(cell))
+        for pattern in _NOT_STATED:
+            text = _blank(text, pattern)
+        for m in _WORD_MULTIPLE.finditer(text):
+            context = " ".join(text[max(0, m.start() - 50):m.end() + 40].split())
+            out.append((cell.get("id", "?"), m.group(1).lower(), context))
+    return out
+
+
 def unearned(nb: dict, stem: str, cited=None, library=None) -> list[Stated]:
     literals = code_literals(nb)
     return [s for s in stated_numbers(nb) if earned_by(s, stem, literals, cited, library) is None]
@@ -407,6 +451,27 @@ def test_every_number_in_a_lessons_prose_is_earned(stem):
     assert not found, (f"{stem}'s markdown states numbers no code cell uses and no CITED or "
                        f"LIBRARY entry allows: compute them in a verdict, cite them, or drop "
                        f"them\n" + _report(found))
+
+
+def test_every_multiple_a_lesson_writes_as_a_word_is_listed_with_its_reason():
+    found = [(stem, cell, word, ctx) for stem in sorted(LESSONS)
+             for cell, word, ctx in worded_multiples(_load(stem))]
+    new = [f"  {stem} [{cell}] {word!r}: …{ctx}…" for stem, cell, word, ctx in found
+           if (stem, cell, word) not in WORDED]
+    assert not new, ("a lesson states a multiple in words that no WORDED entry explains: compute "
+                     "it in a verdict, or list it with why it is no measured result\n"
+                     + "\n".join(new))
+    stale = set(WORDED) - {(stem, cell, word) for stem, cell, word, _ in found}
+    assert not stale, f"WORDED entries no lesson states any more: {sorted(stale)}"
+    assert all(reason.strip() for reason in WORDED.values())
+
+
+def test_worded_multiples_are_read_outside_code_and_unit_examples():
+    nb = _nb(["With the cache, decoding is twice as fast and memory halves; an order of magnitude "
+              "fewer FLOPs, a tenfold gain, three times the batch. `twice(x)` is code; "
+              "(2.0 = twice as fast) is a unit example."], ["x = 1"])
+    assert [w for _, w, _ in worded_multiples(nb)] == [
+        "twice", "halves", "order of magnitude", "tenfold", "three times"]
 
 
 def test_pending_names_lessons_that_exist():
