@@ -61,6 +61,23 @@ def _timed(command: list[str], cwd: Path) -> dict:
             "loadavg_after": load_average(), "output_tail": tail}
 
 
+def _phases(log: dict) -> dict:
+    """Where efflab's time went, from its grading log: each submission's sandboxed run and its
+    probe run (median, quartiles, count), so a ratio can be read against the work behind it."""
+    import numpy as np
+
+    def spread(values):
+        v = np.asarray([x for x in values if isinstance(x, (int, float))], dtype=float)
+        if not v.size:
+            return {"n": 0}
+        return {"median": round(float(np.median(v)), 1), "p25": round(float(np.percentile(v, 25)), 1),
+                "p75": round(float(np.percentile(v, 75)), 1), "n": int(v.size)}
+
+    subs = log.get("submissions", [])
+    return {"submission_run": spread(s.get("seconds") for s in subs),
+            "probe_run": spread((s.get("probes") or {}).get("seconds") for s in subs)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--submissions", type=int, default=30)
@@ -86,6 +103,8 @@ def main() -> int:
         ours["statuses"] = book["status"].value_counts().to_dict()
         ours["feedback_not_correct"] = sorted(set(book.loc[book["status"] != "correct",
                                                             "feedback"]))[:5]
+        log = json.loads((tmp / "out" / "gradebook.log.json").read_text())
+        ours["phases_s"] = _phases(log)
 
         course = tmp / "course"
         (course / "source" / "ps").mkdir(parents=True)
