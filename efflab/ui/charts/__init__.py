@@ -6,6 +6,8 @@
   (throughput, latency, memory, quality, dashboard, Pareto), :mod:`~efflab.ui.charts.curves`
   (training curves), :mod:`~efflab.ui.charts.lessons` (one-off lesson charts) and
   :mod:`~efflab.ui.charts.export` (offline SVG/PNG/HTML).
+* :mod:`efflab.ui.charts.finetune` (lesson 16) and :mod:`efflab.ui.charts.precision` (lesson 02's
+  loss scale) — charts over one study table each.
 * :mod:`efflab.ui.charts.live` — :class:`LiveChart`, a chart that redraws as records arrive: an
   offline ``alt.JupyterChart`` widget in JupyterLab, a static SVG+PNG image headless.
 
@@ -34,7 +36,9 @@ from efflab.ui.charts.charts import (
     to_svg,
     training_curve_chart,
 )
+from efflab.ui.charts.finetune import accumulation_memory_chart, largest_batch_chart
 from efflab.ui.charts.live import LiveChart, show, static_mode, use_offline_renderer
+from efflab.ui.charts.precision import loss_scale_chart
 
 use_offline_renderer()
 
@@ -42,4 +46,5 @@ __all__ = ["attention_memory_chart", "compare_curves_chart", "dashboard", "exper
            "latency_chart", "memory_chart", "pareto_chart", "quality_chart", "records_frame",
            "save_chart", "sqnr_chart", "static_bundle", "throughput_chart", "to_html", "to_png",
            "to_svg", "training_curve_chart", "LiveChart", "show", "static_mode",
-           "use_offline_renderer"]
+           "use_offline_renderer", "accumulation_memory_chart", "largest_batch_chart",
+           "loss_scale_chart"]

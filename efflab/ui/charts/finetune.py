@@ -17,6 +17,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from efflab.ui.charts.marks import require_columns
+
 WIDTH, HEIGHT = 420, 260
 MIB = 2**20
 
@@ -25,14 +27,6 @@ LARGEST_COLUMNS = ("method", "k", "micro_batch", "peak_bytes", "line_bytes", "bu
 ACCUMULATION_COLUMNS = ("k", "micro_batch", "peak_bytes", "activations")
 SERIES_COLORS = {"one batch (measured)": "#4c78a8", "accumulation (measured)": "#f58518",
                  "line's prediction": "#999999"}
-
-
-def _require(frame: pd.DataFrame, columns, chart: str) -> None:
-    """Refuse a frame that lacks a column the chart draws, naming the missing ones."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{chart}: frame lacks column(s) {missing}; expected the columns "
-                         f"{list(columns)}")
 
 
 def _empty(title: str, text: str) -> alt.Chart:
@@ -58,7 +52,7 @@ def largest_batch_chart(frame: pd.DataFrame, *, title: str = "The largest batch 
     largest_batch_under_budget`'s (columns :data:`LARGEST_COLUMNS`)."""
     if frame is None or frame.empty:
         return _empty(title, "no measurements yet")
-    _require(frame, LARGEST_COLUMNS, "largest_batch_chart")
+    require_columns(frame, LARGEST_COLUMNS, "largest_batch_chart")
     t = frame.copy()
     t["peak_mib"] = t.peak_bytes / MIB
     t["series"] = t.method.map({"one batch": "one batch (measured)",
@@ -106,7 +100,7 @@ def accumulation_memory_chart(frame: pd.DataFrame, budget_bytes: float | None = 
     :data:`ACCUMULATION_COLUMNS`)."""
     if frame is None or frame.empty:
         return _empty(title, "no measurements yet")
-    _require(frame, ACCUMULATION_COLUMNS, "accumulation_memory_chart")
+    require_columns(frame, ACCUMULATION_COLUMNS, "accumulation_memory_chart")
     t = frame.assign(peak_mib=frame.peak_bytes / MIB, activations_mib=frame.activations / MIB)
     if budget_bytes is not None:
         t = t.assign(fits=t.peak_bytes <= budget_bytes)

@@ -193,6 +193,14 @@ def failure_layers(t: pd.DataFrame, xenc: alt.X, x: str, numeric: bool, color: a
     return [cross, label]
 
 
+def require_columns(frame: pd.DataFrame, columns, chart: str) -> None:
+    """Refuse a frame that lacks a column ``chart`` draws, naming the missing ones."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{chart}: frame lacks column(s) {missing}; expected the columns "
+                         f"{list(columns)}")
+
+
 def placeholder(title: str, text: str) -> alt.Chart:
     """A chart with nothing measured yet: the title and a line saying so."""
     return (alt.Chart(pd.DataFrame({"text": [text]})).mark_text(fontSize=13, color="#666")
