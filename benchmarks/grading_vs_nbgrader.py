@@ -97,6 +97,9 @@ def main() -> int:
                        "--workers", str(args.workers)], tmp)
         import pandas as pd
 
+        if ours["returncode"] != 0:
+            sys.exit(f"efflab grade failed (exit {ours['returncode']}), nothing to compare; "
+                     f"its output:\n{ours['output_tail']}")
         book = pd.read_csv(tmp / "out" / "gradebook.csv")
         ours["points"] = float(book["points"].sum())
         ours["max_points"] = float(book["max_points"].sum())
