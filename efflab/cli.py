@@ -13,7 +13,15 @@ import sys
 
 import torch
 
-from efflab.core.config import PRESETS, ConfigError, Knobs, knob_fields, parse_knob, parse_vary
+from efflab.core.config import (
+    PRESETS,
+    ConfigError,
+    Knobs,
+    check_int,
+    knob_fields,
+    parse_knob,
+    parse_vary,
+)
 from efflab.core.data import CorpusError
 from efflab.core.store import Store, results
 from efflab.core.weights import WeightsError
@@ -48,6 +56,11 @@ def _parse_vary(items: list[str]) -> dict[str, list]:
     return dict(parse_vary(item) for item in items)
 
 
+def _quality_windows(args) -> int | None:
+    """``--quality-windows``: held-out windows quality is scored on (None: the default)."""
+    return check_int("--quality-windows", args.quality_windows, 2, optional=True)
+
+
 def _budget(args) -> int | None:
     return None if args.budget_mib is None else int(args.budget_mib * 2**20)
 
@@ -78,7 +91,8 @@ def cmd_train(args) -> int:
 
 def cmd_measure(args) -> int:
     rec = measure(_knobs_from(args), preset=args.preset, corpus=args.corpus,
-                  weights=args.weights, budget_bytes=_budget(args), target_s=args.target_s)
+                  weights=args.weights, budget_bytes=_budget(args), target_s=args.target_s,
+                  quality_windows=_quality_windows(args))
     if args.store:
         Store(args.store).append(rec)
     print(json.dumps(rec, indent=1, default=str) if args.json else _summary(rec))
@@ -90,7 +104,7 @@ def cmd_sweep(args) -> int:
     df = sweep(_knobs_from(args), vary, preset=args.preset, store=args.store,
                budget_bytes=_budget(args), weights=args.weights, corpus=args.corpus,
                target_s=args.target_s, resume=not args.again, name=args.name,
-               on_record=lambda r: print(_summary(r), flush=True))
+               quality_windows=_quality_windows(args), on_record=lambda r: print(_summary(r), flush=True))
     if args.csv:
         df.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
@@ -186,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--budget-mib", type=float, default=None,
                            help="refuse configurations whose predicted peak exceeds this")
             p.add_argument("--target-s", type=float, default=1.0, help="seconds of timing samples")
+            p.add_argument("--quality-windows", type=int, default=None,
+                           help="held-out windows the quality is scored on (default: the "
+                                "preset's usual count; fewer is faster, with a wider interval)")
             p.add_argument("--store", default=None, help="results database (default results/)")
         return p
 

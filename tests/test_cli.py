@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from efflab.cli import _parse_vary, main
 
 
@@ -103,3 +105,33 @@ def test_bad_corpus_and_weights_are_bad_input_not_failed_measurements(tmp_path, 
     from efflab.core.store import Store
 
     assert not (store / "efflab.sqlite").exists() or Store(store).count() == 0  # nothing recorded
+
+
+def test_quality_windows_reaches_measure_and_sweep(monkeypatch):
+    import efflab.cli as cli
+    seen = {"measure": [], "sweep": []}
+
+    def fake_measure(knobs, **kw):
+        seen["measure"].append(kw["quality_windows"])
+        return {"status": "refused", "message": "faked"}
+
+    def fake_sweep(knobs, vary, **kw):
+        seen["sweep"].append(kw["quality_windows"])
+        import pandas as pd
+        return pd.DataFrame()
+
+    monkeypatch.setattr(cli, "measure", fake_measure)
+    monkeypatch.setattr(cli, "sweep", fake_sweep)
+    assert main(["measure", "--preset", "cpu-tiny", "--quality-windows", "64"]) == 0
+    assert main(["sweep", "--preset", "cpu-tiny", "--vary", "batch_size=1,2",
+                 "--quality-windows", "32"]) == 0
+    assert main(["measure", "--preset", "cpu-tiny"]) == 0
+    assert seen == {"measure": [64, None], "sweep": [32]}
+
+
+def test_a_bad_quality_windows_is_refused_by_the_flags_name(monkeypatch, capsys):
+    import efflab.cli as cli
+    monkeypatch.setattr(cli, "measure", lambda *a, **k: pytest.fail("measured anyway"))
+    assert main(["measure", "--preset", "cpu-tiny", "--quality-windows", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--quality-windows" in err and "Traceback" not in err
