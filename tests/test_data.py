@@ -3,8 +3,15 @@ import pytest
 import torch
 
 import efflab.core.data as data
-from efflab.core.data import (CorpusError, decode, encode, fixed_batches, load_corpus,
-                              prepare_corpus, random_batch)
+from efflab.core.data import (
+    CorpusError,
+    decode,
+    encode,
+    fixed_batches,
+    load_corpus,
+    prepare_corpus,
+    random_batch,
+)
 
 
 def test_default_corpus_is_the_stdlib_with_a_stable_hash(corpus, tmp_path):
