@@ -111,7 +111,8 @@ def _cell(source, cid, solution=False):
 def test_the_probe_program_is_the_solution_cells_the_function_needs_and_the_imports():
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        _cell("import math\nimport torch as th\nrows = load_a_big_sweep()", "setup"),
+        _cell("import math\nimport torch as th\nfrom os.path import *\nrows = load_a_big_sweep()",
+              "setup"),  # th: not read by the code the probes run, so not imported
         _cell("def helper(x):\n    return math.sqrt(x)", "helper", solution=True),
         _cell("while True:\n    pass", "other-answer", solution=True),  # not needed: not run
         _cell("%timeit 1\ndef f(x, fused=1):\n    return helper(x) + fused", "answer", solution=True),
@@ -121,11 +122,24 @@ def test_the_probe_program_is_the_solution_cells_the_function_needs_and_the_impo
     nb.cells.insert(3, _cell("fused = 2 * numel  # a total of the lesson's, not the function's",
                              "totals", solution=True))
     code = T.probe_program(nb, nb, 6, ["f"])  # f's parameter "fused" is not a free name
-    assert code == ["import math\nimport torch as th", "def helper(x):\n    return math.sqrt(x)",
+    assert code == ["import math\nfrom os.path import *", "def helper(x):\n    return math.sqrt(x)",
                     "\ndef f(x, fused=1):\n    return helper(x) + fused"]
     assert T.function_calls("efflab.check.score_bytes(f)\nefflab.check.score_bytes(f, seed=4)\n"
                             "efflab.check.throughput(f(1), df=d, batch_size=4)") == [
         ("score_bytes", "f")]
+
+
+def test_the_probe_program_keeps_the_imports_a_function_body_reads():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        _cell("import altair as alt\nimport torch as th\nimport os.path\nx = 1", "setup"),
+        _cell("def f(n):\n    return th.zeros(n).numel() + len(os.path.sep)", "answer",
+              solution=True),
+        _cell("efflab.check.score_bytes(f)", "check"),
+    ]
+    assert T.probe_program(nb, nb, 2, ["f"]) == [  # alt: read by nothing the probes run
+        "import torch as th\nimport os.path", "def f(n):\n    return th.zeros(n).numel() + "
+        "len(os.path.sep)"]
 
 
 LESSON_FUNCTIONS = [(p.stem, g.grade_id) for p in notebooks()

@@ -235,10 +235,12 @@ def _used(tree: ast.AST) -> set[str]:
 
 def probe_program(submission, instructor, check_index: int, exprs: list[str]) -> list[str]:
     """The code a probe run executes before calling ``exprs`` (the functions the check cells
-    at or before ``check_index`` of ``submission``, restored, pass to their exercises): the
-    import lines of every code cell before it, and each of the learner's solution cells that
-    defines a name the functions need (followed through the helpers those cells use), in
-    order. Nothing else the notebook ran: no sweep, no other answer, no scratch cell."""
+    at or before ``check_index`` of ``submission``, restored, pass to their exercises): each of
+    the learner's solution cells that defines a name the functions need (followed through the
+    helpers those cells use), and the import lines of the cells before it that bind a name that
+    code reads (star imports always), in order. Nothing else the notebook ran: no sweep, no
+    other answer, no scratch cell, no import of a library the function does not touch (a
+    lesson's chart imports alone cost a probe run seconds)."""
     solution_ids = {c.get("id") for c in instructor.cells if C.is_solution(c)}
     solution_ids.discard(None)
     cells = []  # (source, tree, is a solution cell)
@@ -263,13 +265,18 @@ def probe_program(submission, instructor, check_index: int, exprs: list[str]) ->
         chosen |= more
         for i in more:
             needed |= _used(cells[i][1])
+    def wanted(node) -> bool:  # an import the chosen code reads a name of (or a star import)
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            return False
+        return any(a.name == "*" or (a.asname or a.name).split(".")[0] in needed
+                   for a in node.names)
+
     code = []
     for i, (source, tree, _) in enumerate(cells):
         if i in chosen:
             code.append(source)
         elif tree is not None:
-            imports = [ast.unparse(n) for n in tree.body
-                       if isinstance(n, (ast.Import, ast.ImportFrom))]
+            imports = [ast.unparse(n) for n in tree.body if wanted(n)]
             if imports:
                 code.append("\n".join(imports))
     return code
