@@ -498,6 +498,58 @@ def test_grade_command_without_running_a_kernel(tmp_path, capsys, monkeypatch):
     assert json.loads(out.with_suffix(".log.json").read_text())["isolation"] == "process"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_submissions_run_beside_the_reference_run_and_wait_for_it_only_to_be_scored(
+        tmp_path, monkeypatch, capsys, workers):
+    """The reference run takes one worker; the others run submissions meanwhile (their runs
+    never need it). Every submission is still scored against it, and a reference that fails
+    its own checks is reported. The sandbox is replaced by timed stand-ins: this tests the
+    schedule, not the runs."""
+    import threading
+
+    from efflab.course import gradebook as G
+    from efflab.course.sandbox import SandboxResult
+
+    events, lock = [], threading.Lock()
+
+    def note(what):
+        with lock:
+            events.append((what, time.monotonic()))
+
+    def reference_run(instructor, limits, calibration_dir=None, isolation="bwrap"):
+        note("reference start")
+        time.sleep(1.0)
+        note("reference end")
+        return {g.grade_id: "the reference failed here" for g in C.grade_cells(instructor)}
+
+    def run_sandboxed(nb, ids, limits, calibration_dir=None, name="", isolation="bwrap"):
+        note("submission start")
+        time.sleep(0.3)
+        cells = [CellRun(i, c["id"], "ok") for i, c in enumerate(nb["cells"]) if c["id"] in ids]
+        return SandboxResult(cells=cells, notebook=None, violations=[])
+
+    monkeypatch.setattr(G, "reference_run", reference_run)
+    monkeypatch.setattr(G, "run_sandboxed", run_sandboxed)
+    monkeypatch.setattr(G, "_probe_entries", lambda *a, **k: ({}, {}))
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for student in ("amy", "bob", "cy"):
+        (subs / f"{student}.ipynb").write_bytes(ASSIGNMENT.read_bytes())
+    df = grade(subs, tmp_path / "book.csv", source=ASSIGNMENT, workers=workers,
+               trusted_class=True)
+    ref_end = next(t for what, t in events if what == "reference end")
+    first_sub = min(t for what, t in events if what == "submission start")
+    if workers == 1:
+        assert first_sub >= ref_end  # one worker: the reference first, as queued
+    else:
+        assert first_sub < ref_end  # a second worker did not wait for it
+    assert sorted(set(df.student)) == ["amy", "bob", "cy"]
+    assert (df.points == 0).all() and df.feedback.str.contains("the reference failed here").all()
+    assert "failed its own checks" in capsys.readouterr().out
+    log = json.loads((tmp_path / "book.log.json").read_text())
+    assert set(log["references"]) == {"assignment"}  # the results, not their futures
+
+
 def test_the_grader_reads_a_flooding_child_only_up_to_its_cap():
     import subprocess
 

@@ -43,7 +43,7 @@ import json
 import os
 import queue
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,8 +198,8 @@ def score_cell(g: C.GradeCell, run: CellRun | None, before: list[CellRun], note:
 @dataclass
 class Trust:
     """What the grader made itself for one class: the reference evidence per instructor
-    notebook (``{notebook: {grade_id: entries | why missing}}``), the probe key, the factor
-    measured values may differ by."""
+    notebook (``{notebook: {grade_id: entries | why missing}}``; while :func:`grade` runs, a
+    Future of it), the probe key, the factor measured values may differ by."""
 
     references: dict
     key: bytes
@@ -273,7 +273,6 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
         trust = Trust({}, T.grader_key())
     if key not in trust.references:
         trust.references[key] = reference_run(instructor, limits, calibration_dir, isolation)
-    reference = trust.references[key]
     if refused:
         log["problem"] = refused
         return _zero_rows(sub.student, file, key, gcs, "refused", refused), log
@@ -298,6 +297,9 @@ def grade_submission(sub: Submission, sources: dict, limits: Limits,
     if violations:
         reason = "zero: the submission " + "; ".join(violations)
         return _zero_rows(sub.student, file, key, gcs, "violation", reason), log
+    reference = trust.references[key]
+    if isinstance(reference, Future):  # grade() runs it beside the first submissions: wait here
+        reference = reference.result()
     by_index = {c.index: c for c in result.cells}
     rows, prev, verdicts = [], -1, {}
     for g in gcs:
@@ -435,14 +437,12 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
         # the sandboxes see the checkout read-only: prepared here once, every run reads the
         # default corpus from data/cache instead of preparing it again in its own folder
         load_corpus()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for key, ref in zip(keys, pool.map(reference, keys)):
-            trust.references[key] = ref
-            failed = [gid for gid, r in ref.items() if isinstance(r, str)]
-            if failed:
-                print(f"warning: the instructor notebook {key} failed its own checks "
-                      f"{', '.join(failed)} under these limits; those checks are not graded",
-                      flush=True)
+    def warn_if_failed(key, ref: dict) -> None:
+        failed = [gid for gid, r in ref.items() if isinstance(r, str)]
+        if failed:
+            print(f"warning: the instructor notebook {key} failed its own checks "
+                  f"{', '.join(failed)} under these limits; those checks are not graded",
+                  flush=True)
 
     def one(item):
         (student, path), sub = item
@@ -460,7 +460,16 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
         return rows, log
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        # the reference runs are queued first, so each has started (or finished) before any
+        # submission waits on it, and the other workers run submissions meanwhile: a
+        # submission's own runs never need the reference, only its scoring does
+        for key in keys:
+            trust.references[key] = run = pool.submit(reference, key)
+            run.add_done_callback(lambda f, key=key: f.exception() is None
+                                  and warn_if_failed(key, f.result()))
         done = list(pool.map(one, zip(entries, opened)))
+    for key in keys:
+        trust.references[key] = trust.references[key].result()
     rows = [r for rs, _ in done for r in rs]
     df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
     # one order whatever the folder listing or the workers did: by student, then file; each
