@@ -38,6 +38,7 @@ same folder with the same flags twice gives byte-identical CSV and HTML.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import json
 import os
@@ -437,8 +438,11 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
         # the sandboxes see the checkout read-only: prepared here once, every run reads the
         # default corpus from data/cache instead of preparing it again in its own folder
         load_corpus()
-    def warn_if_failed(key, ref: dict) -> None:
-        failed = [gid for gid, r in ref.items() if isinstance(r, str)]
+    def warn_if_failed(key: str, run: Future) -> None:
+        """Once a reference run ends: name the checks the instructor's own notebook failed."""
+        if run.exception() is not None:
+            return  # raised again where a submission waits on it
+        failed = [gid for gid, r in run.result().items() if isinstance(r, str)]
         if failed:
             print(f"warning: the instructor notebook {key} failed its own checks "
                   f"{', '.join(failed)} under these limits; those checks are not graded",
@@ -465,8 +469,7 @@ def grade(submissions: str | os.PathLike, out: str | os.PathLike = "gradebook.cs
         # submission's own runs never need the reference, only its scoring does
         for key in keys:
             trust.references[key] = run = pool.submit(reference, key)
-            run.add_done_callback(lambda f, key=key: f.exception() is None
-                                  and warn_if_failed(key, f.result()))
+            run.add_done_callback(functools.partial(warn_if_failed, key))
         done = list(pool.map(one, zip(entries, opened)))
     for key in keys:
         trust.references[key] = trust.references[key].result()

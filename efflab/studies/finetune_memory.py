@@ -143,6 +143,14 @@ def memory_by_rank(preset: str = "cpu-small", ranks=(2, 8, 32), *, batch_size: i
     return pd.DataFrame(rows)
 
 
+def formula_error(df: pd.DataFrame) -> float:
+    """The worst relative gap |measured − formula| ÷ formula over :func:`memory_by_rank`'s rows
+    that have a formula (activations have none)."""
+    rows = df.dropna(subset=["formula"])
+    rows = rows[rows.formula > 0]
+    return float(((rows.measured - rows.formula).abs() / rows.formula).max())
+
+
 def memory_verdict(df: pd.DataFrame, r: int = 8) -> str:
     """One sentence: how much of the full fine-tune's training state LoRA at ``r`` keeps, and
     whether every formula category matches the measurement within 10%."""
@@ -152,10 +160,7 @@ def memory_verdict(df: pd.DataFrame, r: int = 8) -> str:
     full, lora = df[df.method == "full"], df[(df.method == "lora") & (df.r == r)]
     if full.empty or lora.empty:
         return "Run the sweep with the full fine-tune and LoRA at this rank."
-    with_formula = df.dropna(subset=["formula"])
-    with_formula = with_formula[with_formula.formula > 0]
-    worst = float(((with_formula.measured - with_formula.formula).abs()
-                   / with_formula.formula).max())
+    worst = formula_error(df)
     share = float(lora.trainable_share.iloc[0])
     ratio = total(lora) / total(full)
     acts = (int(lora[lora.category == "activations"].measured.iloc[0])
@@ -630,6 +635,7 @@ def accumulation_verdict(check: pd.DataFrame, mem: pd.DataFrame,
 
 
 __all__ = ["METHODS", "held_apart_corpus", "prepare_method", "memory_by_rank", "memory_verdict",
+           "formula_error",
            "finetune_compare", "merge_check", "nf4_table", "nf4_verdict", "optimizer_table",
            "training_batch", "accumulated_gradients", "accumulation_check", "accumulation_memory",
            "accumulation_budget", "accumulation_verdict", "step_peak",
