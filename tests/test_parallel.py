@@ -254,3 +254,50 @@ def test_bubble_verdict_reports_the_stages_cpu_share_either_way():
     busy = bubble_verdict(pd.DataFrame([{**row, "cpu_share": 0.5}]), cores=2)
     assert "at least 97%" in quiet and "set aside" not in quiet
     assert "as little as 50%" in busy and "set aside" in busy
+
+
+@pytest.mark.parametrize("m", (1, 2, 4, 8))
+def test_unequal_stages_wait_on_the_slower_one(m):
+    # stage 1 (the head and the loss) slower both ways: GPipe's step is stage 0's first forward,
+    # m of stage 1's forwards and backwards, then stage 0's last backward
+    f, b = [0.8, 1.0], [1.7, 2.0]
+    spans = pipeline.simulate("gpipe", 2, m, t_f=f, t_b=b)
+    end = max(s[3] for stage in spans for s in stage)
+    assert math.isclose(end, f[0] + m * (f[1] + b[1]) + b[0], rel_tol=1e-12)
+    assert math.isclose(pipeline.idle_fraction(spans[1], 0.0, end), (f[0] + b[0]) / end, rel_tol=1e-12)
+    assert pipeline.idle_fraction(spans[0], 0.0, end) > pipeline.bubble_fraction(2, m) or m == 1
+    same = pipeline.simulate("1f1b", 2, m, t_f=[1.0, 1.0], t_b=[2.0, 2.0])
+    assert same == pipeline.simulate("1f1b", 2, m, t_f=1.0, t_b=2.0)
+    with pytest.raises(ValueError, match="t_b has 3 durations"):
+        pipeline.simulate("gpipe", 2, m, t_f=1.0, t_b=[1.0, 2.0, 3.0])
+
+
+def _bubble_rows(f_ms, b_ms, idle, step_ms=100.0, m=4):
+    return [{"schedule": "gpipe", "m": m, "stage": s, "p": 2, "idle": idle[s], "idle_p25": idle[s],
+             "idle_p75": idle[s], "n": 7, "formula": pipeline.bubble_fraction(2, m), "cpu_share": 0.97,
+             "f_ms": f_ms[s], "b_ms": b_ms[s], "step_ms": step_ms, "loadavg_1m": 0.5,
+             "message_bytes": 2**18}
+            for s in range(2)]
+
+
+def test_bubble_summary_separates_unequal_stages_from_the_rest():
+    import pandas as pd
+
+    from efflab.studies.model_parallel import bubble_summary, bubble_verdict
+
+    equal = bubble_summary(pd.DataFrame(_bubble_rows([10, 10], [20, 20], [0.2, 0.2])))
+    assert math.isclose(equal.stage_sim[0], 0.2, rel_tol=1e-12) and abs(equal.unexplained_ms[0]) < 1e-9
+    # stage 1 20 % slower: the ideal timeline with the stages' own times idles more than the formula
+    rows = _bubble_rows([10, 12], [20, 24], [0.30, 0.26])
+    got = bubble_summary(pd.DataFrame(rows)).iloc[0]
+    spans = pipeline.simulate("gpipe", 2, 4, t_f=[10, 12], t_b=[20, 24])
+    end = max(s[3] for stage in spans for s in stage)
+    want = sum(pipeline.idle_fraction(st, 0.0, end) for st in spans) / 2
+    assert math.isclose(got.stage_sim, want, rel_tol=1e-12) and got.stage_sim > got.formula
+    assert math.isclose(got.unexplained_ms, (0.28 - want) * 100.0, rel_tol=1e-9)
+    said = bubble_verdict(bubble_summary(pd.DataFrame(rows)), cores=2)
+    part = (want - 0.2) / (0.28 - 0.2)
+    assert f"predicts {want:.2f} there: unequal stages explain {part:.0%} of the gap" in said
+    assert f"the other {(0.28 - want) * 100:.1f} ms of idle" in said
+    # a measured bubble on the formula: nothing to explain, no clause
+    assert "unequal stages" not in bubble_verdict(equal, cores=2)

@@ -126,6 +126,10 @@ def test_bubble_chart_sets_the_measured_idle_share_beside_the_formula():
     assert (rule["encoding"]["y"]["field"], rule["encoding"]["y2"]["field"]) == ("idle_p25", "idle_p75")
     assert point["encoding"]["y"]["field"] == "idle" and point["encoding"]["color"]["field"] == "schedule"
     assert point["encoding"]["x"]["scale"] == {"type": "log", "base": 2}
+    with_sim = dviz.bubble_chart(_bubble_summary().assign(stage_sim=lambda d: d.formula * 1.1))
+    assert _marks(with_sim) == ["line", "rule", "point", "point"]
+    diamond = with_sim.to_dict()["layer"][3]
+    assert diamond["mark"]["shape"] == "diamond" and diamond["encoding"]["y"]["field"] == "stage_sim"
 
 
 def test_timeline_chart_has_a_bar_per_span_a_row_per_stage_and_a_panel_per_source():

@@ -91,10 +91,12 @@ def bubble_table(records) -> pd.DataFrame:
     a quiet host; lower when the operating system gave its core to another process)."""
     rows = []
     for r in _ok(records, "pp"):
-        res = r["result"]
+        res, k = r["result"], r["knobs"]
         steps = res["steps"][1:] or res["steps"]
         idle = np.array([s["idle_fraction"] for s in steps])
         busy = np.array([sum(e - a for _, _, a, e in s["spans"]) for s in steps])
+        f_ms, b_ms = ([1e3 * (e - a) for s in steps for act, _, a, e in s["spans"] if act == kind]
+                      for kind in ("F", "B"))
         cpu = np.array([s.get("busy_cpu_s", np.nan) for s in steps])
         rows.append({"schedule": r["knobs"]["schedule"], "m": r["knobs"]["micro_batches"],
                      "stage": r["rank"], "p": r["world_size"],
@@ -102,21 +104,51 @@ def bubble_table(records) -> pd.DataFrame:
                      "idle_p75": float(np.percentile(idle, 75)), "n": int(idle.size),
                      "formula": res["bubble_formula"],
                      "cpu_share": float(np.median(cpu / busy)),
+                     "f_ms": float(np.median(f_ms)), "b_ms": float(np.median(b_ms)),
+                     # one message between stages: a micro-batch's (B, T, C) fp32 activations
+                     # forward, or their gradient backward
+                     "message_bytes": 4 * k["batch"] * k["seq"] * get_preset(k["preset"]).n_embd,
                      "step_ms": 1e3 * float(np.median([s["window_s"][1] - s["window_s"][0]
                                                        for s in steps])),
                      "loadavg_1m": (r.get("loadavg") or [np.nan])[0]})
     return pd.DataFrame(rows)
 
 
-def bubble_summary(table: pd.DataFrame) -> pd.DataFrame:
+def bubble_summary(table: pd.DataFrame, fit=None) -> pd.DataFrame:
     """Per (schedule, m): the stages' mean idle share, its spread, the formula and the
-    relative error (measured ÷ formula − 1)."""
+    relative error (measured ÷ formula − 1).
+
+    Beside them, ``stage_sim``: the mean idle share of the ideal timeline
+    (:func:`~efflab.systems.parallel.pipeline.simulate`) run with each stage's own median
+    forward and backward times, messages free — what unequal stages alone explain, where the
+    formula assumes equal ones; and ``unexplained_ms``: the idle milliseconds per stage and step
+    that neither explains (the messages' transfer and the host's scheduling). With ``fit``
+    (an ``AlphaBeta``, e.g. :func:`run_fit`), ``msg_sim`` runs the same timeline with every
+    message between stages priced by the fit (lesson 14's all-reduce model standing in for one
+    send of ``message_bytes``)."""
     g = table.groupby(["schedule", "m"], as_index=False).agg(
         idle=("idle", "mean"), idle_p25=("idle_p25", "mean"), idle_p75=("idle_p75", "mean"),
         formula=("formula", "first"), cpu_share=("cpu_share", "min"),
-        loadavg_1m=("loadavg_1m", "max"))
+        loadavg_1m=("loadavg_1m", "max"), step_ms=("step_ms", "median"))
     g["error"] = g["idle"] / g["formula"] - 1
+    sims = []
+    for (name, m), stages in table.sort_values("stage").groupby(["schedule", "m"], sort=True):
+        spans = pipeline.simulate(name, len(stages), int(m), list(stages["f_ms"]),
+                                  list(stages["b_ms"]))
+        sims.append({"schedule": name, "m": m, "stage_sim": _mean_idle(spans)})
+        if fit is not None:
+            msg_ms = 1e3 * float(fit.time(float(stages["message_bytes"].iloc[0])))
+            sims[-1].update(msg_ms=msg_ms, msg_sim=_mean_idle(pipeline.simulate(
+                name, len(stages), int(m), list(stages["f_ms"]), list(stages["b_ms"]), msg_ms)))
+    g = g.merge(pd.DataFrame(sims), on=["schedule", "m"])
+    g["unexplained_ms"] = (g["idle"] - g["stage_sim"]) * g["step_ms"]
     return g
+
+
+def _mean_idle(spans) -> float:
+    """The stages' mean idle share of a simulated timeline's whole window."""
+    end = max(sp[3] for stage in spans for sp in stage)
+    return float(np.mean([pipeline.idle_fraction(stage, 0.0, end) for stage in spans]))
 
 
 def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | None = None) -> str:
@@ -126,6 +158,7 @@ def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | 
     said = (f"{len(inside)} of {len(summary)} (schedule, m) points within ±{tolerance:.0%} of "
             f"(p − 1)/(m + p − 1); the farthest is {worst['schedule']} at m = {int(worst['m'])}: "
             f"{worst['idle']:.2f} measured against {worst['formula']:.2f}")
+    said += _stage_sim_clause(worst)
     load, share = float(summary["loadavg_1m"].max()), float(summary["cpu_share"].min())
     if cores and np.isfinite(load) and load > cores:
         said += (f". The host's load average was {load:.1f} on {cores} cores: other processes "
@@ -139,6 +172,27 @@ def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | 
                  "(cpu_share), so the idle time measured here is the schedule's and the messages', "
                  "not other processes'")
     return said + "."
+
+
+def _stage_sim_clause(row) -> str:
+    """How much of one (schedule, m) point's gap to the formula unequal stages explain."""
+    sim, gap = row.get("stage_sim", np.nan), row["idle"] - row["formula"]
+    if not np.isfinite(sim) or abs(gap) < 0.005:
+        return ""
+    said = (f". The ideal schedule run with each stage's own median forward and backward times "
+            f"(messages free) predicts {sim:.2f} there")
+    part = (sim - row["formula"]) / gap
+    if part <= 0:
+        return said + ": unequal stages explain none of the gap"
+    said += f": unequal stages explain {min(part, 1.0):.0%} of the gap"
+    if row["unexplained_ms"] > 0:
+        said += (f", and the other {row['unexplained_ms']:.1f} ms of idle per stage and step "
+                 "(of a {:.0f} ms step) is waiting on the messages between the stages and on "
+                 "the cores").format(row["step_ms"])
+    if np.isfinite(row.get("msg_sim", np.nan)):
+        said += (f". With each message priced by this launch's α–β fit ({row['msg_ms']:.2f} ms), "
+                 f"the same timeline predicts {row['msg_sim']:.2f}")
+    return said
 
 
 def activation_table(records) -> pd.DataFrame:

@@ -20,6 +20,7 @@ Shapes: B micro-batch, T tokens, C = n_embd, V vocab, p stages, m micro-batches.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -63,10 +64,15 @@ def peak_in_flight(name: str, stage: int, p: int, m: int) -> int:
     return peak
 
 
-def simulate(name: str, p: int, m: int, t_f: float = 1.0, t_b: float = 2.0) -> list[list]:
+def simulate(name: str, p: int, m: int, t_f: float | Sequence[float] = 1.0,
+             t_b: float | Sequence[float] = 2.0, t_msg: float = 0.0) -> list[list]:
     """The ideal timeline: each stage's busy spans [(action, micro, start, end)] when every
-    forward takes ``t_f``, every backward ``t_b`` and messages are free. A forward waits for
-    the previous stage's forward of the same micro-batch, a backward for the next stage's."""
+    forward takes ``t_f``, every backward ``t_b`` and each message between stages ``t_msg``
+    (default free). ``t_f`` and ``t_b`` may be one number for every stage or one per stage
+    (p numbers: unequal stages, such as the last one with the head and the loss). A forward
+    waits for the previous stage's forward of the same micro-batch, a backward for the next
+    stage's, plus the message."""
+    t_f, t_b = _per_stage("t_f", t_f, p), _per_stage("t_b", t_b, p)
     acts = [schedule(name, s, p, m) for s in range(p)]
     done: dict[tuple[str, int, int], float] = {}
     spans: list[list] = [[] for _ in range(p)]
@@ -82,14 +88,23 @@ def simulate(name: str, p: int, m: int, t_f: float = 1.0, t_b: float = 2.0) -> l
                 dep = None
             if dep is not None and dep not in done:
                 continue
-            start = max(free[s], done[dep] if dep else 0.0)
-            free[s] = done[(act, s, i)] = start + (t_f if act == "F" else t_b)
+            start = max(free[s], done[dep] + t_msg if dep else 0.0)
+            free[s] = done[(act, s, i)] = start + (t_f[s] if act == "F" else t_b[s])
             spans[s].append((act, i, start, free[s]))
             nxt[s] += 1
             moved = True
         if not moved:
             raise RuntimeError(f"schedule {name!r} deadlocks at p={p}, m={m}")
     return spans
+
+
+def _per_stage(name: str, t: float | Sequence[float], p: int) -> list[float]:
+    """A duration for each of p stages: one number repeated, or p numbers as given."""
+    if isinstance(t, (int, float)):
+        return [float(t)] * p
+    if len(t) != p:
+        raise ValueError(f"{name} has {len(t)} durations; expected one number or p = {p}")
+    return [float(x) for x in t]
 
 
 def stage_layers(n_layer: int, p: int, stage: int) -> range:

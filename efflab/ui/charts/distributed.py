@@ -237,7 +237,8 @@ def bubble_chart(frame: pd.DataFrame, *, title: str = "Pipeline bubble: measured
     """Lesson 15: each (schedule, m)'s measured idle share of a stage (a point, a p25–p75 bar)
     on a log-2 m axis, beside the formula as a dashed line. ``frame``: a
     ``studies.model_parallel.bubble_summary`` (columns schedule, m, idle, idle_p25, idle_p75,
-    formula)."""
+    formula; with a ``stage_sim`` column, the ideal schedule run with each stage's own times
+    is drawn as a hollow diamond)."""
     if frame is None or frame.empty:
         return _empty(title, "no pipeline measurements yet")
     x = alt.X("m:Q", scale=alt.Scale(type="log", base=2), title="micro-batches m")
@@ -249,7 +250,13 @@ def bubble_chart(frame: pd.DataFrame, *, title: str = "Pipeline bubble: measured
         x=x, y=alt.Y("idle:Q", title="idle share of a stage"), color=color,
         tooltip=["schedule:N", "m:Q", alt.Tooltip("idle:Q", format=".3f"),
                  alt.Tooltip("formula:Q", format=".3f")])
-    return alt.layer(theory, bars, points).properties(title=title, width=WIDTH, height=220)
+    layers = [theory, bars, points]
+    if "stage_sim" in frame:
+        layers.append(base.mark_point(shape="diamond", filled=False, size=90).encode(
+            x=x, y="stage_sim:Q", color=color,
+            tooltip=["schedule:N", "m:Q", alt.Tooltip("stage_sim:Q", format=".3f",
+                                                      title="ideal, this run's stage times")]))
+    return alt.layer(*layers).properties(title=title, width=WIDTH, height=220)
 
 
 def timeline_chart(frame: pd.DataFrame, *, title: str = "One pipeline step's busy spans, "
