@@ -193,13 +193,16 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
     inputs, outputs, sends, spans = {}, {}, [], []
     loss_sum, cpu_s = 0.0, 0.0
     t0 = time.perf_counter() if t0 is None else t0
+    # every receive is posted before the step starts, so a neighbour's message lands in its
+    # buffer as soon as it is sent, and never waits for this stage to finish a span first
+    acts_in = [] if stage.first else [_post_recv((B, T, C), rank - 1) for _ in range(m)]
+    grads_in = [] if stage.last else [_post_recv((B, T, C), rank + 1) for _ in range(m)]
     for act, i in schedule(name, rank, p, m):
         if act == "F":
             if stage.first:
                 x = micro_ids[i]
             else:
-                x = torch.empty(B, T, C)  # (B, T, C) from the previous stage
-                dist.recv(x, src=rank - 1)
+                x = _wait(acts_in[i])  # (B, T, C) from the previous stage
                 x.requires_grad_(True)
             start, c0 = time.perf_counter(), time.thread_time()
             with saved.hooks(i):
@@ -215,10 +218,7 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
             inputs[i], outputs[i] = x, y
         else:
             y = outputs.pop(i)
-            g = None
-            if not stage.last:
-                g = torch.empty_like(y)
-                dist.recv(g, src=rank + 1)
+            g = None if stage.last else _wait(grads_in[i])  # (B, T, C) from the next stage
             start, c0 = time.perf_counter(), time.thread_time()
             y.backward(g)
             saved.release(i)
@@ -232,6 +232,18 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
         work.wait()
     return {"loss": loss_sum if stage.last else None, "spans": spans, "busy_cpu_s": cpu_s,
             "saved_peak_bytes": saved.peak, "saved_bytes_per_micro": saved.per_micro}
+
+
+def _post_recv(shape: tuple[int, ...], src: int) -> tuple:
+    """A receive posted now into a fresh buffer: (buffer, request)."""
+    buf = torch.empty(shape)
+    return buf, dist.irecv(buf, src=src)
+
+
+def _wait(posted: tuple) -> torch.Tensor:
+    buf, req = posted
+    req.wait()
+    return buf
 
 
 def sum_tied_grad(stage: Stage, group) -> None:
