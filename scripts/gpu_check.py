@@ -15,6 +15,10 @@ keeps to ``--budget-s`` (default 540 s = 9 minutes): a part that would start pas
 recorded as ``skipped``, and each part's timeout is cut to what is left. Writes
 ``benchmarks/results/gpu/<device>.json`` and ``<device>.html`` (one page).
 
+``--parts`` runs a subset (for example ``--parts checkpoint,lessons`` when a short GPU loan
+should go to the lessons); a partial run writes ``<device>-<parts>.json`` and ``.html`` so the
+full run's report stays.
+
 On a machine without CUDA it says so and exits 0, running nothing.
 """
 
@@ -36,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 BENCH_PARTS = {"flash": 90, "precision": 60, "quant_decode": 60, "compile": 150, "oom": 45}
+PARTS = ("calibrate", "gpu_tests", "checkpoint", "bench", "lessons")
 NO_CUDA = ("make gpu-check needs a CUDA GPU, and torch sees none on this machine; nothing was "
            "run. Run it on a machine with an NVIDIA GPU.")
 
@@ -98,7 +103,12 @@ run_notebook(sys.argv[1], sys.argv[2], parameters={"SMOKE": True, "PRESET": "aut
 """
 
 
-def run_all(budget_s: float, lesson_timeout_s: float, workers: int, out_dir: Path) -> dict:
+def run_all(budget_s: float, lesson_timeout_s: float, workers: int, out_dir: Path,
+            parts_wanted: tuple[str, ...] = PARTS) -> dict:
+    """Run the ``parts_wanted`` (of :data:`PARTS`, in that order) under one budget."""
+    unknown = sorted(set(parts_wanted) - set(PARTS))
+    if unknown or not parts_wanted:
+        raise ValueError(f"parts={','.join(parts_wanted)!r}: each must be one of {', '.join(PARTS)}")
     py = sys.executable
     budget = Budget(budget_s)
     parts: list[dict] = []
@@ -110,21 +120,24 @@ def run_all(budget_s: float, lesson_timeout_s: float, workers: int, out_dir: Pat
         parts.append(part)
         return part
 
-    step("calibrate", [py, "-c", "import efflab, json; c = efflab.calibrate('cuda'); "
-                                 "print(json.dumps(c['matmul']))"], 90)
+    if "calibrate" in parts_wanted:
+        step("calibrate", [py, "-c", "import efflab, json; c = efflab.calibrate('cuda'); "
+                                     "print(json.dumps(c['matmul']))"], 90)
     # the GPU preset's first-use checkpoint (what lesson 05 reads), trained once and cached, as a
     # learner's first run would; alongside the gpu tests, which check correctness, not speed
-    ckpt_t = budget.cut(300)
+    ckpt_t = budget.cut(300) if "checkpoint" in parts_wanted else None
     with ThreadPoolExecutor(max_workers=1) as side:
         ckpt = side.submit(run_part, "checkpoint", [py, "-c", CHECKPOINT_CODE], ckpt_t) \
             if ckpt_t else None
-        step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           "tests"], 120)
+        if "gpu_tests" in parts_wanted:
+            step("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                               "tests"], 120)
         part = ckpt.result() if ckpt else _skipped("checkpoint")
-    print(f"[gpu-check] checkpoint: {part['status']} ({part['seconds']:.0f} s)", flush=True)
-    parts.append(part)
+    if "checkpoint" in parts_wanted:
+        print(f"[gpu-check] checkpoint: {part['status']} ({part['seconds']:.0f} s)", flush=True)
+        parts.append(part)
     bench = {}
-    for name, want in BENCH_PARTS.items():
+    for name, want in BENCH_PARTS.items() if "bench" in parts_wanted else ():
         path = out_dir / f"bench-{name}.json"
         part = step(f"bench:{name}", [py, str(ROOT / "benchmarks" / "gpu_bench.py"), name,
                                       "--out", str(path)], want)
@@ -133,7 +146,8 @@ def run_all(budget_s: float, lesson_timeout_s: float, workers: int, out_dir: Pat
                 bench[name] = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 part["status"], part["tail"] = "failed", f"unreadable result: {e}"
-    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) \
+        if "lessons" in parts_wanted else []
     store = out_dir / "store"
 
     def lesson(nb: Path) -> dict:
@@ -211,6 +225,8 @@ def render_html(result: dict) -> str:
 def write_report(result: dict, results_dir: Path = RESULTS) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     slug = device_slug(result["device"])
+    if tuple(result.get("parts_wanted", PARTS)) != PARTS:
+        slug += "-" + "-".join(result["parts_wanted"]).replace("_", "-")
     js, page = results_dir / f"{slug}.json", results_dir / f"{slug}.html"
     js.write_text(json.dumps(result, indent=1, default=str))
     page.write_text(render_html(result))
@@ -223,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lesson-timeout-s", type=float, default=150.0)
     ap.add_argument("--workers", type=int, default=4, help="lessons run side by side")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"a comma-separated subset of {','.join(PARTS)} (default: all)")
     args = ap.parse_args(argv)
+    wanted = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if not wanted or set(wanted) - set(PARTS):
+        ap.error(f"--parts {args.parts!r}: each must be one of {', '.join(PARTS)}")
+    wanted = tuple(p for p in PARTS if p in wanted)
     import torch
     if not torch.cuda.is_available():
         print(NO_CUDA)
@@ -233,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"[gpu-check] {device}: budget {args.budget_s:.0f} s", flush=True)
     with tempfile.TemporaryDirectory(prefix="efflab-gpu-check-") as tmp:
-        result = run_all(args.budget_s, args.lesson_timeout_s, args.workers, Path(tmp))
-    result.update(device=device, budget_s=args.budget_s, seconds=time.perf_counter() - t0,
+        result = run_all(args.budget_s, args.lesson_timeout_s, args.workers, Path(tmp), wanted)
+    result.update(device=device, parts_wanted=list(wanted), budget_s=args.budget_s, seconds=time.perf_counter() - t0,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), torch=torch.__version__,
                   efflab=efflab_commit())
     result["summary"] = summary(result)

@@ -126,3 +126,37 @@ def test_run_all_skips_what_the_budget_cannot_hold(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_check, "run_part", lambda name, *a, **k: pytest.fail(name))
     result = gpu_check.run_all(1, 60, 2, tmp_path)
     assert {p["status"] for p in result["parts"]} == {"skipped"}
+
+
+def test_run_all_runs_only_the_parts_asked_for(monkeypatch, tmp_path):
+    calls = []
+
+    def fake(name, cmd, timeout_s, env=None):
+        calls.append(name)
+        return {"part": name, "status": "ok", "rc": 0, "seconds": 0.0, "tail": ""}
+
+    monkeypatch.setattr(gpu_check, "run_part", fake)
+    result = gpu_check.run_all(600, 60, 2, tmp_path, ("checkpoint", "lessons"))
+    names = [p["part"] for p in result["parts"]]
+    assert names[0] == "checkpoint" and names[1:] and all(n.startswith("lesson:") for n in names[1:])
+    assert sorted(calls) == sorted(names) and result["benchmarks"] == {}
+    only_bench = gpu_check.run_all(600, 60, 2, tmp_path, ("bench",))
+    assert [p["part"] for p in only_bench["parts"]] == [f"bench:{b}" for b in gpu_check.BENCH_PARTS]
+    with pytest.raises(ValueError, match="each must be one of calibrate"):
+        gpu_check.run_all(600, 60, 2, tmp_path, ("lessons", "warmup"))
+
+
+def test_a_bad_parts_list_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--parts", "lessons,warmup"])
+    assert e.value.code == 2 and "each must be one of calibrate" in capsys.readouterr().err
+
+
+def test_a_partial_run_writes_its_own_report(tmp_path):
+    result = {"device": "NVIDIA H200", "budget_s": 540, "seconds": 1.0, "finished_at": "t",
+              "parts_wanted": ["checkpoint", "lessons"], "parts": [], "benchmarks": {}}
+    result["summary"] = gpu_check.summary(result)
+    js, _ = gpu_check.write_report(result, tmp_path)
+    assert js.name == "nvidia-h200-checkpoint-lessons.json"
+    full = {**result, "parts_wanted": list(gpu_check.PARTS)}
+    assert gpu_check.write_report(full, tmp_path)[0].name == "nvidia-h200.json"
