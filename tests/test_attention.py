@@ -389,3 +389,12 @@ def test_measure_labels_or_refuses_the_interpreted_kernel():
     assert small["latency_ms"]["meaningful"] is False and small["latency_ms"]["n"] == 1
     big = measure(Knobs(batch_size=8, attention="triton"), preset="cpu-small")
     assert big["status"] == "refused" and "interpreted" in big["message"]
+
+
+@needs_triton
+def test_half_precision_tiles_reach_tl_dot_as_they_are_except_where_the_interpreter_is_wrong():
+    # fp32 stays exact; fp16 goes to the tensor cores as fp16 (and is tested here, under the
+    # interpreter, through the same path); bf16 too, except under the interpreter (wrong dots)
+    assert fa._dot_f32(torch.float32) is True
+    assert fa._dot_f32(torch.float16) is False
+    assert fa._dot_f32(torch.bfloat16) is fa.INTERPRETED

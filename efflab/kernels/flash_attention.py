@@ -32,9 +32,11 @@ sizes that are not a power of two) are handled with masked loads and stores.
 On a machine without CUDA this module turns on Triton's interpreter (``TRITON_INTERPRET=1``)
 before it decorates a kernel: the kernels then run in numpy, correct but slow, and
 :data:`INTERPRETED` is True. Two interpreter facts shape the kernels: ``tl.dot`` on bf16 inputs
-returns garbage there, and fp32 -> bf16 casts truncate. So every tile is upcast to fp32 before
-``tl.dot``, and under the interpreter results are written in fp32 and rounded to the input
-dtype by torch.
+returns garbage there, and fp32 -> bf16 casts truncate. So under the interpreter bf16 tiles are
+upcast to fp32 before ``tl.dot``, and results are written in fp32 and rounded to the input
+dtype by torch. On a GPU, bf16 and fp16 tiles go into ``tl.dot`` as they are (the probabilities
+cast to that dtype for ``P·V``, as in Triton's fused-attention tutorial), accumulating in fp32;
+the interpreter runs that path for fp16, which is how the CPU tests check it.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def _attn_fwd_kernel(
     BLOCK_N: tl.constexpr,  # key rows per step of the inner loop
     BLOCK_D: tl.constexpr,  # HS rounded up to a power of two >= 16 (tl.arange and tl.dot need it)
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" (exact fp32) or "tf32"
+    DOT_F32: tl.constexpr,  # upcast every tile to fp32 before tl.dot (else dot in the input dtype)
 ):
     pid_m = tl.program_id(0)  # which block of BLOCK_M query rows
     bh = tl.program_id(1).to(tl.int64)  # which (batch row, head): b·nh + h; int64 so big tensors index safely
@@ -177,7 +180,8 @@ def _attn_fwd_kernel(
     # this program's queries, read once; masked rows/columns read as 0
     q_mask = (offs_m[:, None] < T) & d_ok[None, :]
     q = tl.load(q_base + offs_m[:, None] * HS + offs_d[None, :], mask=q_mask, other=0.0)
-    q = q.to(tl.float32)  # (BLOCK_M, BLOCK_D); fp32 before tl.dot (see the module docstring)
+    if DOT_F32:  # (see the module docstring)
+        q = q.to(tl.float32)  # (BLOCK_M, BLOCK_D)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running row maximum of the scores
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running Σ exp(score - m_i)
@@ -191,10 +195,11 @@ def _attn_fwd_kernel(
         kv_mask = (cols[:, None] < S) & d_ok[None, :]
         k = tl.load(k_base + cols[:, None] * HS + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + cols[:, None] * HS + offs_d[None, :], mask=kv_mask, other=0.0)
-        k = k.to(tl.float32)  # (BLOCK_N, BLOCK_D)
-        v = v.to(tl.float32)  # (BLOCK_N, BLOCK_D)
+        if DOT_F32:
+            k = k.to(tl.float32)  # (BLOCK_N, BLOCK_D)
+            v = v.to(tl.float32)  # (BLOCK_N, BLOCK_D)
 
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
         visible = (cols[None, :] <= offs_m[:, None] + offset) & (cols[None, :] < S)
         s = tl.where(visible, s, float("-inf"))
 
@@ -204,7 +209,8 @@ def _attn_fwd_kernel(
         alpha = tl.exp(m_i - m_new)  # (BLOCK_M,) exp(-inf) = 0 on the first step
         p = tl.exp(s - m_new[:, None])  # (BLOCK_M, BLOCK_N) masked entries -> 0
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D)
+        # p in v's dtype for the dot (bf16/fp16 on a GPU, as the tensor cores take it)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D)
         m_i = m_new
 
     acc = acc / l_i[:, None]  # normalise: this is softmax(s) v for every row
@@ -256,6 +262,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,  # key rows per program
     BLOCK_D: tl.constexpr,  # HS rounded up to a power of two >= 16
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
+    DOT_F32: tl.constexpr,  # upcast every tile to fp32 before tl.dot (else dot in the input dtype)
 ):
     """One program owns BLOCK_N keys and accumulates their dk, dv over every query that
     sees them, so no two programs write the same rows: no atomics needed."""
@@ -267,8 +274,12 @@ def _attn_bwd_dkdv_kernel(
     d_ok = offs_d < HS
     kv_mask = (cols[:, None] < S) & d_ok[None, :]
     kv_off = bh * S * HS + cols[:, None] * HS + offs_d[None, :]
-    k = tl.load(K + kv_off, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(V + kv_off, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+    k = tl.load(K + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    if DOT_F32:
+        k = k.to(tl.float32)
+    v = tl.load(V + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    if DOT_F32:
+        v = v.to(tl.float32)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
 
@@ -280,8 +291,12 @@ def _attn_bwd_dkdv_kernel(
         row_ok = rows < T
         q_mask = row_ok[:, None] & d_ok[None, :]
         q_off = bh * T * HS + rows[:, None] * HS + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_D)
-        do = tl.load(DO + q_off, mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_D)
+        q = tl.load(Q + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        do = tl.load(DO + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+        if DOT_F32:
+            do = do.to(tl.float32)
         lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
         delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
 
@@ -290,10 +305,10 @@ def _attn_bwd_dkdv_kernel(
         visible = (cols[None, :] <= rows[:, None] + offset) & row_ok[:, None] & (cols[None, :] < S)
         p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)  # (BLOCK_M, BLOCK_N)
 
-        dv += tl.dot(tl.trans(p), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D) Pᵀ dO
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D) Pᵀ dO
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N) dO vᵀ
         ds = p * (dp - delta[:, None])  # (BLOCK_M, BLOCK_N) softmax backward
-        dk += tl.dot(tl.trans(ds), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D) dSᵀ q
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D) dSᵀ q
 
     dk = dk * sm_scale  # the scale multiplied the scores, so it multiplies their gradient
     tl.store(DK + kv_off, dk.to(DK.dtype.element_ty), mask=kv_mask)
@@ -317,6 +332,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,  # key rows per step of the inner loop
     BLOCK_D: tl.constexpr,  # HS rounded up to a power of two >= 16
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
+    DOT_F32: tl.constexpr,  # upcast every tile to fp32 before tl.dot (else dot in the input dtype)
 ):
     """One program owns BLOCK_M query rows and walks the keys they see, like the forward."""
     pid_m = tl.program_id(0)
@@ -328,8 +344,12 @@ def _attn_bwd_dq_kernel(
     row_ok = rows < T
     q_mask = row_ok[:, None] & d_ok[None, :]
     q_off = bh * T * HS + rows[:, None] * HS + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_D)
-    do = tl.load(DO + q_off, mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_D)
+    q = tl.load(Q + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    do = tl.load(DO + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    if DOT_F32:
+        do = do.to(tl.float32)
     lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -340,15 +360,19 @@ def _attn_bwd_dq_kernel(
         cols = start_n + offs_n  # (BLOCK_N,)
         kv_mask = (cols[:, None] < S) & d_ok[None, :]
         kv_off = bh * S * HS + cols[:, None] * HS + offs_d[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+        if DOT_F32:
+            k = k.to(tl.float32)
+        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+        if DOT_F32:
+            v = v.to(tl.float32)
 
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N)
         visible = (cols[None, :] <= rows[:, None] + offset) & row_ok[:, None] & (cols[None, :] < S)
         p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)  # (BLOCK_M, BLOCK_N)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])  # (BLOCK_M, BLOCK_N)
-        dq += tl.dot(ds, k, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D) dS k
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D) dS k
 
     dq = dq * sm_scale
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=q_mask)
@@ -423,6 +447,14 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _dot_f32(dtype: torch.dtype) -> bool:
+    """Whether the kernels upcast tiles to fp32 before ``tl.dot``: for fp32 inputs, and for bf16
+    under the interpreter (its bf16 dot is wrong). On a GPU bf16/fp16 tiles go to the tensor
+    cores as they are, the products accumulated in fp32, as FlashAttention and Triton's own
+    fused-attention tutorial do; so do fp16 tiles under the interpreter, which tests that path."""
+    return dtype == torch.float32 or (INTERPRETED and dtype == torch.bfloat16)
+
+
 def _flash_fwd(q, k, v, block_m: int, block_n: int):
     """Launch the forward kernel. q: (B, nh, T, hs), k, v: (B, nh, S, hs), all contiguous.
     Returns out (B, nh, T, hs) in the work dtype and lse (B·nh, T) fp32."""
@@ -435,7 +467,7 @@ def _flash_fwd(q, k, v, block_m: int, block_n: int):
     _attn_fwd_kernel[grid](
         q, k, v, o, lse, 1.0 / math.sqrt(hs), T, S, hs,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(q.dtype),
-        **_launch_opts(),
+        DOT_F32=_dot_f32(q.dtype), **_launch_opts(),
     )
     return o, lse
 
@@ -458,11 +490,13 @@ def _flash_bwd(q, k, v, o, lse, do, block_m: int, block_n: int):
                                            **opts)
     _attn_bwd_dkdv_kernel[(triton.cdiv(S, block_n), B * nh)](
         q, k, v, do, dk, dv, lse, delta, scale, T, S, hs,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=prec, **opts,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=prec,
+        DOT_F32=_dot_f32(q.dtype), **opts,
     )
     _attn_bwd_dq_kernel[rows_grid](
         q, k, v, do, dq, lse, delta, scale, T, S, hs,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=prec, **opts,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=prec,
+        DOT_F32=_dot_f32(q.dtype), **opts,
     )
     return dq, dk, dv
 
