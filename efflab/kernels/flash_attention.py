@@ -151,6 +151,16 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 # ============================================================================ forward kernel
 
 @_jit
+def _load_tile(ptrs, mask, DOT_F32: tl.constexpr):
+    """A masked tile (masked entries 0), upcast to fp32 when the kernel's dots run in fp32
+    (see the module docstring), else in the input dtype for the tensor cores."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if DOT_F32:
+        x = x.to(tl.float32)
+    return x
+
+
+@_jit
 def _attn_fwd_kernel(
     Q,  # pointer to q, (B, nh, T, hs) contiguous: head bh starts at bh·T·HS, row stride HS
     K,  # pointer to k, (B, nh, S, hs) contiguous: head bh starts at bh·S·HS
@@ -179,9 +189,7 @@ def _attn_fwd_kernel(
 
     # this program's queries, read once; masked rows/columns read as 0
     q_mask = (offs_m[:, None] < T) & d_ok[None, :]
-    q = tl.load(q_base + offs_m[:, None] * HS + offs_d[None, :], mask=q_mask, other=0.0)
-    if DOT_F32:  # (see the module docstring)
-        q = q.to(tl.float32)  # (BLOCK_M, BLOCK_D)
+    q = _load_tile(q_base + offs_m[:, None] * HS + offs_d[None, :], q_mask, DOT_F32)  # (BLOCK_M, BLOCK_D)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running row maximum of the scores
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running Σ exp(score - m_i)
@@ -193,11 +201,8 @@ def _attn_fwd_kernel(
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n  # (BLOCK_N,) absolute key positions of this block
         kv_mask = (cols[:, None] < S) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * HS + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * HS + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)  # (BLOCK_N, BLOCK_D)
-            v = v.to(tl.float32)  # (BLOCK_N, BLOCK_D)
+        k = _load_tile(k_base + cols[:, None] * HS + offs_d[None, :], kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(v_base + cols[:, None] * HS + offs_d[None, :], kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
 
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
         visible = (cols[None, :] <= offs_m[:, None] + offset) & (cols[None, :] < S)
@@ -274,12 +279,8 @@ def _attn_bwd_dkdv_kernel(
     d_ok = offs_d < HS
     kv_mask = (cols[:, None] < S) & d_ok[None, :]
     kv_off = bh * S * HS + cols[:, None] * HS + offs_d[None, :]
-    k = tl.load(K + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    if DOT_F32:
-        k = k.to(tl.float32)
-    v = tl.load(V + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    if DOT_F32:
-        v = v.to(tl.float32)
+    k = _load_tile(K + kv_off, kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
+    v = _load_tile(V + kv_off, kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
 
@@ -291,12 +292,8 @@ def _attn_bwd_dkdv_kernel(
         row_ok = rows < T
         q_mask = row_ok[:, None] & d_ok[None, :]
         q_off = bh * T * HS + rows[:, None] * HS + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-        if DOT_F32:
-            q = q.to(tl.float32)
-        do = tl.load(DO + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-        if DOT_F32:
-            do = do.to(tl.float32)
+        q = _load_tile(Q + q_off, q_mask, DOT_F32)  # (BLOCK_M, BLOCK_D)
+        do = _load_tile(DO + q_off, q_mask, DOT_F32)  # (BLOCK_M, BLOCK_D)
         lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
         delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
 
@@ -344,12 +341,8 @@ def _attn_bwd_dq_kernel(
     row_ok = rows < T
     q_mask = row_ok[:, None] & d_ok[None, :]
     q_off = bh * T * HS + rows[:, None] * HS + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-    if DOT_F32:
-        q = q.to(tl.float32)
-    do = tl.load(DO + q_off, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-    if DOT_F32:
-        do = do.to(tl.float32)
+    q = _load_tile(Q + q_off, q_mask, DOT_F32)  # (BLOCK_M, BLOCK_D)
+    do = _load_tile(DO + q_off, q_mask, DOT_F32)  # (BLOCK_M, BLOCK_D)
     lse = tl.load(LSE + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     delta = tl.load(DELTA + bh * T + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -360,12 +353,8 @@ def _attn_bwd_dq_kernel(
         cols = start_n + offs_n  # (BLOCK_N,)
         kv_mask = (cols[:, None] < S) & d_ok[None, :]
         kv_off = bh * S * HS + cols[:, None] * HS + offs_d[None, :]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-        if DOT_F32:
-            k = k.to(tl.float32)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-        if DOT_F32:
-            v = v.to(tl.float32)
+        k = _load_tile(K + kv_off, kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(V + kv_off, kv_mask, DOT_F32)  # (BLOCK_N, BLOCK_D)
 
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_N)
         visible = (cols[None, :] <= rows[:, None] + offset) & row_ok[:, None] & (cols[None, :] < S)
