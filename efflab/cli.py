@@ -11,8 +11,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 from efflab.core.config import (
     PRESETS,
     ConfigError,
@@ -22,16 +20,11 @@ from efflab.core.config import (
     parse_knob,
     parse_vary,
 )
-from efflab.core.data import CorpusError
-from efflab.core.store import Store, results
-from efflab.core.weights import WeightsError
 from efflab.course.cli import add_commands as add_course_commands
-from efflab.course.report import build_report
-from efflab.measurement import measure
-from efflab.measurement.hardware import RefusedError, calibrate
-from efflab.measurement.sweeping import sweep
-from efflab.measurement.training import train
-from efflab.studies.scaling import ScalingSpec, export_runs, isoflop_sweep, scaling_fit
+
+# Each command imports what it runs when it runs: building the parser needs only the config,
+# so ``efflab --help`` and a mistyped flag answer at once instead of after the notebook stack
+# (nbformat, altair, pandas) has loaded.
 
 
 def _add_knob_flags(p: argparse.ArgumentParser) -> None:
@@ -77,6 +70,8 @@ def _summary(rec: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    from efflab.measurement.training import train
+
     if args.steps is None and args.minutes is None:
         args.steps = 1000
     rec = train(args.preset, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
@@ -90,6 +85,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    from efflab.core.store import Store
+    from efflab.measurement import measure
+
     rec = measure(_knobs_from(args), preset=args.preset, corpus=args.corpus,
                   weights=args.weights, budget_bytes=_budget(args), target_s=args.target_s,
                   quality_windows=_quality_windows(args))
@@ -100,6 +98,8 @@ def cmd_measure(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from efflab.measurement.sweeping import sweep
+
     vary = _parse_vary(args.vary)
     df = sweep(_knobs_from(args), vary, preset=args.preset, store=args.store,
                budget_bytes=_budget(args), weights=args.weights, corpus=args.corpus,
@@ -112,6 +112,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from efflab.measurement.hardware import calibrate
+
     cal = calibrate(force=args.force)
     if args.json:
         print(json.dumps(cal, indent=1))
@@ -124,6 +126,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_results(args) -> int:
+    from efflab.core.store import results
+
     df = results(args.store, sweep=args.name)
     if args.csv:
         df.to_csv(args.csv, index=False)
@@ -139,12 +143,16 @@ def cmd_results(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from efflab.course.report import build_report
+
     index = build_report(args.out, smoke=args.smoke)
     print(f"wrote {index}")
     return 0
 
 
 def cmd_presets(args) -> int:
+    import torch
+
     for name, cfg in PRESETS.items():
         where = "GPU" if cfg.needs_gpu else "CPU or GPU"
         usable = "" if (not cfg.needs_gpu or torch.cuda.is_available()) else "  (refused here: no GPU)"
@@ -161,6 +169,8 @@ def _budgets(text: str) -> tuple[float, ...]:
 
 
 def cmd_scaling(args) -> int:
+    from efflab.studies.scaling import ScalingSpec, export_runs, isoflop_sweep, scaling_fit
+
     spec = ScalingSpec(budgets=_budgets(args.budgets)) if args.budgets else ScalingSpec()
     plan = spec.plan()
     print(f"IsoFLOP sweep: {len(spec.budgets)} budgets, {len(plan)} runs, "
@@ -265,11 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors ``main`` prints as one line (bad input or a refusal, not a bug); imported
+    only once something has been raised."""
+    from efflab.core.data import CorpusError
+    from efflab.core.weights import WeightsError
+    from efflab.measurement.hardware import RefusedError
+
+    return ConfigError, CorpusError, WeightsError, RefusedError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, WeightsError, RefusedError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"efflab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -108,7 +108,8 @@ def test_bad_corpus_and_weights_are_bad_input_not_failed_measurements(tmp_path, 
 
 
 def test_quality_windows_reaches_measure_and_sweep(monkeypatch):
-    import efflab.cli as cli
+    import efflab.measurement as measurement
+    import efflab.measurement.sweeping as sweeping
     seen = {"measure": [], "sweep": []}
 
     def fake_measure(knobs, **kw):
@@ -120,8 +121,9 @@ def test_quality_windows_reaches_measure_and_sweep(monkeypatch):
         import pandas as pd
         return pd.DataFrame()
 
-    monkeypatch.setattr(cli, "measure", fake_measure)
-    monkeypatch.setattr(cli, "sweep", fake_sweep)
+    # each command imports its function when it runs: patch it where it is defined
+    monkeypatch.setattr(measurement, "measure", fake_measure)
+    monkeypatch.setattr(sweeping, "sweep", fake_sweep)
     assert main(["measure", "--preset", "cpu-tiny", "--quality-windows", "64"]) == 0
     assert main(["sweep", "--preset", "cpu-tiny", "--vary", "batch_size=1,2",
                  "--quality-windows", "32"]) == 0
@@ -130,8 +132,8 @@ def test_quality_windows_reaches_measure_and_sweep(monkeypatch):
 
 
 def test_a_bad_quality_windows_is_refused_by_the_flags_name(monkeypatch, capsys):
-    import efflab.cli as cli
-    monkeypatch.setattr(cli, "measure", lambda *a, **k: pytest.fail("measured anyway"))
+    import efflab.measurement as measurement
+    monkeypatch.setattr(measurement, "measure", lambda *a, **k: pytest.fail("measured anyway"))
     assert main(["measure", "--preset", "cpu-tiny", "--quality-windows", "1"]) == 2
     err = capsys.readouterr().err
     assert "--quality-windows" in err and "Traceback" not in err

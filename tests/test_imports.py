@@ -170,6 +170,24 @@ def test_import_efflab_is_light_and_names_load_on_first_use():
     assert 12 <= len(got["names"]) <= 20
 
 
+def test_the_command_line_parser_loads_none_of_the_notebook_stack():
+    # `efflab --help` or a mistyped flag answers at once: each command imports what it runs
+    code = ("import json, sys\n"
+            "from efflab.cli import build_parser\n"
+            "build_parser()\n"
+            "heavy = ('nbformat', 'altair', 'pandas', 'triton', 'ipywidgets', 'nbclient',\n"
+            "         'efflab.course.gradebook', 'efflab.course.sandbox', 'efflab.measurement')\n"
+            "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    import efflab.course as course
+
+    assert course.grade.__module__ == "efflab.course.gradebook"  # the lazy names still resolve
+    with pytest.raises(AttributeError, match="has no attribute 'grades'"):
+        course.grades  # noqa: B018
+
+
 def test_an_unknown_top_level_name_is_a_clear_attribute_error():
     import efflab
 

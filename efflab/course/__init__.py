@@ -6,18 +6,38 @@
     efflab class-results submissions/                one chart: how hardware changes the answer
 
 - :mod:`~efflab.course.cells`: which cell is which (nbgrader's metadata), restoring check cells
-- :mod:`~efflab.course.assign`: student versions with nbgrader's own preprocessors
-- :mod:`~efflab.course.submit`: the submission zip, and opening one without trusting it
+- :mod:`~efflab.course.assignment`: student versions with nbgrader's own preprocessors
+- :mod:`~efflab.course.submission`: the submission zip, and opening one without trusting it
 - :mod:`~efflab.course.sandbox`: running one submission in its own process, folder and limits
-- :mod:`~efflab.course.grade`: the gradebook (verdicts recomputed in the grader's process)
+- :mod:`~efflab.course.gradebook`: the gradebook (verdicts recomputed in the grader's process)
 - :mod:`~efflab.course.class_results`: records pooled across machines into ratios
 
 docs/instructors.md is the guide. nbgrader comes with ``pip install 'efflab[class]'``.
 """
 
-from efflab.course.assignment import assign, student_version
-from efflab.course.gradebook import grade
-from efflab.course.sandbox import Limits
-from efflab.course.submission import open_submission, submit
+import importlib as _importlib
 
-__all__ = ["assign", "student_version", "submit", "open_submission", "grade", "Limits"]
+# public name -> the module that owns it, loaded on first use (as in ``efflab`` itself), so
+# that ``efflab --help`` or one course command does not load nbformat and the sandbox for all
+_OWNERS = {
+    "assign": "efflab.course.assignment",
+    "student_version": "efflab.course.assignment",
+    "submit": "efflab.course.submission",
+    "open_submission": "efflab.course.submission",
+    "grade": "efflab.course.gradebook",
+    "Limits": "efflab.course.sandbox",
+}
+
+__all__ = list(_OWNERS)
+
+
+def __getattr__(name: str):
+    if name not in _OWNERS:
+        raise AttributeError(f"module 'efflab.course' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_OWNERS[name]), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from efflab.course.assignment import assign, exercise_table, exercise_table_markdown
-from efflab.course.class_results import class_results
-from efflab.course.gradebook import grade
-from efflab.course.sandbox import Limits
-from efflab.course.submission import submit
+# each command imports what it runs when it runs (nbformat, the sandbox, the charts): the
+# parser itself stays light
 
 
 def _mib(text: str) -> int:
@@ -24,6 +21,8 @@ def _mib(text: str) -> int:
 
 
 def cmd_assign(args) -> int:
+    from efflab.course.assignment import assign, exercise_table, exercise_table_markdown
+
     if args.list:
         print(exercise_table_markdown(exercise_table(args.notebooks)), end="")
         return 0
@@ -34,6 +33,8 @@ def cmd_assign(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    from efflab.course.submission import submit
+
     out = submit(args.notebook, out=args.out, student=args.student, execute=args.execute,
                  results=args.results, answers=args.answers,
                  calibrate_if_missing=not args.no_calibrate)
@@ -42,6 +43,9 @@ def cmd_submit(args) -> int:
 
 
 def cmd_grade(args) -> int:
+    from efflab.course.gradebook import grade
+    from efflab.course.sandbox import Limits
+
     limits = Limits(cell_s=args.cell_timeout, notebook_s=args.notebook_timeout,
                     memory_bytes=args.memory_mib)
     df = grade(args.submissions, out=args.out, source=args.source, limits=limits,
@@ -53,6 +57,8 @@ def cmd_grade(args) -> int:
 
 
 def cmd_class_results(args) -> int:
+    from efflab.course.class_results import class_results
+
     table = class_results(args.submissions, out=args.out, csv=args.csv)
     if table.empty:
         print("no comparable records in these submissions yet")
