@@ -187,8 +187,8 @@ def _stage_sim_clause(row) -> str:
     said += f": unequal stages explain {min(part, 1.0):.0%} of the gap"
     if row["unexplained_ms"] > 0:
         said += (f", and the other {row['unexplained_ms']:.1f} ms of idle per stage and step "
-                 "(of a {:.0f} ms step) is waiting on the messages between the stages and on "
-                 "the cores").format(row["step_ms"])
+                 f"(of a {row['step_ms']:.0f} ms step) the stages' own times leave unexplained: "
+                 "messages between the stages, the code between spans, the host")
     if np.isfinite(row.get("msg_sim", np.nan)):
         said += (f". With each message priced by this launch's α–β fit ({row['msg_ms']:.2f} ms), "
                  f"the same timeline predicts {row['msg_sim']:.2f}")
