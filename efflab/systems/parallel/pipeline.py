@@ -193,16 +193,18 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
     inputs, outputs, sends, spans = {}, {}, [], []
     loss_sum, cpu_s = 0.0, 0.0
     t0 = time.perf_counter() if t0 is None else t0
-    # every receive is posted before the step starts, so a neighbour's message lands in its
-    # buffer as soon as it is sent, and never waits for this stage to finish a span first
-    acts_in = [] if stage.first else [_post_recv((B, T, C), rank - 1) for _ in range(m)]
-    grads_in = [] if stage.last else [_post_recv((B, T, C), rank + 1) for _ in range(m)]
+    # receives are posted ahead of need, so a neighbour's message lands in its buffer as soon
+    # as it is sent instead of waiting for this stage to finish a span and ask; at most as many
+    # ahead as the schedule keeps in flight, so 1F1B holds no more buffers than micro-batches
+    ahead = peak_in_flight(name, rank, p, m)
+    acts_in = None if stage.first else _Inbox((B, T, C), rank - 1, m, ahead)
+    grads_in = None if stage.last else _Inbox((B, T, C), rank + 1, m, ahead)
     for act, i in schedule(name, rank, p, m):
         if act == "F":
             if stage.first:
                 x = micro_ids[i]
             else:
-                x = _wait(acts_in[i])  # (B, T, C) from the previous stage
+                x = acts_in.take(i)  # (B, T, C) from the previous stage
                 x.requires_grad_(True)
             start, c0 = time.perf_counter(), time.thread_time()
             with saved.hooks(i):
@@ -218,7 +220,7 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
             inputs[i], outputs[i] = x, y
         else:
             y = outputs.pop(i)
-            g = None if stage.last else _wait(grads_in[i])  # (B, T, C) from the next stage
+            g = None if stage.last else grads_in.take(i)  # (B, T, C) from the next stage
             start, c0 = time.perf_counter(), time.thread_time()
             y.backward(g)
             saved.release(i)
@@ -234,16 +236,28 @@ def run_step(stage: Stage, idx: torch.Tensor, targets: torch.Tensor, m: int, nam
             "saved_peak_bytes": saved.peak, "saved_bytes_per_micro": saved.per_micro}
 
 
-def _post_recv(shape: tuple[int, ...], src: int) -> tuple:
-    """A receive posted now into a fresh buffer: (buffer, request)."""
-    buf = torch.empty(shape)
-    return buf, dist.irecv(buf, src=src)
+class _Inbox:
+    """The tensors one neighbour sends this stage, one per micro-batch in order 0..m-1, each
+    received into its own buffer by an ``irecv`` posted up to ``ahead`` micro-batches early."""
 
+    def __init__(self, shape: tuple[int, ...], src: int, m: int, ahead: int):
+        self.shape, self.src, self.m, self.ahead = shape, src, m, max(1, ahead)
+        self.posted: dict[int, tuple[torch.Tensor, object]] = {}
+        self.next = 0
+        self._post_until(self.ahead)
 
-def _wait(posted: tuple) -> torch.Tensor:
-    buf, req = posted
-    req.wait()
-    return buf
+    def _post_until(self, end: int) -> None:
+        while self.next < min(self.m, end):
+            buf = torch.empty(self.shape)
+            self.posted[self.next] = (buf, dist.irecv(buf, src=self.src))
+            self.next += 1
+
+    def take(self, i: int) -> torch.Tensor:
+        """Micro-batch ``i``'s tensor, once it has arrived; the next receive is posted first."""
+        buf, req = self.posted.pop(i)
+        self._post_until(i + 1 + self.ahead)
+        req.wait()
+        return buf
 
 
 def sum_tied_grad(stage: Stage, group) -> None:
