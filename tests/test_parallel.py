@@ -301,3 +301,26 @@ def test_bubble_summary_separates_unequal_stages_from_the_rest():
     assert f"the other {(0.28 - want) * 100:.1f} ms of idle" in said
     # a measured bubble on the formula: nothing to explain, no clause
     assert "unequal stages" not in bubble_verdict(equal, cores=2)
+
+
+def test_a_stage_posts_its_receives_ahead_but_no_further_than_it_keeps_in_flight(monkeypatch):
+    posted = []
+
+    class Request:
+        def wait(self):
+            return None
+
+    def fake_irecv(buf, src):
+        posted.append(src)
+        return Request()
+
+    monkeypatch.setattr(pipeline.dist, "irecv", fake_irecv)
+    # 1F1B, stage 0 of 2: two micro-batches in flight, so two gradients posted ahead
+    ahead = pipeline.peak_in_flight("1f1b", 0, 2, 8)
+    box = pipeline._Inbox((2, 3), src=1, m=8, ahead=ahead)
+    assert ahead == 2 and len(posted) == 2
+    for i in range(8):
+        buf = box.take(i)
+        assert buf.shape == (2, 3)
+        assert len(box.posted) <= ahead and len(posted) == min(8, i + 1 + ahead)
+    assert posted == [1] * 8 and not box.posted
