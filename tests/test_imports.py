@@ -147,6 +147,13 @@ def test_public_functions_do_not_hide_their_modules():
     assert importlib.import_module("efflab.measurement").measure is efflab.measure
 
 
+def _fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (nothing imported by this test session)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_import_efflab_is_light_and_names_load_on_first_use():
     code = (
         "import json, sys\n"
@@ -160,11 +167,9 @@ def test_import_efflab_is_light_and_names_load_on_first_use():
         "print(json.dumps({'before': before, 'ours': ours, 'after': 'efflab.check' in sys.modules,\n"
         "                  'names': sorted(efflab.__all__), 'dir': 'measure' in dir(efflab),\n"
         "                  'batch': knobs.batch_size}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
     import json
 
-    got = json.loads(out.stdout)
+    got = json.loads(_fresh_python(code))
     assert got["before"] == [] and got["ours"] == []  # nothing of efflab but its __init__
     assert got["after"] and got["dir"] and got["batch"] == 2
     assert 12 <= len(got["names"]) <= 20
@@ -178,9 +183,7 @@ def test_the_command_line_parser_loads_none_of_the_notebook_stack():
             "heavy = ('nbformat', 'altair', 'pandas', 'triton', 'ipywidgets', 'nbclient',\n"
             "         'efflab.course.gradebook', 'efflab.course.sandbox', 'efflab.measurement')\n"
             "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _fresh_python(code).strip() == "[]"
     import efflab.course as course
 
     assert course.grade.__module__ == "efflab.course.gradebook"  # the lazy names still resolve
