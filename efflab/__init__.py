@@ -51,16 +51,28 @@ _SUBMODULES = ("check", "theory")  # learners type efflab.check.<name> and effla
 __all__ = [*_OWNERS, *_SUBMODULES, "__version__"]
 
 
-def __getattr__(name: str):
-    if name in _OWNERS:
-        value = getattr(_importlib.import_module(_OWNERS[name]), name)
-    elif name in _SUBMODULES:
-        value = _importlib.import_module(f"efflab.{name}")
-    else:
-        raise AttributeError(f"module 'efflab' has no attribute {name!r}")
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
+def _lazy_attributes(package: str, namespace: dict, owners: dict[str, str],
+                     submodules: tuple[str, ...] = ()):
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) for names that load on first use:
+    each of ``owners`` from the module named beside it, each of ``submodules`` as the module
+    ``<package>.<name>``; the value is kept in ``namespace`` (the package's globals), so the
+    next lookup is a plain attribute. ``efflab.course`` uses it too."""
+    public = [*owners, *submodules]
+
+    def __getattr__(name: str):
+        if name in owners:
+            value = getattr(_importlib.import_module(owners[name]), name)
+        elif name in submodules:
+            value = _importlib.import_module(f"{package}.{name}")
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        namespace[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(namespace) | set(public))
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes("efflab", globals(), _OWNERS, _SUBMODULES)

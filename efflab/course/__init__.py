@@ -15,7 +15,7 @@
 docs/instructors.md is the guide. nbgrader comes with ``pip install 'efflab[class]'``.
 """
 
-import importlib as _importlib
+from efflab import _lazy_attributes
 
 # public name -> the module that owns it, loaded on first use (as in ``efflab`` itself), so
 # that ``efflab --help`` or one course command does not load nbformat and the sandbox for all
@@ -29,15 +29,4 @@ _OWNERS = {
 }
 
 __all__ = list(_OWNERS)
-
-
-def __getattr__(name: str):
-    if name not in _OWNERS:
-        raise AttributeError(f"module 'efflab.course' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(_OWNERS[name]), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes("efflab.course", globals(), _OWNERS)

@@ -432,7 +432,8 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _precision(dtype: torch.dtype) -> str:
     # fp32 inputs: exact fp32 products, so the kernel matches the reference to ~1e-6.
-    # bf16/fp16 inputs carry <= 10 mantissa bits, so tf32 tensor cores lose nothing on them.
+    # bf16/fp16 inputs: "tf32" is Triton's default and only matters where their tiles were
+    # upcast (see _dot_f32); they carry <= 10 mantissa bits, so tf32 loses nothing on them.
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
