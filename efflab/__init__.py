@@ -10,19 +10,15 @@ theory's prediction beside each measurement.
 The names below are what the first lesson needs; everything else lives under its layer
 (``efflab.core``, ``kernels``, ``techniques``, ``measurement``, ``systems``, ``studies``, ``ui``,
 ``check``, ``course``; docs/architecture.md draws them). Every name loads on first use, so
-``import efflab`` costs little more than ``import torch``: no triton, pandas, altair, ipywidgets
-or torch.distributed until a lesson asks for them.
+``import efflab`` loads nothing but itself: not even torch, and no triton, pandas, altair,
+ipywidgets or torch.distributed, until a lesson asks for them.
 """
 
 import importlib as _importlib
-import os as _os
 
-import torch as _torch
-
-if not _torch.cuda.is_available():
-    # Triton kernels can only run interpreted on a CPU, and the switch must be set before
-    # triton decorates anything (torch's FLOP counter imports triton early).
-    _os.environ.setdefault("TRITON_INTERPRET", "1")
+# No torch here: the modules that use it import it. Triton's interpreter switch for a machine
+# without CUDA is set by efflab.kernels.flash_attention, through which every kernel imports
+# triton, before any kernel is decorated.
 
 __version__ = "0.1.0"
 

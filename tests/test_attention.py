@@ -54,6 +54,31 @@ def test_interpreter_is_on_without_cuda():
         assert fa.INTERPRETED is fa.TRITON_AVAILABLE
 
 
+@needs_triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's switch is for CPUs")
+def test_every_kernel_runs_interpreted_when_triton_was_imported_first():
+    # a lesson's usual order: efflab.measurement loads torch's FLOP counter, which imports
+    # triton, and only later does a kernel module turn the interpreter on and decorate
+    code = ("import sys, torch\n"
+            "import efflab, efflab.measurement.flops\n"
+            "assert 'triton' in sys.modules\n"
+            "from efflab.kernels import cross_entropy as ce, flash_attention as fa, layernorm as ln\n"
+            "q = torch.randn(1, 2, 9, 16)\n"
+            "assert torch.allclose(fa.flash_attention(q, q, q, block_m=16, block_n=16),\n"
+            "                      fa.naive_attention(q, q, q), atol=1e-5)\n"
+            "x, w, b = torch.randn(3, 20), torch.randn(20), torch.randn(20)\n"
+            "assert torch.allclose(ln.fused_layernorm(x, w, b), ln.layernorm_reference(x, w, b),\n"
+            "                      atol=1e-5)\n"
+            "logits, t = torch.randn(4, 33), torch.tensor([0, 5, 32, 7])\n"
+            "assert torch.allclose(ce.fused_cross_entropy(logits, t),\n"
+            "                      ce.cross_entropy_reference(logits, t), atol=1e-5)\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 # (B, nh, T, S, hs, block): T or S off the block grid, decode-like T < S, B > 1, nh > 1,
 # head sizes that are not a power of two >= 16 (padded in the kernel), default blocks
 SHAPES = [

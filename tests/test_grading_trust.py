@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from efflab import check
-from efflab.check.core import REGISTRY
+from efflab.check import REGISTRY
 from efflab.course import cells as C
 from efflab.course import trusted as T
 from efflab.course.report import notebooks

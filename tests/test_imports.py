@@ -175,6 +175,29 @@ def test_import_efflab_is_light_and_names_load_on_first_use():
     assert 12 <= len(got["names"]) <= 20
 
 
+def test_one_check_loads_its_own_topic_and_the_registry_is_whole():
+    # a grader's probe run of lesson 01's function: no torch, no other lesson's module
+    code = ("import json, sys\n"
+            "import efflab.check as check\n"
+            "ex = check.largest_fitting_batch\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('efflab.check.'))\n"
+            "alone = {'torch': 'torch' in sys.modules, 'loaded': loaded, 'name': ex.name}\n"
+            "alone['judged'] = check.judge('score_bytes', {}).exercise\n"  # judge loads the rest
+            "alone['known'] = 'unknown' not in check.judge('score_bytes', {}).got\n"
+            "print(json.dumps(alone))\n")
+    import json
+
+    got = json.loads(_fresh_python(code))
+    from efflab import check
+
+    every = sorted(n for names in check._TOPICS.values() for n in names)
+    whole = _fresh_python("import json, efflab.check as c; print(json.dumps(sorted(c.REGISTRY)))")
+    assert json.loads(whole) == every  # REGISTRY, asked for as a whole, holds every check
+    assert got == {"torch": False, "loaded": ["efflab.check.batching", "efflab.check.core"],
+                   "name": "largest_fitting_batch", "judged": "score_bytes", "known": True}
+    assert all(getattr(check, n) is check.REGISTRY[n] for n in every)
+
+
 def test_the_command_line_parser_loads_none_of_the_notebook_stack():
     # `efflab --help` or a mistyped flag answers at once: each command imports what it runs
     code = ("import json, sys\n"

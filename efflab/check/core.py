@@ -418,12 +418,27 @@ def exercise(name: str, points: float = 1, *, topic: str = "", answer: tuple[str
     return register
 
 
+def load_all() -> dict[str, Exercise]:
+    """Import every topic module of this package (each registers its checks when it loads);
+    the registry, now whole. ``efflab.check`` loads its modules on first use, so a process
+    that asks for one check holds that check's module alone."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name != "core":
+            importlib.import_module(f"{__package__}.{module.name}")
+    return REGISTRY
+
+
 def judge(name: str, evidence: Any) -> Feedback:
     """The grader's entry point: re-judge ``evidence`` for the exercise ``name``.
 
     Never raises: an unknown name or malformed evidence gives a zero Feedback with the reason.
     """
     ex = REGISTRY.get(name)
+    if ex is None:  # its topic module may not be loaded yet (efflab.check loads them lazily)
+        ex = load_all().get(name)
     if ex is None:
         return Feedback(exercise=str(name), passed=False, points=0.0, max_points=0.0,
                         expected="", got=f"unknown exercise {name!r}",

@@ -115,8 +115,7 @@ def exercise_table(src: str | os.PathLike = "notebooks") -> list[dict]:
     """What every lesson grades, read from its instructor notebook(s): one row per grade cell
     with its ``grade_id``, points, the checks it calls, which of those are hidden
     (``### BEGIN HIDDEN TESTS``) and which probe a learner-written function (code)."""
-    import efflab.check  # noqa: F401  (registers every exercise)
-    from efflab.check.core import REGISTRY
+    from efflab.check import REGISTRY  # every exercise registered
     from efflab.course.cells import HIDDEN_BEGIN, check_names, grade_cells
 
     rows = []
