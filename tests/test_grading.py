@@ -605,6 +605,28 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     assert not alive, "a process the submission started outlived the grading run"
 
 
+def test_a_cell_that_raises_is_an_error_though_its_traceback_never_shows():
+    # IPython prints no error output when it cannot format a traceback (memory exhausted), or
+    # when a submission silences it: the kernel's execute reply still says "error"
+    from efflab.course.sandbox import run_sandboxed
+
+    cells = ["get_ipython().showtraceback = lambda *a, **k: None",
+             "raise ValueError('the answer is wrong')",
+             "x = 1"]
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    for i, source in enumerate(cells):
+        cell = nbformat.v4.new_code_cell(source)
+        cell["id"] = f"c{i}"
+        nb.cells.append(cell)
+    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=60, probe_s=5),
+                           isolation="process")
+    status = {c.cell_id: (c.status, c.reason) for c in result.cells}
+    assert result.notebook["cells"][1]["outputs"] == []  # nothing shown...
+    assert status == {"c0": ("ok", ""), "c1": ("error", "ValueError: the answer is wrong"),
+                      "c2": ("ok", "")}  # ...and still an error
+
+
 def test_a_sandboxed_lesson_prepares_a_corpus_though_the_checkout_is_read_only():
     """On a fresh clone data/cache does not exist yet and the sandbox mounts the checkout
     read-only: a cell preparing a corpus must still run (it raised 'Read-only file system', so

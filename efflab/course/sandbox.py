@@ -185,15 +185,18 @@ def _set_limits(limits: dict) -> None:
     # grader counts the run's own processes instead (_Watch)
 
 
-def _error_text(outputs, limits: dict) -> str:
-    for out in outputs:
-        if out.get("output_type") == "error":
-            value = str(out.get("evalue", "")).strip().splitlines()
-            name = out.get("ename", "Error")
-            text = value[0] if value else ""
-            if name == "MemoryError" and not text:
-                text = f"over the memory limit ({limits['memory_bytes'] / 2**30:g} GiB per process)"
-            return f"{name}: {text}".strip()
+def _error_text(outputs, limits: dict, reply: dict | None = None) -> str:
+    """"Name: first line" of the error a cell raised, or "". ``reply``: the content of the
+    kernel's execute reply where its status was "error" — an error even when no error output
+    came (IPython could not format the traceback, say, with memory exhausted)."""
+    errors = [out for out in outputs if out.get("output_type") == "error"] or ([reply] if reply else [])
+    for out in errors:
+        value = str(out.get("evalue", "")).strip().splitlines()
+        name = out.get("ename", "Error")
+        text = value[0] if value else ""
+        if name == "MemoryError" and not text:
+            text = f"over the memory limit ({limits['memory_bytes'] / 2**30:g} GiB per process)"
+        return f"{name}: {text}".strip()
     return ""
 
 
@@ -289,9 +292,15 @@ async def _run_cells(job: dict) -> None:
         state["limit"] = "cell"
         return state["cell_s"]
 
+    failed: dict = {}  # cell index -> the content of an execute reply whose status is "error"
+
+    def on_cell_error(cell, cell_index, execute_reply):
+        failed[cell_index] = dict(execute_reply.get("content") or {}) or {"ename": "Error"}
+
     client = _capped_client(int(limits["output_bytes"]))(
         nb, kernel_name="python3", timeout=int(limits["cell_s"]), timeout_func=timeout_for,
         allow_errors=True, interrupt_on_timeout=False, record_timing=False,
+        on_cell_error=on_cell_error,
         startup_timeout=int(max(10, min(120, limits["notebook_s"]))),
         shutdown_kernel="immediate", resources={"metadata": {"path": str(work)}})
     code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -339,7 +348,7 @@ async def _run_cells(job: dict) -> None:
                     report(i, cell, "dead", reason)
                     stopped = f"not run: {reason} in cell {cell.get('id') or i}"
                     continue
-                err = _error_text(cell.get("outputs", []), limits)
+                err = _error_text(cell.get("outputs", []), limits, failed.pop(i, None))
                 evidence = _read_answers(log) if log else ()
                 report(i, cell, "error" if err else "ok", err, evidence)
     except Exception as e:  # the kernel would not start, or nbclient failed around the cells
