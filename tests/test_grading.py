@@ -574,10 +574,23 @@ def test_the_grader_reads_a_flooding_child_only_up_to_its_cap():
     assert report.bytes <= 8 * 2**20 + 2**16 and len(err) <= 2**16 and report.cells == []
 
 
+def _run_as_trusted(cells: list[str], limits: Limits):
+    """Code cells (ids c0, c1, ...) run the trusted-class way (a plain process): the run, and
+    {cell id: (status, reason)}."""
+    from efflab.course.sandbox import run_sandboxed
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    for i, source in enumerate(cells):
+        cell = nbformat.v4.new_code_cell(source)
+        cell["id"] = f"c{i}"
+        nb.cells.append(cell)
+    result = run_sandboxed(dict(nb), [], limits, isolation="process")
+    return result, {c.cell_id: (c.status, c.reason) for c in result.cells}
+
+
 def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
     import psutil
-
-    from efflab.course.sandbox import run_sandboxed
 
     cells = ["x = 1",
              "import subprocess, time\n"
@@ -585,16 +598,8 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
              "print(p.pid, flush=True)\n"
              "time.sleep(300)",
              "y = 2"]
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                           "display_name": "Python 3"}})
-    for i, source in enumerate(cells):
-        cell = nbformat.v4.new_code_cell(source)
-        cell["id"] = f"c{i}"
-        nb.cells.append(cell)
     # the trusted-class path (a plain process): the driver, a subreaper, kills what is left
-    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=25, probe_s=5),
-                           isolation="process")
-    status = {c.cell_id: (c.status, c.reason) for c in result.cells}
+    result, status = _run_as_trusted(cells, Limits(cell_s=25, notebook_s=25, probe_s=5))
     assert status["c0"][0] == "ok"
     assert status["c1"] == ("timeout", "notebook time limit (25 s) reached")
     assert status["c2"] == ("not_run", "notebook time limit (25 s) reached")
@@ -608,20 +613,10 @@ def test_notebook_time_limit_stops_the_rest_and_no_process_outlives_the_run():
 def test_a_cell_that_raises_is_an_error_though_its_traceback_never_shows():
     # IPython prints no error output when it cannot format a traceback (memory exhausted), or
     # when a submission silences it: the kernel's execute reply still says "error"
-    from efflab.course.sandbox import run_sandboxed
-
     cells = ["get_ipython().showtraceback = lambda *a, **k: None",
              "raise ValueError('the answer is wrong')",
              "x = 1"]
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                           "display_name": "Python 3"}})
-    for i, source in enumerate(cells):
-        cell = nbformat.v4.new_code_cell(source)
-        cell["id"] = f"c{i}"
-        nb.cells.append(cell)
-    result = run_sandboxed(dict(nb), [], Limits(cell_s=25, notebook_s=60, probe_s=5),
-                           isolation="process")
-    status = {c.cell_id: (c.status, c.reason) for c in result.cells}
+    result, status = _run_as_trusted(cells, Limits(cell_s=25, notebook_s=60, probe_s=5))
     assert result.notebook["cells"][1]["outputs"] == []  # nothing shown...
     assert status == {"c0": ("ok", ""), "c1": ("error", "ValueError: the answer is wrong"),
                       "c2": ("ok", "")}  # ...and still an error
