@@ -189,15 +189,15 @@ def _error_text(outputs, limits: dict, reply: dict | None = None) -> str:
     """"Name: first line" of the error a cell raised, or "". ``reply``: the content of the
     kernel's execute reply where its status was "error" — an error even when no error output
     came (IPython could not format the traceback, say, with memory exhausted)."""
-    errors = [out for out in outputs if out.get("output_type") == "error"] or ([reply] if reply else [])
-    for out in errors:
-        value = str(out.get("evalue", "")).strip().splitlines()
-        name = out.get("ename", "Error")
-        text = value[0] if value else ""
-        if name == "MemoryError" and not text:
-            text = f"over the memory limit ({limits['memory_bytes'] / 2**30:g} GiB per process)"
-        return f"{name}: {text}".strip()
-    return ""
+    error = next((out for out in outputs if out.get("output_type") == "error"), reply)
+    if not error:
+        return ""
+    value = str(error.get("evalue", "")).strip().splitlines()
+    name = error.get("ename", "Error")
+    text = value[0] if value else ""
+    if name == "MemoryError" and not text:
+        text = f"over the memory limit ({limits['memory_bytes'] / 2**30:g} GiB per process)"
+    return f"{name}: {text}".strip()
 
 
 def _read_answers(path: Path, cap: int = 4 * 2**20) -> list:
