@@ -8,7 +8,18 @@ Targets (from the model-parallel issue):
   stage's CPU share of its busy time: below 1 the operating system gave its core away);
 - per-rank bytes, all-reduces and ring score memory equal to their formulas.
 
-    python benchmarks/model_parallel.py            # one launch of 2 ranks, cpu-small
+The bubble formula assumes equal stages. The last stage also computes ln_f, the head and the
+loss, and a split of whole blocks cannot give the first stage a share of that: on cpu-small (2
+blocks a stage) it is about a tenth of the stage, on cpu-medium (4 blocks of twice the width)
+2-3 %, which at m = 8 alone lifts the mean idle share from 0.111 to about 0.12. So the default
+is cpu-medium made 16 blocks deep (8 a stage: the head about 1 %), 4 sequences a micro-batch;
+the ideal schedule run with each stage's own times (``stage_sim``) says how much of any gap
+unequal stages explain. Every rank keeps freed memory for reuse (``allocator``), as lesson 15's
+worker always does.
+
+    python benchmarks/model_parallel.py                       # about 6 minutes
+    python benchmarks/model_parallel.py --preset cpu-small --n-layer 0 --batch 4 \
+        --pipe-steps 8 --out benchmarks/results/model_parallel_cpu-small.json
 
 Writes ``benchmarks/results/model_parallel.json``.
 """
@@ -30,16 +41,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--preset", default="cpu-medium")
+    ap.add_argument("--n-layer", type=int, default=16, help="blocks (0: the preset's own)")
     ap.add_argument("--batch", type=int, default=4, help="sequences per step (per micro-batch in PP)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--pipe-steps", type=int, default=8, help="pipeline steps per (schedule, m)")
+    ap.add_argument("--pipe-steps", type=int, default=12, help="pipeline steps per (schedule, m)")
     ap.add_argument("--out", default=str(RESULTS / "model_parallel.json"))
     args = ap.parse_args()
 
     load_before = load_average()
-    common = {"preset": args.preset, "batch": args.batch, "seq": args.seq}
+    common = {"preset": args.preset, "n_layer": args.n_layer or None, "batch": args.batch,
+              "seq": args.seq}
     jobs = [{"task": "tp", "steps": args.steps, **common},
             {"task": "ring", "steps": args.steps, **common}]
     jobs += [{"task": "pp", "schedule": s, "micro_batches": m, "steps": args.pipe_steps, **common}
@@ -66,6 +79,7 @@ def main() -> None:
         "host_note": host_note,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "fingerprint": fingerprint(), "env": environment("cpu"),
+        "allocator": recs[0]["env"].get("allocator"),
         "launch": {"jobs": len(jobs), "seconds": seconds, **common, "steps": args.steps,
                    "pipe_steps": args.pipe_steps},
         "equality": {"max_loss_gap": float(eq["max_loss_gap"].max()),

@@ -18,6 +18,7 @@ from efflab.systems.parallel import pipeline, ring, tensor
 STEPS = 10
 TINY = get_preset("cpu-tiny")
 B, T, M = 4, 32, 4
+DEEPER = 3  # cpu-tiny has 2 blocks
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,17 @@ def launched():
              "schedule": "gpipe"},
             {"task": "pp", "steps": STEPS, "batch": B, "seq": T, "micro_batches": M,
              "schedule": "1f1b"},
-            {"task": "ring", "steps": STEPS, "batch": B, "seq": T}]
+            {"task": "ring", "steps": STEPS, "batch": B, "seq": T},
+            # the preset made deeper (3 blocks: an uneven pipeline split)
+            {"task": "tp", "steps": 2, "batch": B, "seq": T, "n_layer": DEEPER},
+            {"task": "pp", "steps": 2, "batch": B, "seq": T, "micro_batches": M,
+             "schedule": "1f1b", "n_layer": DEEPER}]
     result = launch_parallel(jobs, nproc=2, timeout_s=240, on_progress=None, timing=False)
     return result.records
 
 
-def _of(records, task, schedule=None):
-    out = [r for r in records if r["kind"] == task
+def _of(records, task, schedule=None, n_layer=None):
+    out = [r for r in records if r["kind"] == task and r["knobs"]["n_layer"] == n_layer
            and (schedule is None or r["knobs"]["schedule"] == schedule)]
     assert len(out) == 2 and all(r["status"] == "ok" for r in out), out
     return sorted(out, key=lambda r: r["rank"])
@@ -97,6 +102,20 @@ def test_ring_memory_and_traffic_match_their_formulas(launched):
             B, TINY.n_head, T, TINY.head_dim, 2, TINY.n_layer)
 
 
+def test_a_deeper_preset_is_built_split_and_checked_against_its_own_formulas(launched):
+    from efflab.studies import model_parallel as mp
+
+    first, last = _of(launched, "pp", "1f1b", n_layer=DEEPER)
+    assert first["result"]["layers"] == [0, 1] and last["result"]["layers"] == [2]
+    assert all(abs(a - b) <= 1e-5 for a, b in zip(last["result"]["losses"],
+                                                   last["result"]["reference_losses"]))
+    deeper = [r for r in launched if r["knobs"]["n_layer"] == DEEPER]
+    tp = mp.tp_table(deeper)
+    assert len(tp) == 2 and (tp.params == tp.params_formula).all()
+    assert (tp.allreduces == tp.allreduces_formula).all() and (tp["values"] == tp.values_formula).all()
+    assert tp.params_formula.iloc[0] > tensor.tp_param_counts(TINY, 2)["total"]  # 3 blocks, not 2
+
+
 @pytest.mark.parametrize("name,p,m", list(itertools.product(pipeline.SCHEDULES, (2, 3, 4),
                                                              (1, 2, 4, 8))))
 def test_bubble_formula_is_the_ideal_schedules_idle_share(name, p, m):
@@ -156,7 +175,9 @@ def test_launch_refuses_bad_jobs_and_oversubscription():
     with pytest.raises(ConfigError):
         launch_parallel([{"task": "tp", "bach": 4}])
     for bad in ({"task": "pp", "schedule": "zigzag"}, {"task": "tp", "seq": 10_000},
-                {"task": "ring", "steps": 0}, {"task": "tp", "preset": "cpu-nothing"}):
+                {"task": "ring", "steps": 0}, {"task": "tp", "preset": "cpu-nothing"},
+                {"task": "pp", "n_layer": 0}, {"task": "pp", "n_layer": True},
+                {"task": "tp", "n_layer": "8"}, {"task": "tp", "n_layer": 65}):
         with pytest.raises(ConfigError):
             launch_parallel([bad])
     with pytest.raises(RefusedError, match="cores"):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from efflab.core.config import get_preset
 from efflab.systems.parallel import pipeline, ring, tensor
+from efflab.systems.parallel.worker import job_config
 
 
 def _ok(records, kind: str) -> list[dict]:
@@ -53,7 +53,7 @@ def tp_table(records) -> pd.DataFrame:
     rows = []
     for r in _ok(records, "tp"):
         k, res, t = r["knobs"], r["result"], r["world_size"]
-        cfg = get_preset(k["preset"])
+        cfg = job_config(k)
         counts = tensor.tp_param_counts(cfg, t)
         calls = sum(res["comm"]["calls"].values())
         values = sum(res["comm"]["values"].values())
@@ -107,7 +107,7 @@ def bubble_table(records) -> pd.DataFrame:
                      "f_ms": float(np.median(f_ms)), "b_ms": float(np.median(b_ms)),
                      # one message between stages: a micro-batch's (B, T, C) fp32 activations
                      # forward, or their gradient backward
-                     "message_bytes": 4 * k["batch"] * k["seq"] * get_preset(k["preset"]).n_embd,
+                     "message_bytes": 4 * k["batch"] * k["seq"] * job_config(k).n_embd,
                      "step_ms": 1e3 * float(np.median([s["window_s"][1] - s["window_s"][0]
                                                        for s in steps])),
                      "loadavg_1m": (r.get("loadavg") or [np.nan])[0]})
@@ -238,7 +238,7 @@ def ring_table(records) -> pd.DataFrame:
     rows = []
     for r in _ok(records, "ring"):
         k, res, n = r["knobs"], r["result"], r["world_size"]
-        cfg = get_preset(k["preset"])
+        cfg = job_config(k)
         B, T = k["batch"], k["seq"]
         rows.append({"rank": r["rank"], "N": n, "T": T,
                      "score_bytes": 4 * res["score_values_peak"],

@@ -6,6 +6,10 @@ job to ``DIR/rank<r>.jsonl``. A job is ``{"task": "tp" | "pp" | "ring", ...}`` w
 of :data:`DEFAULTS`. Every job also trains the unsplit model in the same process, on the same
 batches from the same seed, and records both loss curves and the largest gradient difference
 of the first step: the evidence that the split model computes what the whole one does.
+
+Each rank keeps freed memory for reuse (:func:`~efflab.measurement.allocator.keep_freed_memory`,
+recorded as ``env["allocator"]``): otherwise a GPipe stage, which holds more memory at once than
+a 1F1B one, pays page faults that 1F1B does not, and the timeline counts them as bubble.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from efflab.core.config import get_preset
+from efflab.core.config import ModelConfig, get_preset
 from efflab.core.model import build_model
+from efflab.measurement.allocator import keep_freed_memory
 from efflab.measurement.hardware import environment
 from efflab.systems.distributed.comm import allreduce_sweep, fit_alpha_beta
 from efflab.systems.distributed.records import finish_record, new_record
@@ -32,8 +38,11 @@ from efflab.systems.distributed.worker import PROGRESS_PREFIX, emit
 from efflab.systems.parallel import pipeline, ring, tensor
 
 TASKS = ("tp", "pp", "ring")
-DEFAULTS = {"preset": "cpu-tiny", "batch": 4, "seq": 32, "steps": 3, "seed": 0, "lr": 1e-3,
-            "micro_batches": 4, "schedule": "gpipe", "fit_target_s": 0.05}
+# n_layer: None builds the preset as it is; a number, the preset with that many blocks (a
+# deeper model, whose last stage's head and loss are a smaller share of the stage)
+DEFAULTS = {"preset": "cpu-tiny", "n_layer": None, "batch": 4, "seq": 32, "steps": 3, "seed": 0,
+            "lr": 1e-3, "micro_batches": 4, "schedule": "gpipe", "fit_target_s": 0.05}
+MAX_LAYERS = 64
 
 
 def settings(job: dict) -> dict:
@@ -51,10 +60,21 @@ def settings(job: dict) -> dict:
             raise ValueError(f"{name}={s[name]!r}: expected an integer >= 1")
     if s["schedule"] not in pipeline.SCHEDULES:
         raise ValueError(f"schedule={s['schedule']!r} is not one of {pipeline.SCHEDULES}")
-    cfg = get_preset(s["preset"])
+    n = s["n_layer"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LAYERS):
+        raise ValueError(f"n_layer={n!r}: expected None (the preset's) or an integer in "
+                         f"1..{MAX_LAYERS}")
+    cfg = job_config(s)
     if s["seq"] > cfg.block_size:
         raise ValueError(f"seq={s['seq']} exceeds {cfg.name}'s block_size {cfg.block_size}")
     return s
+
+
+def job_config(s: dict) -> ModelConfig:
+    """The model a job's settings build: the preset, with ``n_layer`` blocks where given."""
+    cfg = get_preset(s["preset"])
+    n = s.get("n_layer")
+    return cfg if n is None else replace(cfg, name=f"{cfg.name} with {n} blocks", n_layer=n)
 
 
 def batches(cfg, s: dict, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -107,7 +127,7 @@ def tp_grad_error(model, ref_grads: dict, rank: int, world: int) -> float:
 
 
 def run_tp(s: dict, rank: int, world: int) -> dict:
-    cfg = get_preset(s["preset"])
+    cfg = job_config(s)
     data = batches(cfg, s, s["batch"])
     ref_losses, ref_grads = reference(cfg, s, data)
     log = tensor.CommLog()
@@ -142,7 +162,7 @@ def run_tp(s: dict, rank: int, world: int) -> dict:
 
 
 def run_pp(s: dict, rank: int, world: int) -> dict:
-    cfg, m = get_preset(s["preset"]), s["micro_batches"]
+    cfg, m = job_config(s), s["micro_batches"]
     data = batches(cfg, s, s["batch"] * m)
     last = rank == world - 1
     ref_losses, ref_grads = reference(cfg, s, data) if last or rank == 0 else (None, {})
@@ -187,7 +207,7 @@ def run_pp(s: dict, rank: int, world: int) -> dict:
 
 
 def run_ring(s: dict, rank: int, world: int) -> dict:
-    cfg = get_preset(s["preset"])
+    cfg = job_config(s)
     data = batches(cfg, s, s["batch"])
     ref_losses, ref_grads = reference(cfg, s, data)
     log = ring.new_log()
@@ -239,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / f"rank{rank}.jsonl"
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout_s))
     emit({"event": "joined", "world_size": world, "backend": "gloo"}, rank)
-    env, status = environment("cpu"), 0
+    env, status = {**environment("cpu"), "allocator": keep_freed_memory()}, 0
     try:
         for i, job in enumerate(jobs):
             rec = new_record(job.get("task"), rank=rank, world_size=world, backend="gloo",
@@ -271,5 +291,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["TASKS", "DEFAULTS", "PROGRESS_PREFIX", "settings", "batches", "reference",
+__all__ = ["TASKS", "DEFAULTS", "PROGRESS_PREFIX", "settings", "job_config", "batches", "reference",
            "tp_grad_error", "run_tp", "run_pp", "run_ring", "describe", "main"]
