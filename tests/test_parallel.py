@@ -277,6 +277,20 @@ def test_bubble_verdict_reports_the_stages_cpu_share_either_way():
     assert "as little as 50%" in busy and "set aside" in busy
 
 
+
+def test_bubble_verdict_counts_the_launchs_own_ranks_in_the_load():
+    import pandas as pd
+
+    from efflab.studies.model_parallel import bubble_verdict
+
+    row = {"schedule": "gpipe", "m": 8, "idle": 0.12, "formula": 0.111, "error": 0.08,
+           "cpu_share": 0.98, "p": 2}
+    own = bubble_verdict(pd.DataFrame([{**row, "loadavg_1m": 2.2}]), cores=2)
+    crowded = bubble_verdict(pd.DataFrame([{**row, "loadavg_1m": 3.1}]), cores=2)
+    assert "took turns" not in own  # 2 ranks busy on 2 cores are a load of 2 by themselves
+    assert "load average was 3.1 on 2 cores, 2 of it this launch's own ranks" in crowded
+
+
 @pytest.mark.parametrize("m", (1, 2, 4, 8))
 def test_unequal_stages_wait_on_the_slower_one(m):
     # stage 1 (the head and the loss) slower both ways: GPipe's step is stage 0's first forward,

@@ -128,7 +128,7 @@ def bubble_summary(table: pd.DataFrame, fit=None) -> pd.DataFrame:
     send of ``message_bytes``)."""
     g = table.groupby(["schedule", "m"], as_index=False).agg(
         idle=("idle", "mean"), idle_p25=("idle_p25", "mean"), idle_p75=("idle_p75", "mean"),
-        formula=("formula", "first"), cpu_share=("cpu_share", "min"),
+        formula=("formula", "first"), p=("p", "first"), cpu_share=("cpu_share", "min"),
         loadavg_1m=("loadavg_1m", "max"), step_ms=("step_ms", "median"))
     g["error"] = g["idle"] / g["formula"] - 1
     sims = []
@@ -160,9 +160,13 @@ def bubble_verdict(summary: pd.DataFrame, tolerance: float = 0.10, cores: int | 
             f"{worst['idle']:.2f} measured against {worst['formula']:.2f}")
     said += _stage_sim_clause(worst)
     load, share = float(summary["loadavg_1m"].max()), float(summary["cpu_share"].min())
-    if cores and np.isfinite(load) and load > cores:
-        said += (f". The host's load average was {load:.1f} on {cores} cores: other processes "
-                 "took turns with the stages, and each wait shows up as idle time")
+    # the load is read while the ranks run, so they count in it themselves
+    ranks = int(summary["p"].max()) if "p" in summary else 0
+    if cores and np.isfinite(load) and load > cores and load - ranks > 0.5:
+        said += (f". The host's load average was {load:.1f} on {cores} cores"
+                 + (f", {ranks} of it this launch's own ranks" if ranks else "")
+                 + ": other processes took turns with the stages, and each wait shows up as "
+                 "idle time")
     if np.isfinite(share) and share < 0.9:
         said += (f". While busy, a stage had its core for as little as {share:.0%} of the time: "
                  "the rest it was set aside by the operating system, and the stage waiting on it "
