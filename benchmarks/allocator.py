@@ -29,6 +29,7 @@ def child(mode: str, rounds: int, preset: str, batch: int, seq: int, m: int) -> 
     from efflab.core.config import get_preset
     from efflab.core.model import build_model
     from efflab.measurement.allocator import keep_freed_memory
+    from efflab.measurement.timing import summarize
     from efflab.systems.parallel.pipeline import Stage
 
     said = keep_freed_memory() if mode == "keep" else {"applied": False, "reason": "default"}
@@ -36,15 +37,15 @@ def child(mode: str, rounds: int, preset: str, batch: int, seq: int, m: int) -> 
     cfg = get_preset(preset)
     stage = Stage(build_model(cfg, seed=0), 0, 2)
     idx = torch.randint(0, cfg.vocab_size, (batch, seq))  # (B, T)
-    forward_ms = {"gpipe": [], "1f1b": []}
+    forward_s = {"gpipe": [], "1f1b": []}
     for r in range(rounds + 1):  # the first round warms up and is left out
-        for schedule, times in forward_ms.items():
+        for schedule, times in forward_s.items():
             held = []
             for _ in range(m):
                 t0 = time.perf_counter()
                 y = stage(idx)  # (B, T, C)
-                dt = 1e3 * (time.perf_counter() - t0)
-                times.extend([dt] if r else [])
+                if r:
+                    times.append(time.perf_counter() - t0)
                 if schedule == "gpipe":
                     held.append(y)
                 else:
@@ -53,15 +54,12 @@ def child(mode: str, rounds: int, preset: str, batch: int, seq: int, m: int) -> 
                 y.backward(torch.ones_like(y))
             del held
             stage.zero_grad(set_to_none=True)
-    def spread(t) -> dict:
-        return {"median_ms": float(np.median(t)), "p25_ms": float(np.percentile(t, 25)),
-                "p75_ms": float(np.percentile(t, 75)), "n": len(t)}
-
     # one forward, and the m forwards of one step (what the bubble sees), per schedule
-    one = {s: spread(t) for s, t in forward_ms.items()}
-    step = {s: spread(np.asarray(t).reshape(rounds, m).sum(axis=1)) for s, t in forward_ms.items()}
+    one = {s: summarize(t) for s, t in forward_s.items()}
+    step = {s: summarize(np.asarray(t).reshape(rounds, m).sum(axis=1))
+            for s, t in forward_s.items()}
     return {"allocator": said, "forward": one, "step_forwards": step,
-            "gpipe_over_1f1b": step["gpipe"]["median_ms"] / step["1f1b"]["median_ms"]}
+            "gpipe_over_1f1b": step["gpipe"]["median"] / step["1f1b"]["median"]}
 
 
 def main() -> None:
@@ -94,12 +92,10 @@ def main() -> None:
               "fingerprint": fingerprint(1), "env": environment("cpu"), "runs": runs}
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     for mode, r in runs.items():
-        f = r["step_forwards"]
-        print(f"{mode:8s} a step's {a.micro_batches} forwards, ms: GPipe "
-              f"{f['gpipe']['median_ms']:.0f} ({f['gpipe']['p25_ms']:.0f}-{f['gpipe']['p75_ms']:.0f})"
-              f"  1F1B {f['1f1b']['median_ms']:.0f} ({f['1f1b']['p25_ms']:.0f}-"
-              f"{f['1f1b']['p75_ms']:.0f})  n={f['gpipe']['n']}  GPipe/1F1B "
-              f"{r['gpipe_over_1f1b']:.2f}")
+        g, o = r["step_forwards"]["gpipe"], r["step_forwards"]["1f1b"]
+        print(f"{mode:8s} a step's {a.micro_batches} forwards, ms: GPipe {g['median']:.0f} "
+              f"({g['p25']:.0f}-{g['p75']:.0f})  1F1B {o['median']:.0f} ({o['p25']:.0f}-"
+              f"{o['p75']:.0f})  n={g['n']}  GPipe/1F1B {r['gpipe_over_1f1b']:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ blocks with ``mmap`` and returns them with ``munmap``), so the next allocation o
 touches fresh pages and pays a page fault per 4 KiB. How often that happens depends on how much
 memory a piece of code holds at once, not on how much work it does: a GPipe stage keeps the
 activations of every micro-batch until its backwards, and its forwards took 1.20x as long as the
-same forwards under 1F1B on a 2-core AMD EPYC (``benchmarks/allocator.py``: 1.00x with the
+same forwards under 1F1B on a 2-core AMD EPYC (``benchmarks/allocator.py``: 1.01x with the
 setting below); the pipeline lesson would have counted the difference as bubble. On a GPU,
 PyTorch's caching allocator keeps freed blocks for reuse; :func:`keep_freed_memory` asks glibc
 for the same (``mallopt``: no trimming, no per-block ``mmap`` up to 32 MiB), process-wide and for
